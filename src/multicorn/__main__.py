@@ -1,0 +1,63 @@
+"""The `multicorn` command: parse flags, build the Config, load the app, run a runtime."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from functools import partial
+
+from multicorn.app.errors import LifespanFailure
+from multicorn.cli import parse_args
+from multicorn.config import Config, ConfigError, load_config
+from multicorn.loading import AppLoadError, load_app
+from multicorn.net.binds import BindError
+from multicorn.net.sockets import BindFailed
+from multicorn.serve import serve
+from multicorn.typing import ASGIApp
+
+# Startup failures exit with 3, as Uvicorn does, so supervisors can tell them from crashes.
+EXIT_STARTUP_FAILED = 3
+
+
+def run(app: ASGIApp, config: Config) -> None:
+    """Run `app` in a new event loop of `config.worker_class` until SIGINT/SIGTERM."""
+    if config.worker_class == "trio":
+        import trio
+
+        trio.run(partial(serve, app, config))
+        return
+    import asyncio
+
+    if config.worker_class == "uvloop":
+        import uvloop
+
+        if sys.version_info >= (3, 11):
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(serve(app, config))
+            return
+        uvloop.install()
+    asyncio.run(serve(app, config))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import os
+
+    try:
+        spec, config_path, cli_values = parse_args(list(sys.argv[1:] if argv is None else argv))
+        config = load_config(toml_path=config_path, environ=os.environ, cli=cli_values)
+        app = load_app(spec, app_dir=config.app_dir, factory=config.factory)
+    except (ConfigError, AppLoadError, BindError) as exc:
+        print(f"multicorn: error: {exc}", file=sys.stderr)
+        return EXIT_STARTUP_FAILED
+    try:
+        run(app, config)
+    except (BindFailed, LifespanFailure) as exc:
+        print(f"multicorn: error: {exc}", file=sys.stderr)
+        return EXIT_STARTUP_FAILED
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

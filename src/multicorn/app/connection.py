@@ -1,0 +1,218 @@
+"""One client connection, runtime-neutral: the loop between protocol core, backend and app tasks.
+
+The backend calls in when bytes arrive, the peer closes, a deadline passes or the transport's
+buffer fills or drains. Each call runs the protocol synchronously, routes its events to
+streams (spawning one application task per request), then does the single piece of upkeep every
+wake-up needs: write what the protocol produced, honour `wants_read`, close if the protocol is
+done, re-arm the one deadline. Application tasks come back in through `send()`.
+
+```mermaid
+sequenceDiagram
+    backend->>handler: data_received(bytes)
+    handler->>protocol: receive_data(bytes, now)
+    protocol-->>handler: [RequestReceived, DataReceived, ...]
+    handler->>stream: spawn run() / data_received / ended
+    stream->>handler: send(SendResponse, SendData)
+    handler->>protocol: send(command, now)
+    handler->>backend: write(protocol.data_to_send())
+```
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from multicorn.app.http import HTTPStream, error_response
+from multicorn.protocol.events import (
+    CloseConnection,
+    Command,
+    ConnectionClosed,
+    DataReceived,
+    Event,
+    RequestReceived,
+    RequestRejected,
+    SendData,
+    SendResponse,
+    StreamEnded,
+    StreamReset,
+)
+
+if TYPE_CHECKING:
+    from multicorn.app.context import ConnectionInfo, ServerContext
+    from multicorn.app.registry import ConnectionRegistry
+    from multicorn.protocol.base import ServerProtocol
+    from multicorn.runtime.base import Runtime, TaskHandle, Transport
+
+
+class ConnectionHandler:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        protocol: ServerProtocol,
+        transport: Transport,
+        runtime: Runtime,
+        context: ServerContext,
+        info: ConnectionInfo,
+        registry: ConnectionRegistry,
+    ) -> None:
+        self.protocol = protocol
+        self.transport = transport
+        self.runtime = runtime
+        self.context = context
+        self.info = info
+        self._registry = registry
+        self._streams: dict[int, HTTPStream] = {}
+        self._tasks: dict[int, TaskHandle] = {}
+        self._writable = runtime.waiter()
+        self._writable.set()
+        self._reading = True
+        self._deadline: float | None = None
+        self._transport_closed = False
+        self._lost = False
+        registry.add(self)
+        self._upkeep()
+
+    # ---- from the backend -----------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self._dispatch(self.protocol.receive_data(data, self.runtime.now()))
+        self._upkeep()
+
+    def eof_received(self) -> None:
+        self.data_received(b"")
+
+    def deadline_reached(self) -> None:
+        self._deadline = None
+        self._dispatch(self.protocol.handle_deadline(self.runtime.now()))
+        self._upkeep()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    def connection_lost(self) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._transport_closed = True
+        self._writable.set()  # nobody may stay blocked on a dead socket
+        for stream in self._streams.values():
+            stream.client_gone()
+        self._check_finished()
+
+    # ---- from the server ------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Graceful: finish in-flight requests, accept no new ones, close when idle."""
+        if not self._transport_closed:
+            self.send(CloseConnection())
+
+    def abort(self) -> None:
+        """The graceful period is over: cancel the application tasks and drop the socket."""
+        for task in list(self._tasks.values()):
+            task.cancel()
+        if not self._transport_closed:
+            self._transport_closed = True
+            self.transport.abort()
+
+    @property
+    def finished(self) -> bool:
+        """The socket is gone (not merely closing: trio still has to flush) and no task is left."""
+        return self._lost and not self._streams
+
+    # ---- from streams ---------------------------------------------------------------------
+
+    def send(self, *commands: Command) -> None:
+        if self._transport_closed:
+            return
+        now = self.runtime.now()
+        for command in commands:
+            self._dispatch(self.protocol.send(command, now))
+        self._upkeep()
+
+    async def drain(self) -> None:
+        """Backpressure for `send()`: wait while the transport's buffer is above its mark."""
+        if not self._writable.is_set():
+            await self._writable.wait()
+
+    def stream_finished(self, stream: HTTPStream) -> None:
+        self._streams.pop(stream.stream_id, None)
+        self._tasks.pop(stream.stream_id, None)
+        self._check_finished()
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _dispatch(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, DataReceived):
+                stream = self._streams.get(event.stream_id)
+                if stream is not None:
+                    stream.data_received(event.data)
+            elif isinstance(event, RequestReceived):
+                stream = HTTPStream(self, event)
+                self._streams[event.stream_id] = stream
+                self._tasks[event.stream_id] = self.runtime.spawn(stream.run)
+            elif isinstance(event, StreamEnded):
+                stream = self._streams.get(event.stream_id)
+                if stream is not None:
+                    stream.ended()
+            elif isinstance(event, StreamReset):
+                stream = self._streams.get(event.stream_id)
+                if stream is not None:
+                    stream.client_gone()
+            elif isinstance(event, ConnectionClosed):
+                self._closed(event)
+
+    def _closed(self, event: ConnectionClosed) -> None:
+        if event.error is not None:
+            # Peers sending garbage is routine on the internet: debug, not error.
+            self.context.loggers.error.debug(
+                "closing connection from %s: %s", _peer(self.info), event.error
+            )
+        if isinstance(event, RequestRejected):
+            status = event.error.error_status_hint if event.error is not None else 400
+            headers, body = error_response(status, self.context.default_headers.get())
+            now = self.runtime.now()
+            self.protocol.send(
+                SendResponse(stream_id=event.stream_id, status=status, headers=headers), now
+            )
+            self.protocol.send(SendData(stream_id=event.stream_id, data=body, end_stream=True), now)
+        for stream in self._streams.values():
+            stream.client_gone()
+
+    def _upkeep(self) -> None:
+        if self._transport_closed:
+            return
+        protocol = self.protocol
+        data = protocol.data_to_send()
+        if data:
+            self.transport.write(data)
+        if protocol.closed:
+            self._transport_closed = True
+            self.transport.close()
+            for stream in self._streams.values():
+                stream.client_gone()
+            self._check_finished()
+            return
+        reading = protocol.wants_read
+        if reading is not self._reading:
+            self._reading = reading
+            self.transport.set_reading(reading)
+        deadline = protocol.next_deadline()
+        if deadline != self._deadline:
+            self._deadline = deadline
+            self.transport.set_deadline(deadline)
+
+    def _check_finished(self) -> None:
+        if self.finished:
+            self._registry.discard(self)
+
+
+def _peer(info: ConnectionInfo) -> str:
+    if info.client is None:
+        return "unix socket"
+    return f"{info.client[0]}:{info.client[1]}"

@@ -1,0 +1,253 @@
+"""One HTTP request/response exchange as an ASGI `http` application call.
+
+The stream does not know the HTTP version: it receives body events from its connection handler
+and turns the application's messages into protocol commands. Request body bytes wait in a list
+until the application asks for them (already-buffered data is returned without a trip through
+the event loop); consumption is acknowledged to the protocol, which is how reading resumes.
+"""
+
+from __future__ import annotations
+
+import time
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, cast
+
+from multicorn.app.errors import ClientDisconnected, UnexpectedMessage
+from multicorn.app.scope import build_http_scope
+from multicorn.logging import AccessRecord, log_access
+from multicorn.protocol.events import (
+    AcknowledgeData,
+    Command,
+    ResetStream,
+    SendData,
+    SendInformational,
+    SendResponse,
+)
+from multicorn.protocol.headers import get_header, validate_response_headers
+
+if TYPE_CHECKING:
+    from multicorn.app.connection import ConnectionHandler
+    from multicorn.protocol.events import Headers, RequestReceived
+    from multicorn.runtime.base import Waiter
+    from multicorn.typing import Message, Scope
+
+# Statuses whose responses never carry a body, so no Content-Length is added (RFC 9110 8.6).
+_NO_BODY_STATUS = frozenset({204, 304})
+
+
+def error_response(status: int, default_headers: Headers) -> tuple[Headers, bytes]:
+    """A small plain-text response for errors the server answers itself."""
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    body = f"{status} {phrase}\n".encode()
+    headers = [
+        *default_headers,
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    return headers, body
+
+
+class HTTPStream:
+    """See the module docstring. Created by the connection handler per request."""
+
+    __slots__ = (
+        "_body",
+        "_body_complete",
+        "_conn",
+        "_continue_pending",
+        "_disconnected",
+        "_final_sent",
+        "_pending_start",
+        "_response_bytes",
+        "_response_complete",
+        "_response_started",
+        "_start_time",
+        "_status",
+        "_waiter",
+        "scope",
+        "stream_id",
+    )
+
+    def __init__(self, conn: ConnectionHandler, event: RequestReceived) -> None:
+        self._conn = conn
+        self.stream_id = event.stream_id
+        ctx = conn.context
+        self.scope = cast(
+            "Scope",
+            build_http_scope(event, conn.info, root_path=ctx.config.root_path, state=ctx.state),
+        )
+        self._body: list[bytes] = []
+        self._body_complete = False
+        self._final_sent = False  # the `more_body: False` request message was delivered
+        self._disconnected = False
+        self._continue_pending = event.expects_continue
+        self._waiter: Waiter | None = None
+        self._pending_start: tuple[int, Headers] | None = None
+        self._response_started = False
+        self._response_complete = False
+        self._status = 0
+        self._response_bytes = 0
+        self._start_time = time.time() if ctx.loggers.access is not None else 0.0
+
+    # ---- events from the connection -------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self._body.append(data)
+        self._wake()
+
+    def ended(self) -> None:
+        self._body_complete = True
+        self._wake()
+
+    def client_gone(self) -> None:
+        self._disconnected = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            self._waiter.set()
+
+    # ---- the application call -------------------------------------------------------------
+
+    async def run(self) -> None:
+        ctx = self._conn.context
+        try:
+            await ctx.app(self.scope, self.receive, self.send)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                ctx.loggers.error.error("Exception in ASGI application", exc_info=exc)
+            self._abandon()
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            if not self._response_complete:
+                if not self._disconnected:
+                    ctx.loggers.error.error(
+                        "ASGI callable returned without completing the response"
+                    )
+                self._abandon()
+        finally:
+            if ctx.loggers.access is not None:
+                self._log_access()
+            self._conn.stream_finished(self)
+
+    def _abandon(self) -> None:
+        """The application failed: a 500 if nothing was sent yet, else cut the stream."""
+        if self._response_complete or self._disconnected:
+            return
+        self._response_complete = True
+        if self._response_started and self._pending_start is None:
+            self._conn.send(ResetStream(stream_id=self.stream_id))
+            return
+        self._status = 500
+        headers, body = error_response(500, self._conn.context.default_headers.get())
+        self._response_bytes = len(body)
+        self._conn.send(
+            SendResponse(stream_id=self.stream_id, status=500, headers=headers),
+            SendData(stream_id=self.stream_id, data=body, end_stream=True),
+        )
+
+    async def receive(self) -> Message:
+        while True:
+            if self._body:
+                data = b"".join(self._body) if len(self._body) > 1 else self._body[0]
+                self._body.clear()
+                self._conn.send(AcknowledgeData(stream_id=self.stream_id, amount=len(data)))
+                more = not self._body_complete
+                self._final_sent = not more
+                return {"type": "http.request", "body": data, "more_body": more}
+            if self._body_complete and not self._final_sent:
+                self._final_sent = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            if self._disconnected or (self._response_complete and self._final_sent):
+                return {"type": "http.disconnect"}
+            if self._continue_pending:
+                # RFC 9110 10.1.1: the 100 goes out only once the app wants the body.
+                self._continue_pending = False
+                self._conn.send(SendInformational(stream_id=self.stream_id, status=100))
+            if self._waiter is None:
+                self._waiter = self._conn.runtime.waiter()
+            self._waiter.clear()
+            await self._waiter.wait()
+
+    async def send(self, message: Message) -> None:
+        if self._disconnected:
+            raise ClientDisconnected("the client has disconnected")
+        kind = message["type"]
+        if kind == "http.response.body":
+            await self._send_body(message)
+        elif kind == "http.response.start":
+            if self._response_started:
+                raise UnexpectedMessage("http.response.start sent twice")
+            status = int(message["status"])
+            headers = [
+                (bytes(name).lower(), bytes(value)) for name, value in message.get("headers", ())
+            ]
+            validate_response_headers(headers)
+            self._response_started = True
+            self._status = status
+            self._pending_start = (status, headers)
+        else:
+            raise UnexpectedMessage(f"unexpected ASGI message type {kind!r} on an http stream")
+
+    async def _send_body(self, message: Message) -> None:
+        if not self._response_started:
+            raise UnexpectedMessage("http.response.body sent before http.response.start")
+        if self._response_complete:
+            raise UnexpectedMessage("http.response.body sent after the response completed")
+        body = bytes(message.get("body", b""))
+        more = bool(message.get("more_body", False))
+        self._response_bytes += len(body)
+        data = SendData(stream_id=self.stream_id, data=body, end_stream=not more)
+        if not more:
+            self._response_complete = True
+        start = self._pending_start
+        if start is not None:
+            # The head waits for the first body chunk so a one-shot body gets a Content-Length
+            # rather than chunked framing, and both go out in one write.
+            self._pending_start = None
+            self._conn.send(self._response_command(start, body, more), data)
+        else:
+            self._conn.send(data)
+        if more:
+            await self._conn.drain()
+        if self._response_complete:
+            self._wake()
+
+    def _response_command(self, start: tuple[int, Headers], body: bytes, more: bool) -> Command:
+        status, headers = start
+        if (
+            not more
+            and status not in _NO_BODY_STATUS
+            and status >= 200
+            and (body or self.scope["method"] != "HEAD")
+            and get_header(headers, b"content-length") is None
+            and get_header(headers, b"transfer-encoding") is None
+        ):
+            headers = [*headers, (b"content-length", str(len(body)).encode())]
+        defaults = self._conn.context.default_headers.get()
+        if defaults:
+            headers = self._with_defaults(headers, defaults)
+        return SendResponse(stream_id=self.stream_id, status=status, headers=headers)
+
+    @staticmethod
+    def _with_defaults(headers: Headers, defaults: Headers) -> Headers:
+        missing = [item for item in defaults if get_header(headers, item[0]) is None]
+        return [*missing, *headers] if missing else headers
+
+    def _log_access(self) -> None:
+        scope: Any = self.scope
+        record = AccessRecord(
+            client=scope["client"],
+            method=scope["method"],
+            path=scope["path"],
+            query_string=scope["query_string"],
+            http_version=scope["http_version"],
+            status=self._status,
+            response_bytes=self._response_bytes,
+            request_headers=scope["headers"],
+            response_headers=[],
+            start_time=self._start_time,
+            duration=time.time() - self._start_time,
+        )
+        log_access(self._conn.context.loggers, record)

@@ -1,0 +1,49 @@
+"""The set of live connections of one server, and the graceful-drain order over them.
+
+Shutdown order (the same on every runtime): the backend closes its listeners first; then every
+connection is told to finish what is in flight and close when idle; then we wait, up to the
+graceful timeout, for all of them to end; what is left is aborted (app tasks cancelled).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from multicorn.app.connection import ConnectionHandler
+    from multicorn.runtime.base import Runtime, Waiter
+
+
+class ConnectionRegistry:
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._handlers: set[ConnectionHandler] = set()
+        self._empty: Waiter = runtime.waiter()
+        self._empty.set()
+
+    def __len__(self) -> int:
+        return len(self._handlers)
+
+    def add(self, handler: ConnectionHandler) -> None:
+        self._handlers.add(handler)
+        self._empty.clear()
+
+    def discard(self, handler: ConnectionHandler) -> None:
+        self._handlers.discard(handler)
+        if not self._handlers:
+            self._empty.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Ask every connection to close gracefully; abort the rest after `timeout` seconds.
+
+        Returns True when everything finished within the timeout.
+        """
+        for handler in list(self._handlers):
+            handler.shutdown()
+        done = await self._runtime.wait_for(self._empty, timeout)
+        if not done:
+            for handler in list(self._handlers):
+                handler.abort()
+            # Cancelled tasks still have to unwind; give them a moment, not forever.
+            await self._runtime.wait_for(self._empty, 1.0)
+        return done

@@ -1,0 +1,55 @@
+"""Builds the ASGI `http` connection scope from a request head (ASGI www spec 2.5)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from urllib.parse import unquote_to_bytes
+
+if TYPE_CHECKING:
+    from multicorn.app.context import ConnectionInfo
+    from multicorn.protocol.events import RequestReceived
+    from multicorn.typing import HTTPScope
+
+
+def split_target(target: bytes) -> tuple[bytes, bytes]:
+    """(raw path, query string) from an origin-form or absolute-form request target."""
+    if not target.startswith(b"/") and b"://" in target:
+        # absolute-form: drop scheme and authority (RFC 9112 3.2.2).
+        after = target.split(b"://", 1)[1]
+        slash = after.find(b"/")
+        query_mark = after.find(b"?")
+        if slash == -1 or (query_mark != -1 and query_mark < slash):
+            target = b"/" + (after[query_mark:] if query_mark != -1 else b"")
+        else:
+            target = after[slash:]
+    raw_path, _, query = target.partition(b"?")
+    return raw_path, query
+
+
+def build_http_scope(
+    event: RequestReceived, info: ConnectionInfo, *, root_path: str, state: dict[str, object]
+) -> HTTPScope:
+    raw_path, query = split_target(event.target)
+    # ASGI: percent-escapes and UTF-8 sequences decoded into characters.
+    decoded = unquote_to_bytes(raw_path) if b"%" in raw_path else raw_path
+    path = decoded.decode("utf-8", errors="replace")
+    if root_path and not path.startswith(root_path):
+        # The proxy in front stripped the mount point; ASGI's path is the full path.
+        path = root_path + path
+        raw_path = root_path.encode() + raw_path
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.5"},
+        "http_version": event.http_version,
+        "method": event.method.decode("ascii"),
+        "scheme": info.scheme,
+        "path": path,
+        "raw_path": raw_path,
+        "query_string": query,
+        "root_path": root_path,
+        "headers": event.headers,
+        "client": info.client,
+        "server": info.server,
+        "state": dict(state),
+        "extensions": {},
+    }

@@ -1,0 +1,240 @@
+"""The command line: flags (Hypercorn's names) mapped onto `Config` fields.
+
+Owns the argument parser and turning argv into (app spec, config file, given settings). It
+does not run anything; `multicorn.__main__` feeds the result to `load_config` and serves.
+Values are parsed and validated with the same rules as the environment, so a bad flag fails
+here with argparse's usual "argument --flag: ..." message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+
+from multicorn._version import __version__
+from multicorn.config import (
+    LIFESPAN_MODES,
+    LOG_LEVELS,
+    WORKER_CLASSES,
+    Config,
+    ConfigError,
+    parse_setting,
+    setting_names,
+)
+from multicorn.net.binds import BindError, parse_bind
+
+
+def _setting_type(name: str) -> Callable[[str], object]:
+    def convert(text: str) -> object:
+        try:
+            return parse_setting(name, text)
+        except ConfigError as exc:
+            # argparse prefixes "argument --flag:", so the setting name would be noise.
+            raise argparse.ArgumentTypeError(exc.reason) from None
+
+    convert.__name__ = name
+    return convert
+
+
+def _bind_type(text: str) -> str:
+    try:
+        parse_bind(text)
+    except BindError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text.strip()
+
+
+def _show(value: object) -> str:
+    if isinstance(value, bool):
+        text = "on" if value else "off"
+    elif value is None:
+        text = "none"
+    elif isinstance(value, list):
+        text = ", ".join(str(item) for item in value)
+    elif value == "":
+        text = "''"
+    else:
+        text = str(value)
+    # argparse %-formats help strings; a literal % (as in the access log format) must survive.
+    return text.replace("%", "%%")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `multicorn` argument parser. Settings flags default to None, meaning "not given"."""
+    defaults = Config()
+    parser = argparse.ArgumentParser(
+        prog="multicorn",
+        description="Serve an ASGI application over HTTP.",
+        epilog=(
+            "Settings are read, lowest to highest precedence, from defaults, the --config "
+            "TOML file, MULTICORN_<SETTING> environment variables, then these flags."
+        ),
+    )
+
+    def setting(*flags: str, dest: str, help: str, metavar: str | None = None) -> None:
+        parser.add_argument(
+            *flags,
+            dest=dest,
+            type=_setting_type(dest),
+            default=None,
+            metavar=metavar,
+            help=f"{help} (default: {_show(getattr(defaults, dest))})",
+        )
+
+    def switch(flag: str, *, dest: str, help: str) -> None:
+        parser.add_argument(
+            flag,
+            dest=dest,
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help=f"{help} (default: {_show(getattr(defaults, dest))})",
+        )
+
+    def choices(options: tuple[str, ...]) -> str:
+        return "{" + ",".join(options) + "}"
+
+    parser.add_argument("app", metavar="APP", help="the application, as 'module:attribute'")
+    parser.add_argument(
+        "-c",
+        "--config",
+        dest="config",
+        default=None,
+        metavar="FILE",
+        help="TOML file of settings, keyed by setting name (default: none)",
+    )
+    parser.add_argument(
+        "-b",
+        "--bind",
+        dest="bind",
+        action="append",
+        type=_bind_type,
+        default=None,
+        metavar="ADDRESS",
+        help=(
+            "where to listen: HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N; repeat to listen "
+            f"on several (default: {_show(defaults.bind)})"
+        ),
+    )
+    setting(
+        "-k",
+        "--worker-class",
+        dest="worker_class",
+        metavar=choices(WORKER_CLASSES),
+        help="event loop to run on",
+    )
+    setting("--backlog", dest="backlog", metavar="N", help="pending connections the OS queues")
+    setting(
+        "--keep-alive",
+        dest="keep_alive",
+        metavar="SECONDS",
+        help="close idle keep-alive connections after this long",
+    )
+    setting(
+        "--keep-alive-max-requests",
+        dest="keep_alive_max_requests",
+        metavar="N",
+        help="close a connection after serving this many requests",
+    )
+    setting(
+        "--header-timeout",
+        dest="header_timeout",
+        metavar="SECONDS",
+        help="a request head, once begun, must arrive whole within this",
+    )
+    setting(
+        "--graceful-timeout",
+        dest="graceful_timeout",
+        metavar="SECONDS",
+        help="on shutdown, wait this long for requests in flight",
+    )
+    setting(
+        "--root-path",
+        dest="root_path",
+        metavar="PATH",
+        help="ASGI root_path, for apps mounted below a URL prefix",
+    )
+    setting(
+        "--lifespan",
+        dest="lifespan",
+        metavar=choices(LIFESPAN_MODES),
+        help="run the ASGI lifespan protocol: auto tolerates apps without it",
+    )
+    setting(
+        "--startup-timeout",
+        dest="startup_timeout",
+        metavar="SECONDS",
+        help="the app's lifespan startup must finish within this",
+    )
+    setting(
+        "--shutdown-timeout",
+        dest="shutdown_timeout",
+        metavar="SECONDS",
+        help="the app's lifespan shutdown must finish within this",
+    )
+    setting(
+        "--h11-max-incomplete-size",
+        dest="h11_max_incomplete_size",
+        metavar="BYTES",
+        help="largest HTTP/1.1 request head accepted",
+    )
+    switch("--date-header", dest="include_date_header", help="send a Date response header")
+    switch("--server-header", dest="include_server_header", help="send a Server response header")
+    setting(
+        "--access-logfile",
+        dest="access_logfile",
+        metavar="FILE",
+        help="write an access log here; '-' is stdout",
+    )
+    setting(
+        "--access-logformat",
+        dest="access_logformat",
+        metavar="FORMAT",
+        help="access log line, with Gunicorn-style atoms",
+    )
+    setting(
+        "--error-logfile",
+        "--log-file",
+        dest="error_logfile",
+        metavar="FILE",
+        help="write the error log here; '-' is stderr",
+    )
+    setting(
+        "--log-level",
+        dest="log_level",
+        metavar=choices(LOG_LEVELS),
+        help="least severe error log messages to write",
+    )
+    parser.add_argument(
+        "--factory",
+        dest="factory",
+        action="store_const",
+        const=True,
+        default=None,
+        help=(
+            "APP is a factory: call it with no arguments to get the application "
+            f"(default: {_show(defaults.factory)})"
+        ),
+    )
+    setting(
+        "--app-dir",
+        dest="app_dir",
+        metavar="DIR",
+        help="import APP from this directory; '' is the current directory",
+    )
+    parser.add_argument("--version", action="version", version=f"multicorn {__version__}")
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> tuple[str, str | None, dict[str, object]]:
+    """Parse `argv` (without the program name) into (app spec, config file, given settings).
+
+    The settings dict is keyed by Config field name and holds only flags the user gave.
+    Exits via SystemExit (status 2) on bad usage, and status 0 for --help / --version.
+    """
+    namespace = build_parser().parse_args(list(argv))
+    given: dict[str, object] = {}
+    for name in setting_names():
+        value = getattr(namespace, name, None)
+        if value is not None:
+            given[name] = value
+    return namespace.app, namespace.config, given

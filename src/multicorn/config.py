@@ -1,0 +1,362 @@
+"""The one configuration object, and where its values come from.
+
+Precedence, lowest to highest: defaults, a TOML file, MULTICORN_* environment variables,
+command-line flags, the Python API (keyword arguments / attribute assignment).
+
+This module owns the `Config` field list, the rules each field's value must obey, the
+coercion of text (environment variables, flags) and TOML values into those types, and the
+merging of all sources in `load_config`. Every rejected value raises `ConfigError`, which names
+the setting and where the value came from.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Final, Literal
+
+from multicorn.net.binds import BindError, parse_bind
+
+ENV_PREFIX: Final = "MULTICORN_"
+
+WORKER_CLASSES: Final = ("asyncio", "uvloop", "trio")
+LIFESPAN_MODES: Final = ("auto", "on", "off")
+LOG_LEVELS: Final = ("critical", "error", "warning", "info", "debug", "trace")
+
+_TRUE_WORDS: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE_WORDS: Final = frozenset({"0", "false", "no", "off"})
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or its value is unusable.
+
+    `key` is the setting's field name (or the unknown key as written), `reason` says what was
+    expected, and `source` says where the value came from (None for the Python API).
+    """
+
+    def __init__(self, key: str, reason: str, *, source: str | None = None) -> None:
+        self.key = key
+        self.reason = reason
+        self.source = source
+        message = f"{key}: {reason}"
+        if source is not None:
+            message += f" (from {source})"
+        super().__init__(message)
+
+
+@dataclass(kw_only=True)
+class Config:
+    """Every server setting, with its default. Field names match Hypercorn's where they exist."""
+
+    bind: list[str] = field(default_factory=lambda: ["127.0.0.1:8000"])
+    worker_class: str = "asyncio"  # asyncio | uvloop | trio
+    backlog: int = 2048
+    keep_alive: float = 5.0  # idle keep-alive timeout, seconds
+    keep_alive_max_requests: int = 1000  # requests served on one connection before it closes
+    header_timeout: float = 10.0  # a request head must arrive whole within this, once begun
+    graceful_timeout: float = 3.0
+    root_path: str = ""
+    lifespan: str = "auto"  # auto | on | off
+    startup_timeout: float = 60.0
+    shutdown_timeout: float = 60.0
+    h11_max_incomplete_size: int = 16 * 1024
+    include_date_header: bool = True
+    include_server_header: bool = True
+    access_logfile: str | None = None  # "-" is stdout
+    access_logformat: str = '%(h)s %(l)s %(l)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
+    error_logfile: str | None = "-"  # "-" is stderr
+    log_level: str = "info"
+    factory: bool = False
+    app_dir: str = ""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError for the first field holding an unusable value.
+
+        Runs on construction; call it again after assigning attributes directly.
+        """
+        for f in fields(self):
+            problem = _problem(f.name, getattr(self, f.name))
+            if problem is not None:
+                raise ConfigError(f.name, problem)
+
+
+_Kind = Literal["bool", "int", "float", "str", "optional_str", "str_list", "choice"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    kind: _Kind
+    expected: str  # completes "expected ..." in error messages
+    minimum: float | None = None
+    minimum_inclusive: bool = True
+    choices: tuple[str, ...] = ()
+
+
+def _seconds() -> _Rule:
+    return _Rule("float", "a number of seconds >= 0", minimum=0)
+
+
+def _positive_int(what: str) -> _Rule:
+    return _Rule("int", f"{what} > 0", minimum=0, minimum_inclusive=False)
+
+
+def _choice(options: tuple[str, ...]) -> _Rule:
+    return _Rule("choice", "one of " + ", ".join(options), choices=options)
+
+
+_BOOL = _Rule("bool", "true or false (or 1/0, yes/no, on/off)")
+
+_RULES: Final[Mapping[str, _Rule]] = MappingProxyType(
+    {
+        "bind": _Rule("str_list", "one or more addresses like 127.0.0.1:8000"),
+        "worker_class": _choice(WORKER_CLASSES),
+        "backlog": _positive_int("a whole number of pending connections"),
+        "keep_alive": _seconds(),
+        "keep_alive_max_requests": _positive_int("a whole number of requests"),
+        "header_timeout": _seconds(),
+        "graceful_timeout": _seconds(),
+        "root_path": _Rule("str", "'' or a path starting with '/' and not ending with '/'"),
+        "lifespan": _choice(LIFESPAN_MODES),
+        "startup_timeout": _seconds(),
+        "shutdown_timeout": _seconds(),
+        "h11_max_incomplete_size": _positive_int("a whole number of bytes"),
+        "include_date_header": _BOOL,
+        "include_server_header": _BOOL,
+        "access_logfile": _Rule("optional_str", "'-' (stdout) or a file path"),
+        "access_logformat": _Rule("str", "a %-style format using %(atom)s placeholders"),
+        "error_logfile": _Rule("optional_str", "'-' (stderr) or a file path"),
+        "log_level": _choice(LOG_LEVELS),
+        "factory": _BOOL,
+        "app_dir": _Rule("str", "a directory path"),
+    }
+)
+
+
+def setting_names() -> tuple[str, ...]:
+    """The names of every setting, in declaration order."""
+    return tuple(f.name for f in fields(Config))
+
+
+def _as_number(value: object) -> float | None:
+    # bool is an int subclass, but "keep_alive = true" is a mistake, not 1 second.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _problem(name: str, value: object) -> str | None:
+    """Why `value` is unusable for setting `name` ("expected ..., got ..."), or None if fine."""
+    rule = _RULES[name]
+    bad = f"expected {rule.expected}, got {value!r}"
+    if rule.kind == "bool":
+        return None if isinstance(value, bool) else bad
+    if rule.kind in ("int", "float"):
+        number = _as_number(value)
+        if number is None or (rule.kind == "int" and not isinstance(value, int)):
+            return bad
+        if not math.isfinite(number):
+            return bad
+        if rule.minimum is not None:
+            in_range = number >= rule.minimum if rule.minimum_inclusive else number > rule.minimum
+            if not in_range:
+                return bad
+        return None
+    if rule.kind == "choice":
+        return None if value in rule.choices else bad
+    if rule.kind == "optional_str":
+        if value is None:
+            return None
+        return None if isinstance(value, str) and value else bad
+    if rule.kind == "str_list":
+        if not isinstance(value, list) or not value:
+            return bad
+        for item in value:
+            if not isinstance(item, str):
+                return bad
+            try:
+                parse_bind(item)
+            except BindError as exc:
+                return str(exc)
+        return None
+    if not isinstance(value, str):
+        return bad
+    if name == "root_path" and value and (not value.startswith("/") or value.endswith("/")):
+        return bad
+    if name == "access_logformat":
+        return _format_problem(value)
+    return None
+
+
+class _ProbeAtoms(Mapping[str, str]):
+    """Answers every atom with "-", so a format can be tried without a real request."""
+
+    def __getitem__(self, key: str) -> str:
+        return "-"
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def __str__(self) -> str:
+        # A bare "%s" would otherwise print this object; make it fail like other mistakes.
+        raise TypeError("use named placeholders such as %(h)s, not bare %s")
+
+
+def _format_problem(fmt: str) -> str | None:
+    try:
+        fmt % _ProbeAtoms()
+    except (TypeError, ValueError, KeyError) as exc:
+        return f"expected a %-style format using %(atom)s placeholders, got {fmt!r} ({exc})"
+    return None
+
+
+def _parse_text(name: str, text: str) -> object:
+    """Turn text from an environment variable or a flag into the setting's type.
+
+    Returns the raw text unchanged when it cannot be converted, so `_problem` reports it with
+    the same "expected ..., got ..." wording as every other bad value.
+    """
+    rule = _RULES[name]
+    stripped = text.strip()
+    if rule.kind == "bool":
+        word = stripped.lower()
+        if word in _TRUE_WORDS:
+            return True
+        if word in _FALSE_WORDS:
+            return False
+        return text
+    if rule.kind == "int":
+        try:
+            return int(stripped)
+        except ValueError:
+            return text
+    if rule.kind == "float":
+        try:
+            return float(stripped)
+        except ValueError:
+            return text
+    if rule.kind == "choice":
+        return stripped.lower()
+    if rule.kind == "optional_str":
+        # An empty variable is the only way to say "none" in the environment.
+        return text or None
+    if rule.kind == "str_list":
+        items = [item.strip() for item in text.split(",")]
+        return [item for item in items if item]
+    return text
+
+
+def _coerce_structured(name: str, value: object) -> object:
+    """Adapt an already-typed value (TOML, argparse, Python) to the setting's type."""
+    rule = _RULES[name]
+    if rule.kind == "float":
+        number = _as_number(value)
+        return value if number is None else number
+    if rule.kind == "choice" and isinstance(value, str):
+        return value.strip().lower()
+    if rule.kind == "str_list" and isinstance(value, str):
+        return [value]
+    if rule.kind == "str_list" and isinstance(value, (list, tuple)):
+        return list(value)
+    return value
+
+
+def parse_setting(name: str, value: object, *, source: str | None = None) -> object:
+    """Coerce and validate one value for setting `name`; text is parsed as from the environment.
+
+    Raises ConfigError (naming `name` and `source`) for an unknown setting or a bad value.
+    """
+    if name not in _RULES:
+        raise ConfigError(name, _unknown_reason(name), source=source)
+    coerced = _parse_text(name, value) if isinstance(value, str) else value
+    coerced = _coerce_structured(name, coerced)
+    problem = _problem(name, coerced)
+    if problem is not None:
+        raise ConfigError(name, problem, source=source)
+    return coerced
+
+
+def _unknown_reason(name: str, *, prefix: str = "") -> str:
+    close = difflib.get_close_matches(name.replace("-", "_").lower(), list(_RULES), n=1)
+    if close:
+        return f"no such setting; did you mean {prefix}{close[0].upper() if prefix else close[0]}?"
+    return "no such setting; known settings are " + ", ".join(_RULES)
+
+
+def _from_toml(path: str) -> dict[str, object]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised only on Python 3.10
+        import tomli as tomllib  # type: ignore[import-not-found]  # 3.10-only dependency
+
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError("config", f"could not read {path!r}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"{path!r} is not valid TOML: {exc}") from exc
+    values: dict[str, object] = {}
+    for key, value in data.items():
+        if key not in _RULES:
+            raise ConfigError(key, _unknown_reason(key), source=path)
+        coerced = _coerce_structured(key, value)
+        problem = _problem(key, coerced)
+        if problem is not None:
+            raise ConfigError(key, problem, source=path)
+        values[key] = coerced
+    return values
+
+
+def _from_environ(environ: Mapping[str, str]) -> dict[str, object]:
+    values: dict[str, object] = {}
+    for var, text in environ.items():
+        if not var.startswith(ENV_PREFIX):
+            continue
+        name = var[len(ENV_PREFIX) :].lower()
+        if name not in _RULES:
+            reason = _unknown_reason(name, prefix=ENV_PREFIX)
+            raise ConfigError(var, reason, source="the environment")
+        values[name] = parse_setting(name, text, source=var)
+    return values
+
+
+def _from_mapping(data: Mapping[str, object], *, source: str, skip_none: bool) -> dict[str, object]:
+    values: dict[str, object] = {}
+    for name, value in data.items():
+        if value is None and skip_none:
+            continue
+        values[name] = parse_setting(name, value, source=source)
+    return values
+
+
+def load_config(
+    *,
+    toml_path: str | None,
+    environ: Mapping[str, str],
+    cli: Mapping[str, object],
+    overrides: Mapping[str, object] | None = None,
+) -> Config:
+    """Build a Config from every source, lowest to highest precedence.
+
+    defaults < TOML file at `toml_path` < MULTICORN_<FIELD> variables in `environ` < `cli`
+    (values that are None count as not given) < `overrides`. Raises ConfigError naming the
+    setting and its source for unknown keys and bad values.
+    """
+    values: dict[str, object] = {}
+    if toml_path is not None:
+        values.update(_from_toml(toml_path))
+    values.update(_from_environ(environ))
+    values.update(_from_mapping(cli, source="the command line", skip_none=True))
+    if overrides is not None:
+        values.update(_from_mapping(overrides, source="overrides", skip_none=False))
+    return Config(**values)  # type: ignore[arg-type]  # every value was validated above

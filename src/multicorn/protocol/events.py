@@ -1,0 +1,122 @@
+"""The one vocabulary between a protocol core and the ASGI layer, whatever the HTTP version.
+
+Inbound events are past tense and only ever flow out of a protocol object; outbound commands are
+imperative and only ever flow into one. No type goes both ways. Every stream event names its
+stream: HTTP/1.1 numbers its requests 1, 2, 3... on a connection, HTTP/2 uses its stream ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from multicorn.protocol.errors import ProtocolError
+
+Headers = list[tuple[bytes, bytes]]
+
+
+# ---- inbound events -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestReceived:
+    """A complete request head. `headers` have lower-cased names, in arrival order."""
+
+    stream_id: int
+    method: bytes
+    target: bytes
+    http_version: str  # "1.0", "1.1", "2", "3"
+    headers: Headers
+    expects_continue: bool = False  # the client waits for 100 before sending its body
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DataReceived:
+    stream_id: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamEnded:
+    """The request body is complete."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamReset:
+    """The peer abandoned the stream before it was complete (or the connection died under it)."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionClosed:
+    """The connection is over: flush what `data_to_send()` still holds, then close the transport.
+
+    `error` is set when the peer broke the protocol (the error answer, if any, is already queued).
+    """
+
+    error: ProtocolError | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestRejected(ConnectionClosed):
+    """The peer's request was refused (`error` says why): answer `stream_id` with
+    `error.error_status_hint`, after which the connection closes."""
+
+    stream_id: int
+
+
+Event = RequestReceived | DataReceived | StreamEnded | StreamReset | ConnectionClosed
+
+
+# ---- outbound commands ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendResponse:
+    stream_id: int
+    status: int
+    headers: Headers
+    end_stream: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendInformational:
+    """A 1xx response (100 Continue, 103 Early Hints)."""
+
+    stream_id: int
+    status: int
+    headers: Headers = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendData:
+    stream_id: int
+    data: bytes
+    end_stream: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AcknowledgeData:
+    """The application consumed `amount` body bytes of the stream: the peer may send more."""
+
+    stream_id: int
+    amount: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResetStream:
+    """Abandon a stream mid-response. HTTP/1.1 can only do this by closing the connection."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CloseConnection:
+    """Graceful close: finish what is in flight, accept nothing new."""
+
+
+Command = (
+    SendResponse | SendInformational | SendData | AcknowledgeData | ResetStream | CloseConnection
+)

@@ -1,0 +1,357 @@
+"""HTTP/1.1 server core over h11, behind the stream-event interface.
+
+Theory of operation. h11 parses and frames; this module adds what h11 leaves to its user:
+- strictness h11 does not enforce (request smuggling vectors, control characters, target forms,
+  whole heads above the size limit arriving in one read),
+- numbering requests as streams 1, 2, 3... so the layer above treats them like HTTP/2 streams,
+- keep-alive and header deadlines, a cap on requests per connection, pipelining (h11 PAUSEs
+  after each request; once our response completes, `send()` restarts the cycle and returns the
+  pipelined request that was already buffered),
+- read backpressure: `wants_read` turns False while the application has not consumed the body
+  bytes already delivered, or while a pipelined request waits behind the current one.
+
+The peer closing its sending side (EOF) mid-body resets the stream; EOF after a complete request
+is a half-close: the response is still delivered, then the connection closes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from http import HTTPStatus
+
+import h11
+
+from multicorn.protocol.errors import LocalProtocolError, RemoteProtocolError
+from multicorn.protocol.events import (
+    AcknowledgeData,
+    CloseConnection,
+    Command,
+    ConnectionClosed,
+    DataReceived,
+    Event,
+    RequestReceived,
+    RequestRejected,
+    ResetStream,
+    SendData,
+    SendInformational,
+    SendResponse,
+    StreamEnded,
+    StreamReset,
+)
+from multicorn.protocol.headers import has_invalid_value_chars
+
+# Once the response is complete, at most this much of an unread request body is read and thrown
+# away to keep the connection alive; past it, closing is cheaper than draining.
+_MAX_DISCARD = 256 * 1024
+
+_REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HTTP11Limits:
+    max_incomplete_size: int = 16 * 1024  # a request head, in bytes
+    keep_alive_timeout: float = 5.0
+    header_timeout: float = 10.0
+    max_requests: int = 1000
+    body_buffer_size: int = 64 * 1024  # unconsumed request body before reading pauses
+
+
+class HTTP11Protocol:
+    """One HTTP/1.x connection, server side. See the module docstring."""
+
+    def __init__(self, *, limits: HTTP11Limits, now: float) -> None:
+        self._limits = limits
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_incomplete_size)
+        self._out: list[bytes] = []
+        self._stream_id = 0  # id of the newest request
+        self._in_request = False  # a request head was delivered and its response is not done
+        self._body_done = True  # the current request's body has been fully received
+        self._head_method = False
+        self._http10 = False
+        self._keep_alive = True
+        self._unconsumed = 0
+        self._discarded = 0
+        self._discarding = False
+        self._discard_since = 0.0
+        self._client_waiting_100 = False
+        self._paused = False
+        self._eof = False
+        self._closed = False
+        self._rejecting = False
+        self._idle_since: float | None = now
+        self._head_started: float | None = None
+
+    # ---- inbound --------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes, now: float) -> list[Event]:
+        if self._closed or self._eof:
+            return []
+        if not data:
+            self._eof = True
+        elif self._idle_since is not None and self._head_started is None:
+            self._head_started = now
+        self._h11.receive_data(data)
+        return self._next_events(now)
+
+    def _next_events(self, now: float) -> list[Event]:
+        events: list[Event] = []
+        while not self._closed:
+            try:
+                event = self._h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                events.extend(self._fail(str(exc), exc.error_status_hint))
+                break
+            if event is h11.NEED_DATA:
+                break
+            if event is h11.PAUSED:
+                self._paused = True
+                break
+            if isinstance(event, h11.Request):
+                error = self._check_request(event)
+                if error is not None:
+                    events.extend(self._fail(*error))
+                    break
+                events.append(self._start_request(event))
+            elif isinstance(event, h11.Data):
+                if self._discarding:
+                    self._discarded += len(event.data)
+                    if self._discarded > _MAX_DISCARD:
+                        events.extend(self._close())
+                    continue
+                self._unconsumed += len(event.data)
+                events.append(DataReceived(stream_id=self._stream_id, data=bytes(event.data)))
+            elif isinstance(event, h11.EndOfMessage):
+                self._body_done = True
+                if self._discarding:
+                    self._discarding = False
+                    events.extend(self._next_cycle(now))
+                    break
+                events.append(StreamEnded(stream_id=self._stream_id))
+            elif isinstance(event, h11.ConnectionClosed):
+                events.extend(self._close())
+        return events
+
+    def _check_request(self, request: h11.Request) -> tuple[str, int] | None:
+        """Strictness beyond h11. Returns (message, status) for a request to refuse."""
+        if request.http_version not in (b"1.1", b"1.0"):
+            return f"HTTP version {request.http_version.decode()} is not supported", 505
+        size = 0
+        has_length = has_chunked = False
+        for name, value in request.headers:
+            size += len(name) + len(value) + 4
+            if has_invalid_value_chars(value):
+                return f"control character in header {name.decode()!r}", 400
+            if name == b"content-length":
+                has_length = True
+            elif name == b"transfer-encoding":
+                has_chunked = True
+        if size > self._limits.max_incomplete_size:
+            return "request header section too large", 431
+        # RFC 9112 6.1: a request with both is a smuggling vector; refuse it outright.
+        if has_length and has_chunked:
+            return "both Content-Length and Transfer-Encoding present", 400
+        # RFC 9112 6.1: chunked framing does not exist in HTTP/1.0.
+        if has_chunked and request.http_version == b"1.0":
+            return "Transfer-Encoding in an HTTP/1.0 request", 400
+        target = request.target
+        if request.method == b"CONNECT":
+            return "CONNECT is not supported: this is not a proxy", 501
+        # RFC 9112 3.2: origin-form, absolute-form, or "*" for OPTIONS only.
+        if not target.startswith(b"/"):
+            if target == b"*":
+                if request.method != b"OPTIONS":
+                    return "asterisk-form target is only valid for OPTIONS", 400
+            elif not (target.startswith((b"http://", b"https://"))):
+                return "request target is not in origin-form or absolute-form", 400
+        return None
+
+    def _start_request(self, request: h11.Request) -> RequestReceived:
+        self._stream_id += 1
+        self._in_request = True
+        self._body_done = False
+        self._idle_since = None
+        self._head_started = None
+        self._unconsumed = 0
+        self._head_method = request.method == b"HEAD"
+        self._http10 = request.http_version == b"1.0"
+        if self._stream_id >= self._limits.max_requests:
+            self._keep_alive = False
+        return RequestReceived(
+            stream_id=self._stream_id,
+            method=bytes(request.method),
+            target=bytes(request.target),
+            http_version=request.http_version.decode("ascii"),
+            headers=[(bytes(name), bytes(value)) for name, value in request.headers],
+            expects_continue=self._h11.they_are_waiting_for_100_continue,
+        )
+
+    def _fail(self, message: str, status: int) -> list[Event]:
+        error = RemoteProtocolError(message, error_status_hint=status)
+        events: list[Event] = []
+        if self._in_request and not self._body_done:
+            events.append(StreamReset(stream_id=self._stream_id))
+        self._closed = True
+        if self._eof:
+            # The peer is gone; there is nobody to answer.
+            events.append(ConnectionClosed(error=error))
+        elif self._h11.our_state in (h11.IDLE, h11.SEND_RESPONSE) and not self._in_request:
+            self._stream_id += 1
+            self._rejecting = True
+            events.append(RequestRejected(error=error, stream_id=self._stream_id))
+        else:
+            events.append(ConnectionClosed(error=error))
+        return events
+
+    def _close(self) -> list[Event]:
+        events: list[Event] = []
+        if self._in_request and not self._body_done:
+            events.append(StreamReset(stream_id=self._stream_id))
+        self._closed = True
+        events.append(ConnectionClosed())
+        return events
+
+    # ---- outbound -------------------------------------------------------------------------
+
+    def send(self, command: Command, now: float) -> list[Event]:
+        if isinstance(command, AcknowledgeData):
+            self._unconsumed = max(0, self._unconsumed - command.amount)
+            return []
+        if isinstance(command, CloseConnection):
+            self._keep_alive = False
+            if not self._in_request and not self._closed:
+                return self._close()
+            return []
+        if self._rejecting and command.stream_id == self._stream_id:
+            return self._send_rejection(command)
+        if self._closed or command.stream_id != self._stream_id or not self._in_request:
+            return []  # the stream is already gone; the ASGI layer has been told
+        if isinstance(command, ResetStream):
+            return self._close()
+        try:
+            if isinstance(command, SendResponse):
+                headers = command.headers
+                # h11 forgets the client was waiting once a final response goes out; remember
+                # it, as such a client will never send the body we would otherwise drain.
+                self._client_waiting_100 = self._h11.they_are_waiting_for_100_continue
+                if not self._keep_alive:
+                    headers = [*headers, (b"connection", b"close")]
+                self._emit(
+                    h11.Response(
+                        status_code=command.status,
+                        headers=headers,
+                        reason=_REASONS.get(command.status, b""),
+                    )
+                )
+                if command.end_stream:
+                    return self._end_response(now)
+            elif isinstance(command, SendInformational):
+                # RFC 9110 15.2: no 1xx to an HTTP/1.0 client. A 100 is pointless once the body
+                # has started arriving.
+                if self._http10:
+                    return []
+                if command.status == 100 and not self._h11.they_are_waiting_for_100_continue:
+                    return []
+                self._emit(
+                    h11.InformationalResponse(
+                        status_code=command.status,
+                        headers=command.headers,
+                        reason=_REASONS.get(command.status, b""),
+                    )
+                )
+            elif isinstance(command, SendData):
+                if command.data and not self._head_method:
+                    self._emit(h11.Data(data=command.data))
+                if command.end_stream:
+                    return self._end_response(now)
+        except h11.LocalProtocolError as exc:
+            raise LocalProtocolError(str(exc)) from None
+        return []
+
+    def _send_rejection(self, command: Command) -> list[Event]:
+        # h11 still lets a server answer after the peer's protocol error; the connection then
+        # closes whatever happens.
+        try:
+            if isinstance(command, SendResponse):
+                headers = [*command.headers, (b"connection", b"close")]
+                reason = _REASONS.get(command.status, b"")
+                self._emit(h11.Response(status_code=command.status, headers=headers, reason=reason))
+            elif isinstance(command, SendData):
+                self._emit(h11.Data(data=command.data))
+                if command.end_stream:
+                    self._emit(h11.EndOfMessage())
+                    self._rejecting = False
+        except h11.LocalProtocolError:
+            self._rejecting = False
+        return []
+
+    def _emit(self, event: h11.Event) -> None:
+        data = self._h11.send(event)
+        if data:
+            self._out.append(data)
+
+    def _end_response(self, now: float) -> list[Event]:
+        self._emit(h11.EndOfMessage())
+        self._in_request = False
+        if self._h11.our_state is h11.MUST_CLOSE or not self._keep_alive:
+            return self._close()
+        if self._h11.their_state is h11.DONE:
+            return self._next_cycle(now)
+        if self._client_waiting_100 or self._eof:
+            # The client never got its 100 and will not send the body: nothing to drain.
+            return self._close()
+        # The app answered without reading the whole body: read and drop the rest.
+        self._discarding = True
+        self._discard_since = now
+        self._discarded = 0
+        self._unconsumed = 0
+        return self._next_events(now)
+
+    def _next_cycle(self, now: float) -> list[Event]:
+        self._h11.start_next_cycle()
+        self._paused = False
+        self._idle_since = now
+        self._head_started = now if self._h11.trailing_data[0] else None
+        return self._next_events(now)
+
+    def data_to_send(self) -> bytes:
+        if not self._out:
+            return b""
+        data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+        self._out.clear()
+        return data
+
+    # ---- time and flow --------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        if self._discarding and not self._closed:
+            return self._discard_since + self._limits.keep_alive_timeout
+        if self._closed or self._idle_since is None:
+            return None
+        if self._head_started is not None:
+            return self._head_started + self._limits.header_timeout
+        return self._idle_since + self._limits.keep_alive_timeout
+
+    def handle_deadline(self, now: float) -> list[Event]:
+        deadline = self.next_deadline()
+        if deadline is None or now < deadline:
+            return []
+        if self._head_started is not None and not self._discarding:
+            return self._fail("request head not received in time", 408)
+        return self._close()
+
+    @property
+    def wants_read(self) -> bool:
+        return (
+            not self._closed
+            and not self._eof
+            and not self._paused
+            and self._unconsumed < self._limits.body_buffer_size
+        )
+
+    @property
+    def closed(self) -> bool:
+        return self._closed and not self._rejecting
+
+    @property
+    def rejecting(self) -> bool:
+        return self._rejecting

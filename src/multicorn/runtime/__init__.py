@@ -1,0 +1,1 @@
+"""Runtime backends: the only code that imports asyncio, uvloop or trio."""

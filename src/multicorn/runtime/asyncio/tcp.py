@@ -1,0 +1,89 @@
+"""A TCP (or Unix) connection on asyncio: an asyncio.Protocol that feeds the shared handler.
+
+Everything is synchronous here: `data_received` runs the protocol core in place, writes go
+straight to the transport, and the one deadline is a `loop.call_at` handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from multicorn.runtime.asyncio.runtime import AsyncioRuntime
+    from multicorn.runtime.base import Handler, HandlerFactory
+
+# asyncio's default high-water mark is 64 KiB; send() waits above it.
+_HIGH_WATER = 64 * 1024
+
+
+class AsyncioConnection(asyncio.Protocol):
+    __slots__ = ("_factory", "_handler", "_loop", "_runtime", "_timer", "_transport")
+
+    def __init__(self, factory: HandlerFactory, runtime: AsyncioRuntime) -> None:
+        self._factory = factory
+        self._runtime = runtime
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._transport: asyncio.Transport
+        self._handler: Handler
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.set_write_buffer_limits(high=_HIGH_WATER)
+        self._handler = self._factory(
+            self,
+            self._runtime,
+            transport.get_extra_info("peername"),
+            transport.get_extra_info("sockname"),
+        )
+
+    def data_received(self, data: bytes) -> None:
+        self._handler.data_received(data)
+
+    def eof_received(self) -> bool:
+        self._handler.eof_received()
+        return True  # half-close: the handler decides when to close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._handler.connection_lost()
+
+    def _deadline_reached(self) -> None:
+        self._timer = None
+        self._handler.deadline_reached()
+
+    def pause_writing(self) -> None:
+        self._handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._handler.resume_writing()
+
+    # ---- the Transport interface, for the handler -----------------------------------------
+
+    def write(self, data: bytes) -> None:
+        self._transport.write(data)
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._transport.abort()
+
+    def set_reading(self, enabled: bool) -> None:
+        if self._transport.is_closing():
+            return
+        if enabled:
+            self._transport.resume_reading()
+        else:
+            self._transport.pause_reading()
+
+    def set_deadline(self, deadline: float | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None:
+            self._timer = self._loop.call_at(deadline, self._deadline_reached)

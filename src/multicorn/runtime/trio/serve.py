@@ -1,0 +1,80 @@
+"""trio listeners and signals: what the shared server needs from this runtime."""
+
+from __future__ import annotations
+
+import errno
+import signal
+import threading
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import trio
+
+from multicorn.runtime.trio.runtime import TrioRuntime
+from multicorn.runtime.trio.tcp import serve_connection
+
+if TYPE_CHECKING:
+    import logging
+    import socket
+    from collections.abc import AsyncIterator
+
+    from multicorn.runtime.base import HandlerFactory
+
+# Out of file descriptors or memory: back off instead of spinning on accept().
+_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+class TrioBackend:
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._accepting: list[trio.CancelScope] = []
+        self._nursery: trio.Nursery
+        self.runtime: TrioRuntime
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[None]:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self.runtime = TrioRuntime(nursery)
+            try:
+                yield
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def start_listeners(
+        self, sockets: list[socket.socket], factory: HandlerFactory, *, backlog: int
+    ) -> None:
+        for sock in sockets:
+            sock.listen(backlog)
+            listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+            self._nursery.start_soon(self._accept_loop, listener, factory)
+
+    async def _accept_loop(self, listener: trio.SocketListener, factory: HandlerFactory) -> None:
+        scope = trio.CancelScope()
+        self._accepting.append(scope)
+        with scope:
+            try:
+                while True:
+                    try:
+                        stream = await listener.accept()
+                    except OSError as exc:
+                        if exc.errno not in _RESOURCE_ERRORS:
+                            raise
+                        self._logger.error("accept() failed: %s; retrying in 100 ms", exc)
+                        await trio.sleep(0.1)
+                        continue
+                    self._nursery.start_soon(serve_connection, stream, factory)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await listener.aclose()
+
+    def stop_listeners(self) -> None:
+        for scope in self._accepting:
+            scope.cancel()
+
+    async def wait_for_signal(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            await trio.sleep_forever()
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                return

@@ -1,0 +1,140 @@
+"""A TCP (or Unix) connection on trio: a reader, a writer and a timer in one nursery.
+
+The handler's writes are synchronous (they append to a buffer and wake the writer task); the
+handler's `pause_writing` is called when that buffer passes the high-water mark, exactly as
+asyncio's transport would. Application tasks run in the same nursery, so a connection's scope
+owns everything it started.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import trio
+
+from multicorn.runtime.trio.runtime import TrioRuntime, TrioWaiter
+
+if TYPE_CHECKING:
+    from multicorn.runtime.base import Handler, HandlerFactory
+
+_HIGH_WATER = 64 * 1024
+_READ_SIZE = 64 * 1024
+
+
+class TrioConnection:
+    def __init__(self, stream: trio.abc.Stream, nursery: trio.Nursery) -> None:
+        self._stream = stream
+        self._nursery = nursery
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._has_output = TrioWaiter()
+        self._can_read = TrioWaiter()
+        self._can_read.set()
+        self._closing = False
+        self._lost = False
+        self._timer_scope = trio.CancelScope()
+        self._deadline = math.inf
+        self._handler: Handler
+
+    async def run(self, factory: HandlerFactory, peername: object, sockname: object) -> None:
+        self._handler = factory(self, TrioRuntime(self._nursery), peername, sockname)
+        self._nursery.start_soon(self._writer)
+        self._nursery.start_soon(self._timer)
+        await self._reader()
+
+    async def _reader(self) -> None:
+        while not self._lost and not self._closing:
+            if not self._can_read.is_set():
+                await self._can_read.wait()
+                continue
+            try:
+                data = await self._stream.receive_some(_READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                self._connection_lost()
+                return
+            if not data:
+                self._handler.eof_received()
+                return  # half-closed: the writer keeps going until the handler closes
+            self._handler.data_received(data)  # type: ignore[arg-type]  # bytes at runtime
+
+    async def _writer(self) -> None:
+        while True:
+            await self._has_output.wait()
+            self._has_output.clear()
+            if self._pending:
+                data = b"".join(self._pending)
+                self._pending.clear()
+                try:
+                    await self._stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    self._connection_lost()
+                    return
+                self._pending_size -= len(data)
+                if self._pending_size <= _HIGH_WATER:
+                    self._handler.resume_writing()
+            if self._closing and not self._pending:
+                await self._stream.aclose()
+                self._connection_lost()
+                return
+
+    async def _timer(self) -> None:
+        while not self._lost:
+            with trio.CancelScope(deadline=self._deadline) as self._timer_scope:
+                await trio.sleep_forever()
+            if self._lost:
+                return
+            if trio.current_time() >= self._deadline:
+                self._deadline = math.inf
+                self._handler.deadline_reached()
+
+    def _connection_lost(self) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._timer_scope.cancel()
+        self._can_read.set()
+        self._handler.connection_lost()
+
+    # ---- the Transport interface, for the handler -----------------------------------------
+
+    def write(self, data: bytes) -> None:
+        self._pending.append(data)
+        self._pending_size += len(data)
+        self._has_output.set()
+        if self._pending_size > _HIGH_WATER:
+            self._handler.pause_writing()
+
+    def close(self) -> None:
+        self._closing = True
+        self._has_output.set()
+        self._can_read.set()
+
+    def abort(self) -> None:
+        self._closing = True
+        self._nursery.cancel_scope.cancel()
+        self._connection_lost()
+
+    def set_reading(self, enabled: bool) -> None:
+        if enabled:
+            self._can_read.set()
+        else:
+            self._can_read.clear()
+
+    def set_deadline(self, deadline: float | None) -> None:
+        self._deadline = math.inf if deadline is None else deadline
+        self._timer_scope.deadline = self._deadline
+
+
+async def serve_connection(stream: trio.SocketStream, factory: HandlerFactory) -> None:
+    try:
+        peername = stream.socket.getpeername()
+        sockname = stream.socket.getsockname()
+    except OSError:
+        return  # already gone
+    try:
+        async with trio.open_nursery() as nursery:
+            await TrioConnection(stream, nursery).run(factory, peername, sockname)
+    finally:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()

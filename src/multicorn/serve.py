@@ -1,0 +1,189 @@
+"""Running a server inside an event loop that is already running: `serve()` and `Server`.
+
+The order of events is the same on every runtime and lives here once:
+bind sockets -> lifespan startup -> accept -> (shutdown trigger) -> stop accepting ->
+drain connections within the graceful timeout -> lifespan shutdown.
+Only the listeners, signals and task primitives come from the runtime backend, chosen by which
+async library is running (sniffio).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, final
+
+import sniffio
+
+from multicorn.app.connection import ConnectionHandler
+from multicorn.app.context import ConnectionInfo, DefaultHeaders, ServerContext
+from multicorn.app.lifespan import Lifespan
+from multicorn.app.registry import ConnectionRegistry
+from multicorn.config import Config
+from multicorn.logging import configure_logging
+from multicorn.net.binds import format_url, parse_bind
+from multicorn.net.sockets import create_socket
+from multicorn.protocol.http11 import HTTP11Limits, HTTP11Protocol
+
+if TYPE_CHECKING:
+    import socket
+    from types import TracebackType
+
+    from multicorn.runtime.base import Runtime, Transport
+    from multicorn.typing import ASGIApp
+
+
+def _backend(config: Config, logger: Any) -> Any:
+    library = sniffio.current_async_library()
+    if library == "trio":
+        from multicorn.runtime.trio.serve import TrioBackend
+
+        return TrioBackend(logger)
+    if library == "asyncio":
+        from multicorn.runtime.asyncio.serve import AsyncioBackend
+
+        return AsyncioBackend()
+    raise RuntimeError(f"multicorn runs on asyncio or trio, not {library}")
+
+
+def _address(name: Any) -> tuple[str, int] | None:
+    if isinstance(name, tuple) and len(name) >= 2:
+        return (str(name[0]), int(name[1]))
+    return None
+
+
+@final
+class Server:
+    """A running server, as an async context manager.
+
+    ```python
+    async with multicorn.Server(app, Config(bind=["127.0.0.1:0"])) as server:
+        print(server.bound_addresses)   # ["http://127.0.0.1:54321"]
+    ```
+    Leaving the block shuts down gracefully (within `config.graceful_timeout`).
+    """
+
+    def __init__(self, app: ASGIApp, config: Config | None = None) -> None:
+        self.app = app
+        self.config = config if config is not None else Config()
+        self.bound_addresses: list[str] = []
+        self._sockets: list[socket.socket] = []
+        self._exit = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> Server:
+        config = self.config
+        loggers = configure_logging(config)
+        self._loggers = loggers
+        backend = _backend(config, loggers.error)
+        self._backend = backend
+        await self._exit.enter_async_context(backend.session())
+        try:
+            await self._start(backend)
+        except BaseException:
+            await self._exit.aclose()
+            self._close_sockets()
+            raise
+        return self
+
+    async def _start(self, backend: Any) -> None:
+        config = self.config
+        binds = [parse_bind(text) for text in config.bind]
+        for bind in binds:
+            self._sockets.append(create_socket(bind, backlog=config.backlog))
+        runtime: Runtime = backend.runtime
+        self._lifespan = Lifespan(
+            self.app, mode=config.lifespan, runtime=runtime, logger=self._loggers.error
+        )
+        await self._lifespan.startup(config.startup_timeout)
+        context = ServerContext(
+            app=self.app,
+            config=config,
+            loggers=self._loggers,
+            limits=HTTP11Limits(
+                max_incomplete_size=config.h11_max_incomplete_size,
+                keep_alive_timeout=config.keep_alive,
+                header_timeout=config.header_timeout,
+                max_requests=config.keep_alive_max_requests,
+            ),
+            default_headers=DefaultHeaders(
+                date=config.include_date_header, server=config.include_server_header
+            ),
+            state=self._lifespan.state,
+        )
+        registry = ConnectionRegistry(runtime)
+        self._registry = registry
+
+        def new_connection(
+            transport: Transport, conn_runtime: Runtime, peername: Any, sockname: Any
+        ) -> ConnectionHandler:
+            server = _address(sockname)
+            info = ConnectionInfo(
+                client=_address(peername),
+                server=server if server is not None else (str(sockname), None),
+            )
+            protocol = HTTP11Protocol(limits=context.limits, now=conn_runtime.now())
+            return ConnectionHandler(
+                protocol=protocol,
+                transport=transport,
+                runtime=conn_runtime,
+                context=context,
+                info=info,
+                registry=registry,
+            )
+
+        await backend.start_listeners(self._sockets, new_connection, backlog=config.backlog)
+        for bind, sock in zip(binds, self._sockets, strict=True):
+            url = format_url(sock.getsockname(), kind=bind.kind)
+            self.bound_addresses.append(url)
+            self._loggers.error.info("Running on %s (CTRL + C to quit)", url)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await self.shutdown()
+        finally:
+            await self._exit.aclose()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, drain connections within the graceful timeout, run lifespan shutdown."""
+        if not self._sockets:
+            return
+        self._backend.stop_listeners()
+        self._close_sockets()
+        if not await self._registry.drain(self.config.graceful_timeout):
+            self._loggers.error.info(
+                "graceful timeout (%s s) passed; cancelled what was left",
+                self.config.graceful_timeout,
+            )
+        await self._lifespan.shutdown(self.config.shutdown_timeout)
+
+    def _close_sockets(self) -> None:
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+        self._sockets = []
+
+    async def wait_for_signal(self) -> None:
+        """Return on SIGINT or SIGTERM (main thread only; elsewhere wait forever)."""
+        await self._backend.wait_for_signal()
+
+
+async def serve(
+    app: ASGIApp,
+    config: Config | None = None,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[Any]] | None = None,
+) -> None:
+    """Serve `app` until `shutdown_trigger()` returns (default: until SIGINT or SIGTERM).
+
+    Works inside a running asyncio event loop (uvloop included) or a trio run.
+    """
+    async with Server(app, config) as server:
+        if shutdown_trigger is None:
+            await server.wait_for_signal()
+        else:
+            await shutdown_trigger()

@@ -1,0 +1,259 @@
+"""Logging setup (handlers, levels, idempotency) and access log atoms."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+import pytest
+
+from multicorn.config import Config, ConfigError
+from multicorn.logging import (
+    ACCESS_LOGGER,
+    ERROR_LOGGER,
+    TRACE,
+    AccessAtoms,
+    AccessRecord,
+    Loggers,
+    configure_logging,
+    format_access,
+    log_access,
+)
+
+# 2024-03-05 14:07:09 UTC
+START = 1709647629.25
+
+
+def record(**changes) -> AccessRecord:
+    fields = {
+        "client": ("192.0.2.7", 51234),
+        "method": "GET",
+        "path": "/items/1",
+        "query_string": b"q=1&b=2",
+        "http_version": "1.1",
+        "status": 200,
+        "response_bytes": 1234,
+        "request_headers": [
+            (b"host", b"example.com"),
+            (b"referer", b"https://ref.example/"),
+            (b"user-agent", b"curl/8.0"),
+            (b"x-multi", b"a"),
+            (b"x-multi", b"b"),
+        ],
+        "response_headers": [(b"content-type", b"text/plain"), (b"x-trace", b"abc")],
+        "start_time": START,
+        "duration": 2.0012345,
+    }
+    fields.update(changes)
+    return AccessRecord(**fields)
+
+
+@pytest.fixture(autouse=True)
+def _reset_loggers():
+    yield
+    for name in (ERROR_LOGGER, ACCESS_LOGGER):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+        logger.setLevel(logging.NOTSET)
+        logger.propagate = True
+
+
+# --- atoms -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("atom", "expected"),
+    [
+        ("h", "192.0.2.7"),
+        ("l", "-"),
+        ("u", "-"),
+        ("t", "[05/Mar/2024:14:07:09 +0000]"),
+        ("r", "GET /items/1?q=1&b=2 HTTP/1.1"),
+        ("m", "GET"),
+        ("U", "/items/1"),
+        ("q", "q=1&b=2"),
+        ("H", "HTTP/1.1"),
+        ("s", "200"),
+        ("S", "200"),
+        ("B", "1234"),
+        ("b", "1234"),
+        ("f", "https://ref.example/"),
+        ("a", "curl/8.0"),
+        ("T", "2"),
+        ("D", "2001234"),
+        ("L", "2.001234"),
+        ("p", f"<{os.getpid()}>"),
+        ("{host}i", "example.com"),
+        ("{Host}i", "example.com"),
+        ("{x-multi}i", "a, b"),
+        ("{x-missing}i", "-"),
+        ("{content-type}o", "text/plain"),
+        ("{X-Trace}o", "abc"),
+        ("{x-missing}o", "-"),
+        ("{MULTICORN_TEST_ENV_ATOM}e", "from-env"),
+        ("{MULTICORN_TEST_ENV_UNSET}e", "-"),
+        ("{x}z", "-"),
+        ("nonsense", "-"),
+    ],
+)
+def test_each_atom(atom, expected, monkeypatch):
+    monkeypatch.setenv("MULTICORN_TEST_ENV_ATOM", "from-env")
+    monkeypatch.delenv("MULTICORN_TEST_ENV_UNSET", raising=False)
+    assert format_access(f"%({atom})s", record()) == expected
+    assert AccessAtoms(record())[atom] == expected
+
+
+def test_missing_values_render_dash():
+    rec = record(
+        client=None,
+        query_string=b"",
+        response_bytes=0,
+        request_headers=[],
+        response_headers=[],
+    )
+    assert format_access("%(h)s|%(q)s|%(b)s|%(B)s|%(f)s|%(a)s", rec) == "-|-|-|0|-|-"
+    assert format_access("%(r)s", rec) == "GET /items/1 HTTP/1.1"
+
+
+def test_http_versions():
+    assert format_access("%(H)s", record(http_version="2")) == "HTTP/2"
+    assert format_access("%(r)s", record(http_version="1.0", query_string=b"")) == (
+        "GET /items/1 HTTP/1.0"
+    )
+
+
+def test_short_durations():
+    rec = record(duration=0.001234)
+    assert format_access("%(T)s %(D)s %(L)s", rec) == "0 1234 0.001234"
+
+
+def test_control_characters_are_escaped():
+    rec = record(path="/a\nb", request_headers=[(b"user-agent", b"evil\r\n\x1b[31m")])
+    line = format_access("%(r)s %(a)s", rec)
+    assert "\n" not in line and "\r" not in line and "\x1b" not in line
+    assert "/a\\x0ab" in line
+    assert "evil\\x0d\\x0a\\x1b[31m" in line
+
+
+def test_default_format_like_gunicorn():
+    line = format_access(Config().access_logformat, record())
+    assert line == (
+        '192.0.2.7 - - [05/Mar/2024:14:07:09 +0000] "GET /items/1?q=1&b=2 HTTP/1.1" 200 1234 '
+        '"https://ref.example/" "curl/8.0"'
+    )
+
+
+def test_atoms_mapping_protocol():
+    atoms = AccessAtoms(record())
+    assert "h" in set(atoms)
+    assert len(atoms) == len(list(atoms))
+    assert dict(atoms)["s"] == "200"
+
+
+# --- configure_logging -----------------------------------------------------------------------
+
+
+def test_error_logger_to_stderr(capsys):
+    loggers = configure_logging(Config(log_level="warning"))
+    assert loggers.error.name == ERROR_LOGGER
+    assert loggers.error.level == logging.WARNING
+    assert loggers.error.propagate is False
+    assert loggers.access is None
+    loggers.error.info("quiet")
+    loggers.error.warning("loud")
+    err = capsys.readouterr().err
+    assert "loud" in err and "quiet" not in err
+    assert "[WARNING]" in err
+
+
+def test_root_logger_untouched():
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    configure_logging(Config(access_logfile="-", log_level="debug"))
+    assert (list(root.handlers), root.level) == before
+
+
+def test_trace_level(capsys):
+    loggers = configure_logging(Config(log_level="trace"))
+    assert loggers.error.level == TRACE == 5
+    loggers.error.log(TRACE, "tiny detail")
+    assert "[TRACE] tiny detail" in capsys.readouterr().err
+
+
+def test_idempotent():
+    configure_logging(Config(access_logfile="-"))
+    loggers = configure_logging(Config(access_logfile="-"))
+    assert len(loggers.error.handlers) == 1
+    assert loggers.access is not None
+    assert len(loggers.access.handlers) == 1
+
+
+def test_user_handlers_survive_reconfiguration():
+    mine = logging.NullHandler()
+    logging.getLogger(ERROR_LOGGER).addHandler(mine)
+    configure_logging(Config())
+    configure_logging(Config())
+    handlers = logging.getLogger(ERROR_LOGGER).handlers
+    assert mine in handlers
+    assert len(handlers) == 2
+
+
+def test_log_files(tmp_path):
+    error_path = tmp_path / "error.log"
+    access_path = tmp_path / "access.log"
+    loggers = configure_logging(
+        Config(
+            error_logfile=str(error_path),
+            access_logfile=str(access_path),
+            access_logformat="%(m)s %(U)s %(s)s",
+        )
+    )
+    loggers.error.error("it broke")
+    log_access(loggers, record())
+    for handler in [*loggers.error.handlers, *(loggers.access.handlers if loggers.access else [])]:
+        handler.flush()
+    assert "it broke" in error_path.read_text()
+    assert access_path.read_text() == "GET /items/1 200\n"
+
+
+def test_access_log_to_stdout(capsys):
+    loggers = configure_logging(Config(access_logfile="-"))
+    log_access(loggers, record())
+    out = capsys.readouterr().out
+    assert re.match(r'^192\.0\.2\.7 - - \[05/Mar/2024:14:07:09 \+0000\] "GET ', out)
+
+
+def test_no_error_log_means_silence(capsys):
+    loggers = configure_logging(Config(error_logfile=None))
+    loggers.error.critical("should go nowhere")
+    assert capsys.readouterr().err == ""
+
+
+def test_unopenable_log_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"^error_logfile: cannot open log file"):
+        configure_logging(Config(error_logfile=str(tmp_path / "missing" / "e.log")))
+    with pytest.raises(ConfigError, match=r"^access_logfile: cannot open log file"):
+        configure_logging(Config(access_logfile=str(tmp_path / "missing" / "a.log")))
+
+
+class _Exploding:
+    """A record whose every field access fails, to prove nothing is formatted."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"formatted {name} although access logging is off")
+
+
+def test_log_access_is_free_when_disabled():
+    log_access(
+        Loggers(error=logging.getLogger(ERROR_LOGGER), access=None, access_format="%(h)s"),
+        _Exploding(),
+    )  # type: ignore[arg-type]
+    access = logging.getLogger(ACCESS_LOGGER)
+    access.setLevel(logging.WARNING)
+    log_access(
+        Loggers(error=logging.getLogger(ERROR_LOGGER), access=access, access_format="%(h)s"),
+        _Exploding(),
+    )  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ straight to the transport, and the one deadline is a `loop.call_at` handle.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     from multicorn.runtime.asyncio.runtime import AsyncioRuntime
@@ -29,8 +29,8 @@ class AsyncioConnection(asyncio.Protocol):
         self._handler: Handler
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports quack like asyncio.Transport without subclassing it.
+        self._transport = cast("asyncio.Transport", transport)
         transport.set_write_buffer_limits(high=_HIGH_WATER)
         self._handler = self._factory(
             self,

@@ -1,0 +1,56 @@
+"""Applications the subprocess tests start by import string (tests.e2e.apps:NAME)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import sniffio
+
+
+async def _sleep(seconds: float) -> None:
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        await trio.sleep(seconds)
+    else:
+        await asyncio.sleep(seconds)
+
+
+async def slow(scope, receive, send):
+    """GET /slow takes 1 s; GET /stuck never finishes; anything else answers at once."""
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/slow":
+        await _sleep(1.0)
+    elif scope["path"] == "/stuck":
+        await _sleep(3600)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"done " + scope["path"].encode()})
+
+
+async def slow_reader(scope, receive, send):
+    """Reads the request body at about 100 MiB/s (slower than loopback) and answers with the
+    number of bytes it saw."""
+    if scope["type"] != "http":
+        return
+    total = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        total += len(message["body"])
+        more = message["more_body"]
+        await _sleep(len(message["body"]) / (100 * 1024 * 1024))
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": str(total).encode()})
+
+
+async def failing_startup(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "database unreachable"})
+
+
+def factory():
+    return slow

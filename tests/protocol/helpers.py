@@ -109,7 +109,10 @@ def parse_responses(
         informational: list[int] = []
         current: Response | None = None
         while True:
-            event = client.next_event()
+            try:
+                event = client.next_event()
+            except h11.RemoteProtocolError:
+                break  # truncated or invalid: whatever was parsed stays incomplete
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 break
             if isinstance(event, h11.InformationalResponse):

@@ -128,6 +128,8 @@ class HTTP11Protocol:
                     break
                 events.append(StreamEnded(stream_id=self._stream_id))
             elif isinstance(event, h11.ConnectionClosed):
+                if self._in_request and self._body_done:
+                    break  # half-close: the response still goes out, then we close
                 events.extend(self._close())
         return events
 
@@ -135,7 +137,7 @@ class HTTP11Protocol:
         """Strictness beyond h11. Returns (message, status) for a request to refuse."""
         if request.http_version not in (b"1.1", b"1.0"):
             return f"HTTP version {request.http_version.decode()} is not supported", 505
-        size = 0
+        size = len(request.method) + len(request.target) + 12  # the request line
         has_length = has_chunked = False
         for name, value in request.headers:
             size += len(name) + len(value) + 4
@@ -214,7 +216,8 @@ class HTTP11Protocol:
 
     def send(self, command: Command, now: float) -> list[Event]:
         if isinstance(command, AcknowledgeData):
-            self._unconsumed = max(0, self._unconsumed - command.amount)
+            if command.stream_id == self._stream_id:
+                self._unconsumed = max(0, self._unconsumed - command.amount)
             return []
         if isinstance(command, CloseConnection):
             self._keep_alive = False
@@ -275,6 +278,9 @@ class HTTP11Protocol:
                 headers = [*command.headers, (b"connection", b"close")]
                 reason = _REASONS.get(command.status, b"")
                 self._emit(h11.Response(status_code=command.status, headers=headers, reason=reason))
+                if command.end_stream:
+                    self._emit(h11.EndOfMessage())
+                    self._rejecting = False
             elif isinstance(command, SendData):
                 self._emit(h11.Data(data=command.data))
                 if command.end_stream:

@@ -31,7 +31,7 @@ class AsyncioConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports quack like asyncio.Transport without subclassing it.
         self._transport = cast("asyncio.Transport", transport)
-        transport.set_write_buffer_limits(high=_HIGH_WATER)
+        self._transport.set_write_buffer_limits(high=_HIGH_WATER)
         self._handler = self._factory(
             self,
             self._runtime,

@@ -10,6 +10,8 @@ async library is running (sniffio).
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, final
 
@@ -68,6 +70,7 @@ class Server:
         self.config = config if config is not None else Config()
         self.bound_addresses: list[str] = []
         self._sockets: list[socket.socket] = []
+        self._unix_paths: list[str] = []
         self._exit = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> Server:
@@ -90,6 +93,8 @@ class Server:
         binds = [parse_bind(text) for text in config.bind]
         for bind in binds:
             self._sockets.append(create_socket(bind, backlog=config.backlog))
+            if bind.kind == "unix":
+                self._unix_paths.append(bind.path)
         runtime: Runtime = backend.runtime
         self._lifespan = Lifespan(
             self.app, mode=config.lifespan, runtime=runtime, logger=self._loggers.error
@@ -166,6 +171,12 @@ class Server:
             with contextlib.suppress(OSError):
                 sock.close()
         self._sockets = []
+        # Leave no stale socket file behind for the next start to trip over.
+        for path in self._unix_paths:
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(os.stat(path).st_mode):
+                    os.unlink(path)
+        self._unix_paths = []
 
     async def wait_for_signal(self) -> None:
         """Return on SIGINT or SIGTERM (main thread only; elsewhere wait forever)."""

@@ -384,6 +384,7 @@ async def test_unix_socket(tmp_path):
         async with httpx.AsyncClient(transport=transport) as client:
             response = await client.get("http://localhost/u")
     assert response.text == "hello /u"
+    assert not path.exists()
 
 
 async def test_ipv6_and_several_binds():
@@ -447,3 +448,44 @@ async def test_graceful_timeout_cancels_what_is_left():
         elapsed = anyio.current_time() - begin
     assert cancelled == [True]
     assert elapsed < 3
+
+
+async def test_access_log_line(tmp_path):
+    log = tmp_path / "access.log"
+    fmt = '%(h)s "%(r)s" %(s)s %(b)s %(D)s "%(a)s"'
+    client = httpx.AsyncClient(headers={"user-agent": "probe/1"})
+    async with serving(hello, access_logfile=str(log), access_logformat=fmt) as server, client:
+        await client.get(server.bound_addresses[0] + "/logged?q=1")
+    line = log.read_text().strip()
+    host, request, rest = line.split('"', 2)[0], line.split('"')[1], line.split('"', 2)[2]
+    assert host.strip() == "127.0.0.1"
+    assert request == "GET /logged?q=1 HTTP/1.1"
+    status, size, micros, _ = rest.split(" ", 4)[1:]
+    assert (status, size) == ("200", "13")
+    assert int(micros) > 0
+    assert line.endswith('"probe/1"')
+
+
+async def test_idle_keep_alive_connection_closed_promptly_on_shutdown():
+    async with serving(hello, graceful_timeout=10, keep_alive=30) as server:
+        host, port = host_port(server)
+        stream = await anyio.connect_tcp(host, port)
+        await stream.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await read_until(stream, b"hello /")
+        begin = anyio.current_time()
+    assert anyio.current_time() - begin < 2
+    assert await read_until_closed(stream, limit=2) == b""
+    await stream.aclose()
+
+
+async def test_inherited_fd_bind():
+    import socket
+
+    sock = socket.create_server(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    fd = sock.detach()  # as a supervisor would: the server owns the descriptor now
+    async with serving(hello, bind=[f"fd://{fd}"]) as server:
+        assert server.bound_addresses == [f"http://127.0.0.1:{port}"]
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"http://127.0.0.1:{port}/fd")
+        assert response.text == "hello /fd"

@@ -489,3 +489,30 @@ async def test_inherited_fd_bind():
         async with httpx.AsyncClient() as client:
             response = await client.get(f"http://127.0.0.1:{port}/fd")
         assert response.text == "hello /fd"
+
+
+async def test_send_waits_while_the_client_does_not_read():
+    sent = []
+    chunk = b"x" * (1024 * 1024)
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for _ in range(64):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            sent.append(len(chunk))
+        await send({"type": "http.response.body", "body": b""})
+
+    async with serving(app) as server:
+        host, port = host_port(server)
+        async with await anyio.connect_tcp(host, port) as stream:
+            await stream.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            await anyio.sleep(0.5)
+            # Not reading: kernel buffers plus one chunk at most, far from all 64 MiB.
+            assert sum(sent) < 16 * len(chunk)
+            received = 0
+            with anyio.fail_after(10):
+                while sum(sent) < 64 * len(chunk) or received < 64 * len(chunk):
+                    received += len(await stream.receive(1 << 20))
+    assert sum(sent) == 64 * len(chunk)

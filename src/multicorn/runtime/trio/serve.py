@@ -63,7 +63,7 @@ class TrioBackend:
                         self._logger.error("accept() failed: %s; retrying in 100 ms", exc)
                         await trio.sleep(0.1)
                         continue
-                    self._nursery.start_soon(serve_connection, stream, factory)
+                    self._nursery.start_soon(serve_connection, stream, factory, self._logger)
             finally:
                 with trio.CancelScope(shield=True):
                     await listener.aclose()

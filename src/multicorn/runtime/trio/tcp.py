@@ -16,6 +16,8 @@ import trio
 from multicorn.runtime.trio.runtime import TrioRuntime, TrioWaiter
 
 if TYPE_CHECKING:
+    import logging
+
     from multicorn.runtime.base import Handler, HandlerFactory
 
 _HIGH_WATER = 64 * 1024
@@ -126,7 +128,9 @@ class TrioConnection:
         self._timer_scope.deadline = self._deadline
 
 
-async def serve_connection(stream: trio.SocketStream, factory: HandlerFactory) -> None:
+async def serve_connection(
+    stream: trio.SocketStream, factory: HandlerFactory, logger: logging.Logger
+) -> None:
     try:
         peername = stream.socket.getpeername()
         sockname = stream.socket.getsockname()
@@ -135,6 +139,9 @@ async def serve_connection(stream: trio.SocketStream, factory: HandlerFactory) -
     try:
         async with trio.open_nursery() as nursery:
             await TrioConnection(stream, nursery).run(factory, peername, sockname)
+    except Exception:
+        # A bug here must cost one connection, never the server's nursery and every other one.
+        logger.exception("connection handler failed; connection dropped")
     finally:
         with trio.CancelScope(shield=True):
             await stream.aclose()

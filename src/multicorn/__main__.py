@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_STARTUP_FAILED
     try:
         run(app, config)
-    except (BindFailed, LifespanFailure) as exc:
+    except (BindFailed, LifespanFailure, ConfigError) as exc:
         print(f"multicorn: error: {exc}", file=sys.stderr)
         return EXIT_STARTUP_FAILED
     except KeyboardInterrupt:

@@ -107,6 +107,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         (("tests.e2e.apps:failing_startup", "-b", "127.0.0.1:0"), "database unreachable"),
         (("examples.hello:app", "--keep-alive", "-1"), "keep"),
         (("examples.hello:app", "--bind", "not a bind::"), "bind"),
+        (("examples.hello:app", "--error-logfile", "/nonexistent/dir/e.log"), "error_logfile"),
     ],
 )
 def test_startup_failures_exit_non_zero_with_one_clear_line(args, message):

@@ -516,3 +516,8 @@ async def test_send_waits_while_the_client_does_not_read():
                 while sum(sent) < 64 * len(chunk) or received < 64 * len(chunk):
                     received += len(await stream.receive(1 << 20))
     assert sum(sent) == 64 * len(chunk)
+
+
+async def test_server_exits_cleanly_without_a_checkpoint_inside():
+    async with serving(hello) as server:
+        assert server.bound_addresses

@@ -47,16 +47,21 @@ class TrioBackend:
         for sock in sockets:
             sock.listen(backlog)
             listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-            self._nursery.start_soon(self._accept_loop, listener, factory)
+            # The scope exists before the task starts, so stop_listeners() can never miss it.
+            scope = trio.CancelScope()
+            self._accepting.append(scope)
+            self._nursery.start_soon(self._accept_loop, listener, factory, scope)
 
-    async def _accept_loop(self, listener: trio.SocketListener, factory: HandlerFactory) -> None:
-        scope = trio.CancelScope()
-        self._accepting.append(scope)
+    async def _accept_loop(
+        self, listener: trio.SocketListener, factory: HandlerFactory, scope: trio.CancelScope
+    ) -> None:
         with scope:
             try:
                 while True:
                     try:
                         stream = await listener.accept()
+                    except trio.ClosedResourceError:
+                        return  # shut down before this loop first ran
                     except OSError as exc:
                         if exc.errno not in _RESOURCE_ERRORS:
                             raise

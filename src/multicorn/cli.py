@@ -13,8 +13,10 @@ from collections.abc import Callable, Sequence
 
 from multicorn._version import __version__
 from multicorn.config import (
+    H2C_MODES,
     LIFESPAN_MODES,
     LOG_LEVELS,
+    VERIFY_MODES,
     WORKER_CLASSES,
     Config,
     ConfigError,
@@ -220,6 +222,81 @@ def build_parser() -> argparse.ArgumentParser:
         dest="app_dir",
         metavar="DIR",
         help="import APP from this directory; '' is the current directory",
+    )
+    parser.add_argument(
+        "--insecure-bind",
+        dest="insecure_bind",
+        action="append",
+        type=_bind_type,
+        default=None,
+        metavar="ADDRESS",
+        help="with --certfile, also listen here without TLS; repeatable (default: none)",
+    )
+    setting(
+        "--certfile", dest="certfile", metavar="FILE", help="PEM certificate chain: enables TLS"
+    )
+    setting("--keyfile", dest="keyfile", metavar="FILE", help="PEM private key")
+    setting(
+        "--keyfile-password", dest="keyfile_password", metavar="TEXT", help="private key password"
+    )
+    setting("--ca-certs", dest="ca_certs", metavar="FILE", help="CAs for client certificates")
+    setting(
+        "--verify-mode",
+        dest="verify_mode",
+        metavar=choices(VERIFY_MODES),
+        help="ask clients for a certificate",
+    )
+    setting("--ciphers", dest="ciphers", metavar="LIST", help="OpenSSL cipher list for TLS 1.2")
+    parser.add_argument(
+        "--alpn-protocols",
+        dest="alpn_protocols",
+        type=lambda text: [item.strip() for item in text.split(",") if item.strip()],
+        default=None,
+        metavar="LIST",
+        help=f"ALPN protocols offered, comma-separated (default: {_show(defaults.alpn_protocols)})",
+    )
+    setting(
+        "--ssl-handshake-timeout",
+        dest="ssl_handshake_timeout",
+        metavar="SECONDS",
+        help="a TLS handshake must finish within this",
+    )
+    setting("--h2c", dest="h2c", metavar=choices(H2C_MODES), help="cleartext HTTP/2")
+    setting(
+        "--h2-max-concurrent-streams",
+        dest="h2_max_concurrent_streams",
+        metavar="N",
+        help="HTTP/2 streams a client may have open at once",
+    )
+    setting(
+        "--h2-max-header-list-size",
+        dest="h2_max_header_list_size",
+        metavar="BYTES",
+        help="largest HTTP/2 header list accepted",
+    )
+    setting(
+        "--h2-max-inbound-frame-size",
+        dest="h2_max_inbound_frame_size",
+        metavar="BYTES",
+        help="largest HTTP/2 frame accepted",
+    )
+    setting(
+        "--h2-initial-window-size",
+        dest="h2_initial_window_size",
+        metavar="BYTES",
+        help="HTTP/2 per-stream receive window",
+    )
+    setting(
+        "--h2-connection-window-size",
+        dest="h2_connection_window_size",
+        metavar="BYTES",
+        help="HTTP/2 per-connection receive window",
+    )
+    setting(
+        "--send-timeout",
+        dest="send_timeout",
+        metavar="SECONDS",
+        help="reset a stream whose output cannot move for this long",
     )
     parser.add_argument("--version", action="version", version=f"multicorn {__version__}")
     return parser

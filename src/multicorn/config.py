@@ -26,6 +26,9 @@ ENV_PREFIX: Final = "MULTICORN_"
 WORKER_CLASSES: Final = ("asyncio", "uvloop", "trio")
 LIFESPAN_MODES: Final = ("auto", "on", "off")
 LOG_LEVELS: Final = ("critical", "error", "warning", "info", "debug", "trace")
+VERIFY_MODES: Final = ("none", "optional", "required")
+H2C_MODES: Final = ("off", "prior-knowledge", "upgrade", "both")
+ALPN_PROTOCOLS: Final = ("h2", "http/1.1")
 
 _TRUE_WORDS: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE_WORDS: Final = frozenset({"0", "false", "no", "off"})
@@ -72,6 +75,24 @@ class Config:
     log_level: str = "info"
     factory: bool = False
     app_dir: str = ""
+    # TLS: with a certificate, `bind` addresses speak TLS and `insecure_bind` ones cleartext.
+    insecure_bind: list[str] = field(default_factory=list)
+    certfile: str | None = None
+    keyfile: str | None = None
+    keyfile_password: str | None = None
+    ca_certs: str | None = None
+    verify_mode: str = "none"  # client certificates: none | optional | required
+    ciphers: str = "ECDHE+AESGCM:ECDHE+CHACHA20"  # TLS 1.2 suites; TLS 1.3 keeps OpenSSL's
+    alpn_protocols: list[str] = field(default_factory=lambda: ["h2", "http/1.1"])
+    ssl_handshake_timeout: float = 60.0
+    # HTTP/2
+    h2c: str = "both"  # cleartext HTTP/2: off | prior-knowledge | upgrade | both
+    h2_max_concurrent_streams: int = 100
+    h2_max_header_list_size: int = 64 * 1024
+    h2_max_inbound_frame_size: int = 16 * 1024
+    h2_initial_window_size: int = 65535  # per stream, granted as the app consumes the body
+    h2_connection_window_size: int = 1024 * 1024
+    send_timeout: float = 60.0  # a stream whose output cannot move for this long is reset
 
     def __post_init__(self) -> None:
         self.validate()
@@ -85,6 +106,13 @@ class Config:
             problem = _problem(f.name, getattr(self, f.name))
             if problem is not None:
                 raise ConfigError(f.name, problem)
+        if (self.keyfile or self.ca_certs or self.insecure_bind) and not self.certfile:
+            key = "keyfile" if self.keyfile else "ca_certs" if self.ca_certs else "insecure_bind"
+            raise ConfigError(key, "needs certfile: TLS is only on when a certificate is given")
+        if self.verify_mode != "none" and not self.ca_certs:
+            raise ConfigError(
+                "verify_mode", "client certificates need ca_certs, the CAs to verify them with"
+            )
 
 
 _Kind = Literal["bool", "int", "float", "str", "optional_str", "str_list", "choice"]
@@ -135,6 +163,35 @@ _RULES: Final[Mapping[str, _Rule]] = MappingProxyType(
         "log_level": _choice(LOG_LEVELS),
         "factory": _BOOL,
         "app_dir": _Rule("str", "a directory path"),
+        "insecure_bind": _Rule("str_list", "zero or more addresses like 127.0.0.1:8080"),
+        "certfile": _Rule("optional_str", "a PEM certificate (chain) file path"),
+        "keyfile": _Rule("optional_str", "a PEM private key file path"),
+        "keyfile_password": _Rule("optional_str", "the private key's password"),
+        "ca_certs": _Rule("optional_str", "a PEM file of CAs trusted for client certificates"),
+        "verify_mode": _choice(VERIFY_MODES),
+        "ciphers": _Rule("str", "an OpenSSL cipher list"),
+        "alpn_protocols": _Rule("str_list", "one or more of " + ", ".join(ALPN_PROTOCOLS)),
+        "ssl_handshake_timeout": _seconds(),
+        "h2c": _choice(H2C_MODES),
+        "h2_max_concurrent_streams": _positive_int("a whole number of streams"),
+        "h2_max_header_list_size": _positive_int("a whole number of bytes"),
+        "h2_max_inbound_frame_size": _Rule(
+            "int", "a frame size from 16384 to 16777215 bytes", minimum=16384
+        ),
+        "h2_initial_window_size": _Rule("int", "a window from 1 to 2147483647 bytes", minimum=1),
+        "h2_connection_window_size": _Rule(
+            "int", "a window from 65535 to 2147483647 bytes", minimum=65535
+        ),
+        "send_timeout": _seconds(),
+    }
+)
+
+
+_INT_MAXIMA: Final[Mapping[str, int]] = MappingProxyType(
+    {
+        "h2_max_inbound_frame_size": 2**24 - 1,
+        "h2_initial_window_size": 2**31 - 1,
+        "h2_connection_window_size": 2**31 - 1,
     }
 )
 
@@ -167,6 +224,8 @@ def _problem(name: str, value: object) -> str | None:
             in_range = number >= rule.minimum if rule.minimum_inclusive else number > rule.minimum
             if not in_range:
                 return bad
+        if name in _INT_MAXIMA and number > _INT_MAXIMA[name]:
+            return bad
         return None
     if rule.kind == "choice":
         return None if value in rule.choices else bad
@@ -175,11 +234,15 @@ def _problem(name: str, value: object) -> str | None:
             return None
         return None if isinstance(value, str) and value else bad
     if rule.kind == "str_list":
-        if not isinstance(value, list) or not value:
+        if not isinstance(value, list) or (not value and name != "insecure_bind"):
             return bad
         for item in value:
             if not isinstance(item, str):
                 return bad
+            if name == "alpn_protocols":
+                if item not in ALPN_PROTOCOLS:
+                    return bad
+                continue
             try:
                 parse_bind(item)
             except BindError as exc:

@@ -25,10 +25,14 @@ from multicorn.config import Config
 from multicorn.logging import configure_logging
 from multicorn.net.binds import format_url, parse_bind
 from multicorn.net.sockets import create_socket
-from multicorn.protocol.http11 import HTTP11Limits, HTTP11Protocol
+from multicorn.net.tls import TLSInfoFactory, create_ssl_context
+from multicorn.protocol.http2 import HTTP2Limits
+from multicorn.protocol.http11 import HTTP11Limits
+from multicorn.protocol.negotiate import ProtocolLimits, for_connection
 
 if TYPE_CHECKING:
     import socket
+    import ssl
     from types import TracebackType
 
     from multicorn.runtime.base import Runtime, Transport
@@ -46,6 +50,28 @@ def _backend(config: Config, logger: Any) -> Any:
 
         return AsyncioBackend()
     raise RuntimeError(f"multicorn runs on asyncio or trio, not {library}")
+
+
+def protocol_limits(config: Config) -> ProtocolLimits:
+    return ProtocolLimits(
+        http11=HTTP11Limits(
+            max_incomplete_size=config.h11_max_incomplete_size,
+            keep_alive_timeout=config.keep_alive,
+            header_timeout=config.header_timeout,
+            max_requests=config.keep_alive_max_requests,
+            h2c_prior_knowledge=config.h2c in ("prior-knowledge", "both"),
+            h2c_upgrade=config.h2c in ("upgrade", "both"),
+        ),
+        http2=HTTP2Limits(
+            max_concurrent_streams=config.h2_max_concurrent_streams,
+            max_header_list_size=config.h2_max_header_list_size,
+            max_inbound_frame_size=config.h2_max_inbound_frame_size,
+            initial_window_size=config.h2_initial_window_size,
+            connection_window_size=config.h2_connection_window_size,
+            keep_alive_timeout=config.keep_alive,
+            send_timeout=config.send_timeout,
+        ),
+    )
 
 
 def _address(name: Any) -> tuple[str, int] | None:
@@ -90,11 +116,18 @@ class Server:
 
     async def _start(self, backend: Any) -> None:
         config = self.config
-        binds = [parse_bind(text) for text in config.bind]
-        for bind in binds:
-            self._sockets.append(create_socket(bind, backlog=config.backlog))
-            if bind.kind == "unix":
-                self._unix_paths.append(bind.path)
+        ssl_context = create_ssl_context(config)
+        tls_info = TLSInfoFactory.from_config(ssl_context, config) if ssl_context else None
+        # With a certificate, `bind` speaks TLS and `insecure_bind` cleartext (as Hypercorn).
+        groups = [(config.bind, ssl_context), (config.insecure_bind, None)]
+        binds = []
+        for texts, group_ssl in groups:
+            for text in texts:
+                bind = parse_bind(text)
+                binds.append((bind, group_ssl))
+                self._sockets.append(create_socket(bind, backlog=config.backlog))
+                if bind.kind == "unix":
+                    self._unix_paths.append(bind.path)
         runtime: Runtime = backend.runtime
         self._lifespan = Lifespan(
             self.app, mode=config.lifespan, runtime=runtime, logger=self._loggers.error
@@ -104,12 +137,7 @@ class Server:
             app=self.app,
             config=config,
             loggers=self._loggers,
-            limits=HTTP11Limits(
-                max_incomplete_size=config.h11_max_incomplete_size,
-                keep_alive_timeout=config.keep_alive,
-                header_timeout=config.header_timeout,
-                max_requests=config.keep_alive_max_requests,
-            ),
+            protocol_limits=protocol_limits(config),
             default_headers=DefaultHeaders(
                 date=config.include_date_header, server=config.include_server_header
             ),
@@ -119,14 +147,28 @@ class Server:
         self._registry = registry
 
         def new_connection(
-            transport: Transport, conn_runtime: Runtime, peername: Any, sockname: Any
+            transport: Transport,
+            conn_runtime: Runtime,
+            peername: Any,
+            sockname: Any,
+            ssl_object: ssl.SSLObject | None,
         ) -> ConnectionHandler:
             server = _address(sockname)
+            tls = None
+            alpn = None
+            if ssl_object is not None and tls_info is not None:
+                details = tls_info.from_ssl_object(ssl_object)
+                tls = details.as_extension()
+                alpn = details.alpn
             info = ConnectionInfo(
                 client=_address(peername),
                 server=server if server is not None else (str(sockname), None),
+                scheme="https" if tls is not None else "http",
+                tls=tls,
             )
-            protocol = HTTP11Protocol(limits=context.limits, now=conn_runtime.now())
+            protocol = for_connection(
+                context.protocol_limits, alpn=alpn, tls=tls is not None, now=conn_runtime.now()
+            )
             return ConnectionHandler(
                 protocol=protocol,
                 transport=transport,
@@ -136,9 +178,17 @@ class Server:
                 registry=registry,
             )
 
-        await backend.start_listeners(self._sockets, new_connection, backlog=config.backlog)
-        for bind, sock in zip(binds, self._sockets, strict=True):
-            url = format_url(sock.getsockname(), kind=bind.kind)
+        for (bind, bind_ssl), sock in zip(binds, self._sockets, strict=True):
+            await backend.start_listener(
+                sock,
+                new_connection,
+                backlog=config.backlog,
+                ssl_context=bind_ssl,
+                handshake_timeout=config.ssl_handshake_timeout,
+            )
+            url = format_url(
+                sock.getsockname(), kind=bind.kind, scheme="https" if bind_ssl else "http"
+            )
             self.bound_addresses.append(url)
             self._loggers.error.info("Running on %s (CTRL + C to quit)", url)
 

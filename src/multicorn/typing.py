@@ -31,7 +31,7 @@ class HTTPScope(TypedDict):
     client: tuple[str, int] | None
     server: tuple[str, int | None] | None
     state: dict[str, Any]
-    extensions: dict[str, dict[object, object]]
+    extensions: dict[str, dict[str, object]]
 
 
 class LifespanScope(TypedDict):

@@ -314,7 +314,7 @@ async def test_scope_contents():
     assert scope["client"][0] == "127.0.0.1"
     assert scope["server"] == (host, port)
     assert scope["state"] == {"db": "connected"}
-    assert scope["extensions"] == {}
+    assert scope["extensions"] == {"http.response.early_hint": {}}
 
 
 async def test_lifespan_startup_failure_raises():

@@ -35,13 +35,18 @@ from multicorn.protocol.events import (
     SendResponse,
     StreamEnded,
     StreamReset,
+    UpgradeRequested,
 )
+from multicorn.protocol.negotiate import upgrade
+
+# A stream's body may run this far ahead of the peer's flow-control window before send() waits.
+_STREAM_BACKLOG = 64 * 1024
 
 if TYPE_CHECKING:
     from multicorn.app.context import ConnectionInfo, ServerContext
     from multicorn.app.registry import ConnectionRegistry
     from multicorn.protocol.base import ServerProtocol
-    from multicorn.runtime.base import Runtime, TaskHandle, Transport
+    from multicorn.runtime.base import Runtime, TaskHandle, Transport, Waiter
 
 
 class ConnectionHandler:
@@ -64,6 +69,7 @@ class ConnectionHandler:
         self.info = info
         self._registry = registry
         self._streams: dict[int, HTTPStream] = {}
+        self._backlogged: dict[int, Waiter] = {}  # streams waiting for flow control
         self._tasks: dict[int, TaskHandle] = {}
         self._writable = runtime.waiter()
         self._writable.set()
@@ -100,6 +106,9 @@ class ConnectionHandler:
         self._lost = True
         self._transport_closed = True
         self._writable.set()  # nobody may stay blocked on a dead socket
+        for waiter in self._backlogged.values():
+            waiter.set()
+        self._backlogged.clear()
         for stream in self._streams.values():
             stream.client_gone()
         self._check_finished()
@@ -134,10 +143,17 @@ class ConnectionHandler:
             self._dispatch(self.protocol.send(command, now))
         self._upkeep()
 
-    async def drain(self) -> None:
-        """Backpressure for `send()`: wait while the transport's buffer is above its mark."""
+    async def drain(self, stream_id: int) -> None:
+        """Backpressure for `send()`: wait while the transport's buffer is above its mark, and
+        while this stream has more queued than flow control lets out (HTTP/2)."""
         if not self._writable.is_set():
             await self._writable.wait()
+        while self.protocol.pending_send(stream_id) > _STREAM_BACKLOG and not self._lost:
+            waiter = self._backlogged.get(stream_id)
+            if waiter is None:
+                waiter = self._backlogged[stream_id] = self.runtime.waiter()
+            waiter.clear()
+            await waiter.wait()
 
     def stream_finished(self, stream: HTTPStream) -> None:
         self._streams.pop(stream.stream_id, None)
@@ -164,8 +180,24 @@ class ConnectionHandler:
                 stream = self._streams.get(event.stream_id)
                 if stream is not None:
                     stream.client_gone()
+                waiter = self._backlogged.pop(event.stream_id, None)
+                if waiter is not None:
+                    waiter.set()
             elif isinstance(event, ConnectionClosed):
                 self._closed(event)
+            elif isinstance(event, UpgradeRequested):
+                self._upgrade(event)
+
+    def _upgrade(self, event: UpgradeRequested) -> None:
+        # The old protocol's last words (a 101) go out before the new protocol's first.
+        data = self.protocol.data_to_send()
+        if data:
+            self.transport.write(data)
+        now = self.runtime.now()
+        self.protocol, events, leftover = upgrade(event, self.context.protocol_limits, now=now)
+        self._dispatch(events)
+        if leftover:
+            self._dispatch(self.protocol.receive_data(leftover, now))
 
     def _closed(self, event: ConnectionClosed) -> None:
         if event.error is not None:
@@ -198,6 +230,8 @@ class ConnectionHandler:
                 stream.client_gone()
             self._check_finished()
             return
+        if self._backlogged:
+            self._wake_backlogged()
         reading = protocol.wants_read
         if reading is not self._reading:
             self._reading = reading
@@ -206,6 +240,13 @@ class ConnectionHandler:
         if deadline != self._deadline:
             self._deadline = deadline
             self.transport.set_deadline(deadline)
+
+    def _wake_backlogged(self) -> None:
+        pending = self.protocol.pending_send
+        for stream_id, waiter in list(self._backlogged.items()):
+            if pending(stream_id) <= _STREAM_BACKLOG:
+                del self._backlogged[stream_id]
+                waiter.set()
 
     def _check_finished(self) -> None:
         if self.finished:

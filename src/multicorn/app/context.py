@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from multicorn.config import Config
     from multicorn.logging import Loggers
-    from multicorn.protocol.http11 import HTTP11Limits
+    from multicorn.protocol.negotiate import ProtocolLimits
     from multicorn.typing import ASGIApp
 
 # The product name only: a version number helps attackers more than it helps anyone else.
@@ -24,6 +24,7 @@ class ConnectionInfo:
     client: tuple[str, int] | None
     server: tuple[str, int | None] | None
     scheme: str = "http"
+    tls: dict[str, object] | None = None  # the ASGI `tls` extension, on TLS connections
 
 
 class DefaultHeaders:
@@ -52,6 +53,6 @@ class ServerContext:
     app: ASGIApp
     config: Config
     loggers: Loggers
-    limits: HTTP11Limits
+    protocol_limits: ProtocolLimits
     default_headers: DefaultHeaders
     state: dict[str, Any] = field(default_factory=dict)

@@ -18,10 +18,12 @@ from multicorn.logging import AccessRecord, log_access
 from multicorn.protocol.events import (
     AcknowledgeData,
     Command,
+    PushPromise,
     ResetStream,
     SendData,
     SendInformational,
     SendResponse,
+    SendTrailers,
 )
 from multicorn.protocol.headers import get_header, validate_response_headers
 
@@ -33,6 +35,13 @@ if TYPE_CHECKING:
 
 # Statuses whose responses never carry a body, so no Content-Length is added (RFC 9110 8.6).
 _NO_BODY_STATUS = frozenset({204, 304})
+
+
+def _headers(raw: Any) -> Headers:
+    """ASGI headers as lower-cased bytes pairs, refused if they could split the response."""
+    headers = [(bytes(name).lower(), bytes(value)) for name, value in raw]
+    validate_response_headers(headers)
+    return headers
 
 
 def error_response(status: int, default_headers: Headers) -> tuple[Headers, bytes]:
@@ -53,6 +62,7 @@ class HTTPStream:
     __slots__ = (
         "_body",
         "_body_complete",
+        "_body_sent",
         "_conn",
         "_continue_pending",
         "_disconnected",
@@ -63,6 +73,8 @@ class HTTPStream:
         "_response_started",
         "_start_time",
         "_status",
+        "_trailer_fields",
+        "_trailers",
         "_waiter",
         "scope",
         "stream_id",
@@ -85,6 +97,9 @@ class HTTPStream:
         self._pending_start: tuple[int, Headers] | None = None
         self._response_started = False
         self._response_complete = False
+        self._body_sent = False  # the final http.response.body (more_body False) was sent
+        self._trailers = False  # the response ends with trailers rather than its body
+        self._trailer_fields: Headers = []
         self._status = 0
         self._response_bytes = 0
         self._start_time = time.time() if ctx.loggers.access is not None else 0.0
@@ -180,27 +195,62 @@ class HTTPStream:
             if self._response_started:
                 raise UnexpectedMessage("http.response.start sent twice")
             status = int(message["status"])
-            headers = [
-                (bytes(name).lower(), bytes(value)) for name, value in message.get("headers", ())
-            ]
-            validate_response_headers(headers)
+            headers = _headers(message.get("headers", ()))
             self._response_started = True
             self._status = status
             self._pending_start = (status, headers)
+            # Trailers only where the extension was offered (the client sent TE: trailers).
+            self._trailers = bool(message.get("trailers", False)) and (
+                "http.response.trailers" in self.scope["extensions"]
+            )
+        elif kind == "http.response.trailers":
+            self._send_trailers(message)
+        elif kind == "http.response.early_hint":
+            # Only useful, and only possible, before the final response head goes out.
+            if self._pending_start is not None or not self._response_started:
+                links = [(b"link", bytes(link)) for link in message.get("links", ())]
+                validate_response_headers(links)
+                if links:
+                    self._conn.send(
+                        SendInformational(stream_id=self.stream_id, status=103, headers=links)
+                    )
+        elif kind == "http.response.push":
+            if "http.response.push" in self.scope["extensions"]:
+                path = str(message["path"]).encode()
+                self._conn.send(
+                    PushPromise(
+                        stream_id=self.stream_id,
+                        path=path,
+                        headers=_headers(message.get("headers", ())),
+                    )
+                )
         else:
             raise UnexpectedMessage(f"unexpected ASGI message type {kind!r} on an http stream")
+
+    def _send_trailers(self, message: Message) -> None:
+        if not self._body_sent:
+            raise UnexpectedMessage("http.response.trailers sent before the final body")
+        if self._response_complete:
+            raise UnexpectedMessage("http.response.trailers sent after the response completed")
+        self._trailer_fields.extend(_headers(message.get("headers", ())))
+        if not message.get("more_trailers", False):
+            self._response_complete = True
+            self._conn.send(SendTrailers(stream_id=self.stream_id, headers=self._trailer_fields))
+            self._wake()
 
     async def _send_body(self, message: Message) -> None:
         if not self._response_started:
             raise UnexpectedMessage("http.response.body sent before http.response.start")
-        if self._response_complete:
+        if self._response_complete or self._body_sent:
             raise UnexpectedMessage("http.response.body sent after the response completed")
         body = bytes(message.get("body", b""))
         more = bool(message.get("more_body", False))
         self._response_bytes += len(body)
-        data = SendData(stream_id=self.stream_id, data=body, end_stream=not more)
+        ends = not more and not self._trailers
+        data = SendData(stream_id=self.stream_id, data=body, end_stream=ends)
         if not more:
-            self._response_complete = True
+            self._body_sent = True
+            self._response_complete = ends
         start = self._pending_start
         if start is not None:
             # The head waits for the first body chunk so a one-shot body gets a Content-Length
@@ -210,7 +260,7 @@ class HTTPStream:
         else:
             self._conn.send(data)
         if more:
-            await self._conn.drain()
+            await self._conn.drain(self.stream_id)
         if self._response_complete:
             self._wake()
 
@@ -218,6 +268,7 @@ class HTTPStream:
         status, headers = start
         if (
             not more
+            and not self._trailers
             and status not in _NO_BODY_STATUS
             and status >= 200
             and (body or self.scope["method"] != "HEAD")

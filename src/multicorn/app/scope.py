@@ -51,5 +51,17 @@ def build_http_scope(
         "client": info.client,
         "server": info.server,
         "state": dict(state),
-        "extensions": {},
+        "extensions": _extensions(event, info),
     }
+
+
+def _extensions(event: RequestReceived, info: ConnectionInfo) -> dict[str, dict[str, object]]:
+    extensions: dict[str, dict[str, object]] = {"http.response.early_hint": {}}
+    if any(name == b"te" and b"trailers" in value.lower() for name, value in event.headers):
+        extensions["http.response.trailers"] = {}
+    if event.http_version == "2":
+        extensions["http.response.push"] = {}
+    if info.tls is not None:
+        # ASGI TLS extension: present on TLS connections only, never on cleartext ones.
+        extensions["tls"] = info.tls
+    return extensions

@@ -26,6 +26,9 @@ class ServerProtocol(Protocol):
 
     def handle_deadline(self, now: float) -> list[Event]: ...
 
+    def pending_send(self, stream_id: int) -> int:
+        """Bytes of the stream's body queued but not yet framed (waiting for flow control)."""
+
     @property
     def wants_read(self) -> bool:
         """False while the application has not caught up with input already buffered."""

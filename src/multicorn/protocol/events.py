@@ -67,7 +67,22 @@ class RequestRejected(ConnectionClosed):
     stream_id: int
 
 
-Event = RequestReceived | DataReceived | StreamEnded | StreamReset | ConnectionClosed
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpgradeRequested:
+    """The client switches protocols on this connection: `negotiate.upgrade()` builds the new
+    protocol object. Any answer the old protocol owed (a 101) is already in its output, and
+    `leftover` is input that belongs to the new protocol."""
+
+    protocol: str  # "h2c-prior-knowledge" or "h2c"
+    request: RequestReceived | None = None  # the HTTP/1.1 request that asked (h2c)
+    body: bytes = b""  # its complete body
+    settings: bytes = b""  # its HTTP2-Settings value
+    leftover: bytes = b""
+
+
+Event = (
+    RequestReceived | DataReceived | StreamEnded | StreamReset | ConnectionClosed | UpgradeRequested
+)
 
 
 # ---- outbound commands ----------------------------------------------------------------------
@@ -98,6 +113,27 @@ class SendData:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SendTrailers:
+    """Trailer fields after the body; ends the stream."""
+
+    stream_id: int
+    headers: Headers
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PushPromise:
+    """Promise a response to a GET of `path` (HTTP/2 server push).
+
+    The protocol answers with a RequestReceived for the promised stream, which the ASGI layer
+    serves like any other request.
+    """
+
+    stream_id: int  # the stream the promise is associated with
+    path: bytes
+    headers: Headers
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AcknowledgeData:
     """The application consumed `amount` body bytes of the stream: the peer may send more."""
 
@@ -118,5 +154,12 @@ class CloseConnection:
 
 
 Command = (
-    SendResponse | SendInformational | SendData | AcknowledgeData | ResetStream | CloseConnection
+    SendResponse
+    | SendInformational
+    | SendData
+    | SendTrailers
+    | PushPromise
+    | AcknowledgeData
+    | ResetStream
+    | CloseConnection
 )

@@ -29,14 +29,18 @@ from multicorn.protocol.events import (
     ConnectionClosed,
     DataReceived,
     Event,
+    Headers,
+    PushPromise,
     RequestReceived,
     RequestRejected,
     ResetStream,
     SendData,
     SendInformational,
     SendResponse,
+    SendTrailers,
     StreamEnded,
     StreamReset,
+    UpgradeRequested,
 )
 from multicorn.protocol.headers import has_invalid_value_chars
 
@@ -54,6 +58,22 @@ class HTTP11Limits:
     header_timeout: float = 10.0
     max_requests: int = 1000
     body_buffer_size: int = 64 * 1024  # unconsumed request body before reading pauses
+    h2c_prior_knowledge: bool = False  # a connection opening with the HTTP/2 preface switches
+    h2c_upgrade: bool = False  # `Upgrade: h2c` on the first request switches
+
+
+# Ours to answer only once the whole preface could be told apart from an HTTP/1.1 request line.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+@dataclass(slots=True)
+class _PendingUpgrade:
+    """An `Upgrade: h2c` request held back until its body is complete (RFC 7540 3.2)."""
+
+    request: RequestReceived
+    settings: bytes
+    body: list[bytes]
+    size: int = 0
 
 
 class HTTP11Protocol:
@@ -80,12 +100,24 @@ class HTTP11Protocol:
         self._rejecting = False
         self._idle_since: float | None = now
         self._head_started: float | None = None
+        self._sniffed: bytes | None = b"" if limits.h2c_prior_knowledge else None
+        self._upgrade: _PendingUpgrade | None = None
+        self._switched = False
 
     # ---- inbound --------------------------------------------------------------------------
 
     def receive_data(self, data: bytes, now: float) -> list[Event]:
-        if self._closed or self._eof:
+        if self._closed or self._eof or self._switched:
             return []
+        if self._sniffed is not None and data:
+            data = self._sniffed + data
+            if len(data) < len(_H2_PREFACE) and _H2_PREFACE.startswith(data):
+                self._sniffed = data
+                return []
+            self._sniffed = None
+            if data.startswith(_H2_PREFACE):
+                self._switched = True
+                return [UpgradeRequested(protocol="h2c-prior-knowledge", leftover=data)]
         if not data:
             self._eof = True
         elif self._idle_since is not None and self._head_started is None:
@@ -111,8 +143,16 @@ class HTTP11Protocol:
                 if error is not None:
                     events.extend(self._fail(*error))
                     break
-                events.append(self._start_request(event))
+                received = self._start_request(event)
+                settings = self._h2c_settings(event)
+                if settings is None:
+                    events.append(received)
+                else:
+                    self._upgrade = _PendingUpgrade(received, settings, [])
             elif isinstance(event, h11.Data):
+                if self._upgrade is not None:
+                    self._hold_upgrade_body(bytes(event.data), events)
+                    continue
                 if self._discarding:
                     self._discarded += len(event.data)
                     if self._discarded > _MAX_DISCARD:
@@ -121,6 +161,9 @@ class HTTP11Protocol:
                 self._unconsumed += len(event.data)
                 events.append(DataReceived(stream_id=self._stream_id, data=bytes(event.data)))
             elif isinstance(event, h11.EndOfMessage):
+                if self._upgrade is not None:
+                    events.append(self._switch_to_h2c(self._upgrade))
+                    break
                 self._body_done = True
                 if self._discarding:
                     self._discarding = False
@@ -187,6 +230,57 @@ class HTTP11Protocol:
             expects_continue=self._h11.they_are_waiting_for_100_continue,
         )
 
+    def _h2c_settings(self, request: h11.Request) -> bytes | None:
+        """The HTTP2-Settings value of a valid `Upgrade: h2c` first request, else None."""
+        if not self._limits.h2c_upgrade or self._stream_id != 1 or request.http_version != b"1.1":
+            return None
+        upgrade = connection = settings = None
+        for name, value in request.headers:
+            if name == b"upgrade":
+                upgrade = value.lower()
+            elif name == b"connection":
+                connection = value.lower()
+            elif name == b"http2-settings":
+                if settings is not None:
+                    return None  # RFC 7540 3.2.1: exactly one
+                settings = bytes(value)
+        if upgrade is None or settings is None or connection is None:
+            return None
+        tokens = {token.strip() for token in connection.split(b",")}
+        offered = {token.strip() for token in upgrade.split(b",")}
+        if b"h2c" not in offered or not {b"upgrade", b"http2-settings"} <= tokens:
+            return None
+        return settings
+
+    def _hold_upgrade_body(self, data: bytes, events: list[Event]) -> None:
+        upgrade = self._upgrade
+        assert upgrade is not None
+        upgrade.body.append(data)
+        upgrade.size += len(data)
+        if upgrade.size > self._limits.body_buffer_size:
+            # Too big to hold back: serve it over HTTP/1.1 and ignore the upgrade offer.
+            self._upgrade = None
+            events.append(upgrade.request)
+            self._unconsumed += upgrade.size
+            events.append(DataReceived(stream_id=self._stream_id, data=b"".join(upgrade.body)))
+
+    def _switch_to_h2c(self, upgrade: _PendingUpgrade) -> UpgradeRequested:
+        self._emit(
+            h11.InformationalResponse(
+                status_code=101,
+                headers=[(b"connection", b"Upgrade"), (b"upgrade", b"h2c")],
+                reason=b"Switching Protocols",
+            )
+        )
+        self._switched = True
+        return UpgradeRequested(
+            protocol="h2c",
+            request=upgrade.request,
+            body=b"".join(upgrade.body),
+            settings=upgrade.settings,
+            leftover=bytes(self._h11.trailing_data[0]),
+        )
+
     def _fail(self, message: str, status: int) -> list[Event]:
         error = RemoteProtocolError(message, error_status_hint=status)
         events: list[Event] = []
@@ -226,6 +320,8 @@ class HTTP11Protocol:
             return []
         if self._rejecting and command.stream_id == self._stream_id:
             return self._send_rejection(command)
+        if isinstance(command, PushPromise):
+            return []  # no push in HTTP/1.1
         if self._closed or command.stream_id != self._stream_id or not self._in_request:
             return []  # the stream is already gone; the ASGI layer has been told
         if isinstance(command, ResetStream):
@@ -266,6 +362,9 @@ class HTTP11Protocol:
                     self._emit(h11.Data(data=command.data))
                 if command.end_stream:
                     return self._end_response(now)
+            elif isinstance(command, SendTrailers):
+                # Chunked framing only (h11 refuses trailers after a Content-Length body).
+                return self._end_response(now, command.headers)
         except h11.LocalProtocolError as exc:
             raise LocalProtocolError(str(exc)) from None
         return []
@@ -295,8 +394,8 @@ class HTTP11Protocol:
         if data:
             self._out.append(data)
 
-    def _end_response(self, now: float) -> list[Event]:
-        self._emit(h11.EndOfMessage())
+    def _end_response(self, now: float, trailers: Headers | None = None) -> list[Event]:
+        self._emit(h11.EndOfMessage(headers=trailers or []))
         self._in_request = False
         if self._h11.our_state is h11.MUST_CLOSE or not self._keep_alive:
             return self._close()
@@ -318,6 +417,9 @@ class HTTP11Protocol:
         self._idle_since = now
         self._head_started = now if self._h11.trailing_data[0] else None
         return self._next_events(now)
+
+    def pending_send(self, stream_id: int) -> int:
+        return 0  # HTTP/1.1 frames everything at once; the transport's buffer is the backlog
 
     def data_to_send(self) -> bytes:
         if not self._out:

@@ -65,5 +65,6 @@ class Handler(Protocol):
     def connection_lost(self) -> None: ...
 
 
-# Called by a backend for each accepted connection: (transport, runtime, peername, sockname).
-HandlerFactory = Callable[[Transport, Runtime, Any, Any], Handler]
+# Called by a backend for each accepted connection:
+# (transport, runtime, peername, sockname, ssl object or None once the TLS handshake is done).
+HandlerFactory = Callable[[Transport, Runtime, Any, Any, Any], Handler]

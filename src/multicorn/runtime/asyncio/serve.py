@@ -13,6 +13,7 @@ from multicorn.runtime.asyncio.tcp import AsyncioConnection
 
 if TYPE_CHECKING:
     import socket
+    import ssl
     from collections.abc import AsyncIterator
 
     from multicorn.runtime.base import HandlerFactory
@@ -30,15 +31,25 @@ class AsyncioBackend:
         finally:
             await self.runtime.cancel_all()
 
-    async def start_listeners(
-        self, sockets: list[socket.socket], factory: HandlerFactory, *, backlog: int
+    async def start_listener(
+        self,
+        sock: socket.socket,
+        factory: HandlerFactory,
+        *,
+        backlog: int,
+        ssl_context: ssl.SSLContext | None,
+        handshake_timeout: float,
     ) -> None:
         loop = asyncio.get_running_loop()
-        for sock in sockets:
-            server = await loop.create_server(
-                lambda: AsyncioConnection(factory, self.runtime), sock=sock, backlog=backlog
-            )
-            self._servers.append(server)
+        server = await loop.create_server(
+            lambda: AsyncioConnection(factory, self.runtime),
+            sock=sock,
+            backlog=backlog,
+            ssl=ssl_context,
+            # A failed or slow handshake is logged by asyncio at debug level only.
+            ssl_handshake_timeout=handshake_timeout if ssl_context is not None else None,
+        )
+        self._servers.append(server)
 
     def stop_listeners(self) -> None:
         # Server.close() stops accepting; its wait_closed() is not awaited because on 3.12+ it

@@ -37,14 +37,16 @@ class AsyncioConnection(asyncio.Protocol):
             self._runtime,
             transport.get_extra_info("peername"),
             transport.get_extra_info("sockname"),
+            transport.get_extra_info("ssl_object"),
         )
 
     def data_received(self, data: bytes) -> None:
         self._handler.data_received(data)
 
-    def eof_received(self) -> bool:
+    def eof_received(self) -> bool | None:
         self._handler.eof_received()
-        return True  # half-close: the handler decides when to close
+        # Half-close: the handler decides when to close (TLS transports cannot half-close).
+        return self._transport.get_extra_info("ssl_object") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:

@@ -16,6 +16,7 @@ from multicorn.runtime.trio.tcp import serve_connection
 if TYPE_CHECKING:
     import logging
     import socket
+    import ssl
     from collections.abc import AsyncIterator
 
     from multicorn.runtime.base import HandlerFactory
@@ -41,19 +42,29 @@ class TrioBackend:
             finally:
                 nursery.cancel_scope.cancel()
 
-    async def start_listeners(
-        self, sockets: list[socket.socket], factory: HandlerFactory, *, backlog: int
+    async def start_listener(
+        self,
+        sock: socket.socket,
+        factory: HandlerFactory,
+        *,
+        backlog: int,
+        ssl_context: ssl.SSLContext | None,
+        handshake_timeout: float,
     ) -> None:
-        for sock in sockets:
-            sock.listen(backlog)
-            listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-            # The scope exists before the task starts, so stop_listeners() can never miss it.
-            scope = trio.CancelScope()
-            self._accepting.append(scope)
-            self._nursery.start_soon(self._accept_loop, listener, factory, scope)
+        sock.listen(backlog)
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        # The scope exists before the task starts, so stop_listeners() can never miss it.
+        scope = trio.CancelScope()
+        self._accepting.append(scope)
+        tls = None if ssl_context is None else (ssl_context, handshake_timeout)
+        self._nursery.start_soon(self._accept_loop, listener, factory, scope, tls)
 
     async def _accept_loop(
-        self, listener: trio.SocketListener, factory: HandlerFactory, scope: trio.CancelScope
+        self,
+        listener: trio.SocketListener,
+        factory: HandlerFactory,
+        scope: trio.CancelScope,
+        tls: tuple[ssl.SSLContext, float] | None,
     ) -> None:
         with scope:
             try:
@@ -68,7 +79,7 @@ class TrioBackend:
                         self._logger.error("accept() failed: %s; retrying in 100 ms", exc)
                         await trio.sleep(0.1)
                         continue
-                    self._nursery.start_soon(serve_connection, stream, factory, self._logger)
+                    self._nursery.start_soon(serve_connection, stream, factory, self._logger, tls)
             finally:
                 with trio.CancelScope(shield=True):
                     await listener.aclose()

@@ -17,6 +17,7 @@ from multicorn.runtime.trio.runtime import TrioRuntime, TrioWaiter
 
 if TYPE_CHECKING:
     import logging
+    import ssl
 
     from multicorn.runtime.base import Handler, HandlerFactory
 
@@ -39,8 +40,10 @@ class TrioConnection:
         self._deadline = math.inf
         self._handler: Handler
 
-    async def run(self, factory: HandlerFactory, peername: object, sockname: object) -> None:
-        self._handler = factory(self, TrioRuntime(self._nursery), peername, sockname)
+    async def run(
+        self, factory: HandlerFactory, peername: object, sockname: object, ssl_object: object
+    ) -> None:
+        self._handler = factory(self, TrioRuntime(self._nursery), peername, sockname, ssl_object)
         self._nursery.start_soon(self._writer)
         self._nursery.start_soon(self._timer)
         await self._reader()
@@ -129,16 +132,37 @@ class TrioConnection:
 
 
 async def serve_connection(
-    stream: trio.SocketStream, factory: HandlerFactory, logger: logging.Logger
+    stream: trio.SocketStream,
+    factory: HandlerFactory,
+    logger: logging.Logger,
+    tls: tuple[ssl.SSLContext, float] | None,
 ) -> None:
     try:
         peername = stream.socket.getpeername()
         sockname = stream.socket.getsockname()
     except OSError:
         return  # already gone
+    conn_stream: trio.abc.Stream = stream
+    ssl_object = None
+    if tls is not None:
+        ssl_stream = trio.SSLStream(stream, tls[0], server_side=True)
+        with trio.move_on_after(tls[1]) as handshake:
+            try:
+                await ssl_stream.do_handshake()
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                logger.debug("TLS handshake with %s failed: %s", peername, exc.__cause__ or exc)
+                await stream.aclose()
+                return
+        if handshake.cancelled_caught:
+            logger.debug("TLS handshake with %s timed out", peername)
+            await stream.aclose()
+            return
+        conn_stream = ssl_stream
+        # The SSLObject itself: trio forwards only some of its methods (not the 3.13 chains).
+        ssl_object = getattr(ssl_stream, "_ssl_object", None)
     try:
         async with trio.open_nursery() as nursery:
-            await TrioConnection(stream, nursery).run(factory, peername, sockname)
+            await TrioConnection(conn_stream, nursery).run(factory, peername, sockname, ssl_object)
     except Exception:
         # A bug here must cost one connection, never the server's nursery and every other one.
         logger.exception("connection handler failed; connection dropped")

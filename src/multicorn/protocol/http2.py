@@ -1,0 +1,676 @@
+"""HTTP/2 server core over h2, behind the stream-event interface.
+
+Theory of operation. h2 parses frames, keeps stream states and HPACK tables. This module adds:
+- a frame-header scanner in front of h2 (`FrameGuard`) that sees every frame before h2 buffers
+  it, so header blocks larger than the advertised limit are refused before they are assembled,
+  and control-frame floods (PING, SETTINGS, PRIORITY, empty DATA) are cut off with
+  GOAWAY(ENHANCE_YOUR_CALM) from a token bucket;
+- rapid-reset defence: streams the client resets while their response is unfinished draw from
+  a second bucket (CVE-2023-44487);
+- inbound flow control granted only as the application consumes the body (AcknowledgeData), so
+  a slow reader cannot make the server buffer more than one window per stream;
+- outbound scheduling: each stream's body waits in its own queue and is framed as the peer's
+  windows allow, lowest RFC 9218 urgency first and round-robin within an urgency, so one busy
+  stream cannot starve the others; a stream whose data cannot move for `send_timeout` is reset;
+- graceful shutdown in two steps (RFC 9113 6.8): GOAWAY with the maximum stream id and a PING;
+  when the PING comes back (or after a second), GOAWAY with the last stream really accepted.
+  The GOAWAY frames are written here, not through h2, because h2 refuses to send anything after
+  its own GOAWAY and open streams still have responses to finish.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+from hyperframe.frame import GoAwayFrame, PingFrame
+
+from multicorn.protocol.errors import RemoteProtocolError
+from multicorn.protocol.events import (
+    AcknowledgeData,
+    CloseConnection,
+    Command,
+    ConnectionClosed,
+    DataReceived,
+    Event,
+    Headers,
+    PushPromise,
+    RequestReceived,
+    ResetStream,
+    SendData,
+    SendInformational,
+    SendResponse,
+    SendTrailers,
+    StreamEnded,
+    StreamReset,
+)
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+_MAX_STREAM_ID = 2**31 - 1
+_GOAWAY_PING = b"mc-drain"
+_GOAWAY_PING_WAIT = 1.0  # seconds to wait for the drain PING before the final GOAWAY
+_PRIORITY_UPDATE = 0x10  # RFC 9218 frame type
+# HTTP/1.1 connection-specific fields that HTTP/2 forbids (RFC 9113 8.2.2); dropped from
+# responses rather than failing an application written for HTTP/1.1.
+_CONNECTION_HEADERS = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HTTP2Limits:
+    max_concurrent_streams: int = 100
+    max_header_list_size: int = 64 * 1024
+    max_inbound_frame_size: int = 16 * 1024
+    initial_window_size: int = 65535
+    connection_window_size: int = 1024 * 1024
+    keep_alive_timeout: float = 5.0
+    send_timeout: float = 60.0
+    # Token buckets: (burst, refill per second).
+    control_frame_budget: tuple[float, float] = (200.0, 50.0)
+    reset_budget: tuple[float, float] = (200.0, 100.0)
+
+
+class _Bucket:
+    """A token bucket on the injected clock; `take()` is False once the peer overspends."""
+
+    __slots__ = ("_capacity", "_last", "_rate", "_tokens")
+
+    def __init__(self, budget: tuple[float, float], now: float) -> None:
+        self._capacity, self._rate = budget
+        self._tokens = self._capacity
+        self._last = now
+
+    def take(self, now: float) -> bool:
+        self._tokens = min(self._capacity, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        self._tokens -= 1
+        return self._tokens >= 0
+
+
+class _Calm(Exception):
+    """The peer overspent a budget: GOAWAY(ENHANCE_YOUR_CALM)."""
+
+
+class FrameGuard:
+    """Reads frame headers as bytes go by, before h2 parses (and buffers) the frames."""
+
+    __slots__ = ("_block", "_control", "_limit", "_partial", "_preface", "_skip")
+
+    def __init__(self, *, header_block_limit: int, control: _Bucket, preface: bool) -> None:
+        self._limit = header_block_limit
+        self._control = control
+        self._preface = len(PREFACE) if preface else 0
+        self._skip = 0  # payload bytes of the current frame still to pass
+        self._partial = b""  # an incomplete frame header
+        self._block = -1  # bytes in the header block being assembled, -1 when none
+
+    def feed(self, data: bytes, now: float) -> None:
+        view = memoryview(data)
+        pos = 0
+        if self._preface:
+            taken = min(self._preface, len(view))
+            self._preface -= taken
+            pos = taken
+        end = len(view)
+        while pos < end:
+            if self._skip:
+                step = min(self._skip, end - pos)
+                self._skip -= step
+                pos += step
+                continue
+            need = 9 - len(self._partial)
+            if end - pos < need:
+                self._partial += bytes(view[pos:end])
+                return
+            header = self._partial + bytes(view[pos : pos + need])
+            self._partial = b""
+            pos += need
+            self._frame(header, now)
+
+    def _frame(self, header: bytes, now: float) -> None:
+        length = int.from_bytes(header[0:3], "big")
+        kind = header[3]
+        flags = header[4]
+        self._skip = length
+        if kind == 0x1 or kind == 0x9:  # HEADERS, CONTINUATION
+            self._block = (0 if kind == 0x1 or self._block < 0 else self._block) + length
+            if self._block > self._limit:
+                raise _Calm("header block larger than the advertised limit")
+            if flags & 0x4:  # END_HEADERS
+                self._block = -1
+        elif kind in (0x2, 0x6) or (kind == 0x4 and not flags & 0x1):
+            # PRIORITY, PING, SETTINGS (not ACK): cheap to send, not free to answer.
+            if not self._control.take(now):
+                raise _Calm("too many control frames")
+        elif kind == 0x0 and length == 0 and not flags & 0x1 and not self._control.take(now):
+            raise _Calm("too many empty DATA frames")
+
+
+class _Phase(enum.Enum):
+    OPEN = enum.auto()
+    DRAINING = enum.auto()  # first GOAWAY sent, waiting for the PING to come back
+    DRAINED = enum.auto()  # final GOAWAY sent, finishing the streams that were accepted
+    CLOSED = enum.auto()
+
+
+@dataclass(slots=True)
+class _Stream:
+    scheme: bytes
+    authority: bytes
+    urgency: int = 3  # RFC 9218 defaults
+    incremental: bool = False
+    request_done: bool = False
+    response_done: bool = False  # END_STREAM queued or sent
+    out: deque[bytes] = field(default_factory=deque)
+    out_size: int = 0
+    end_after_out: bool = False
+    trailers: Headers | None = None
+    blocked_since: float | None = None
+
+
+class HTTP2Protocol:
+    """One HTTP/2 connection, server side. See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        limits: HTTP2Limits,
+        now: float,
+        scheme: bytes = b"https",
+        expect_preface: bool = True,
+        upgrade_settings: bytes | None = None,
+    ) -> None:
+        self._limits = limits
+        self._scheme = scheme
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        self._h2 = h2.connection.H2Connection(config=config)
+        self._h2.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
+                h2.settings.SettingCodes.MAX_FRAME_SIZE: limits.max_inbound_frame_size,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.initial_window_size,
+            },
+        )
+        self._h2.max_inbound_frame_size = limits.max_inbound_frame_size
+        # Enforced from the first frame, not only once the peer acknowledges our SETTINGS.
+        self._h2.decoder.max_header_list_size = limits.max_header_list_size
+        if upgrade_settings is not None:
+            self._h2.initiate_upgrade_connection(upgrade_settings)
+        else:
+            self._h2.initiate_connection()
+        extra = limits.connection_window_size - 65535
+        if extra > 0:
+            self._h2.increment_flow_control_window(extra)
+        self._control = _Bucket(limits.control_frame_budget, now)
+        self._resets = _Bucket(limits.reset_budget, now)
+        self._guard = FrameGuard(
+            header_block_limit=limits.max_header_list_size,
+            control=self._control,
+            preface=expect_preface,
+        )
+        self._streams: dict[int, _Stream] = {}
+        self._ready: list[int] = []  # streams with queued output, in arrival order
+        self._out: list[bytes] = []
+        self._phase = _Phase.OPEN
+        self._last_stream_id = 0
+        self._drain_started = 0.0
+        self._idle_since: float | None = now
+        self._closing_when_idle = False
+
+    # ---- inbound --------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes, now: float) -> list[Event]:
+        if self._phase is _Phase.CLOSED:
+            return []
+        if not data:
+            return self._terminate()
+        try:
+            self._guard.feed(data, now)
+            h2_events = self._h2.receive_data(data)
+        except _Calm as exc:
+            return self._calm(str(exc))
+        except h2.exceptions.ProtocolError as exc:
+            # h2 has queued the GOAWAY with the matching error code.
+            return self._terminate(RemoteProtocolError(f"HTTP/2 protocol error: {exc}"))
+        events: list[Event] = []
+        for event in h2_events:
+            if isinstance(event, h2.events.DataReceived):
+                self._on_data(event, events)
+            elif isinstance(event, h2.events.RequestReceived):
+                self._on_request(event, events, now)
+            elif isinstance(event, h2.events.StreamEnded):
+                stream = self._streams.get(event.stream_id)
+                if stream is not None:
+                    stream.request_done = True
+                    events.append(StreamEnded(stream_id=event.stream_id))
+                    self._stream_output_done(event.stream_id)
+            elif isinstance(event, h2.events.StreamReset):
+                if self._on_reset(event.stream_id, events, now):
+                    return [*events, *self._calm("too many streams reset (rapid reset)")]
+            elif isinstance(event, h2.events.PingAckReceived):
+                if event.ping_data == _GOAWAY_PING and self._phase is _Phase.DRAINING:
+                    self._final_goaway()
+            elif isinstance(event, h2.events.UnknownFrameReceived):
+                self._on_unknown_frame(event.frame)
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                return [*events, *self._terminate()]
+        self._flush(now)
+        self._check_done(now)
+        return events
+
+    def _on_request(
+        self, event: h2.events.RequestReceived, events: list[Event], now: float
+    ) -> None:
+        stream_id = event.stream_id
+        if self._phase is _Phase.DRAINED and stream_id > self._last_stream_id:
+            self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        self._last_stream_id = max(self._last_stream_id, stream_id)
+        method = path = authority = b""
+        scheme = self._scheme
+        headers: Headers = []
+        stream = _Stream(scheme=scheme, authority=b"")
+        for name, value in event.headers:
+            if name[:1] == b":":
+                if name == b":method":
+                    method = value
+                elif name == b":path":
+                    path = value
+                elif name == b":authority":
+                    authority = value
+                elif name == b":scheme":
+                    scheme = value
+            elif name != b"host" or not authority:
+                if name == b"priority":
+                    stream.urgency, stream.incremental = parse_priority(value)
+                headers.append((name, value))
+        if authority:
+            # ASGI: :authority becomes the host header, first, replacing any other.
+            headers = [(b"host", authority), *(h for h in headers if h[0] != b"host")]
+        stream.scheme = scheme
+        stream.authority = authority
+        self._streams[stream_id] = stream
+        self._idle_since = None
+        events.append(
+            RequestReceived(
+                stream_id=stream_id,
+                method=method,
+                target=path,
+                http_version="2",
+                headers=headers,
+                expects_continue=(
+                    event.stream_ended is None
+                    and any(n == b"expect" and v.lower() == b"100-continue" for n, v in headers)
+                ),
+            )
+        )
+        if event.stream_ended is not None:
+            stream.request_done = True
+            events.append(StreamEnded(stream_id=stream_id))
+
+    def _on_data(self, event: h2.events.DataReceived, events: list[Event]) -> None:
+        stream_id = event.stream_id
+        padding = event.flow_controlled_length - len(event.data)
+        if stream_id not in self._streams:
+            # The app has finished with this stream; give the window straight back.
+            self._ack(stream_id, event.flow_controlled_length)
+            return
+        if padding:
+            self._ack(stream_id, padding)
+        if event.data:
+            events.append(DataReceived(stream_id=stream_id, data=event.data))
+
+    def _on_reset(self, stream_id: int, events: list[Event], now: float) -> bool:
+        """Returns True when the peer has reset too many live streams."""
+        stream = self._streams.pop(stream_id, None)
+        if stream is None:
+            return False
+        self._forget_output(stream_id)
+        events.append(StreamReset(stream_id=stream_id))
+        return not stream.response_done and not self._resets.take(now)
+
+    def _on_unknown_frame(self, frame: object) -> None:
+        # RFC 9218 7.1 PRIORITY_UPDATE: 4-byte prioritized stream id, then a Priority field.
+        if getattr(frame, "type", None) != _PRIORITY_UPDATE:
+            return
+        body: bytes = getattr(frame, "body", b"")
+        if len(body) < 4:
+            return
+        target = int.from_bytes(body[:4], "big") & _MAX_STREAM_ID
+        stream = self._streams.get(target)
+        if stream is not None:
+            stream.urgency, stream.incremental = parse_priority(body[4:])
+
+    # ---- outbound -------------------------------------------------------------------------
+
+    def send(self, command: Command, now: float) -> list[Event]:
+        if self._phase is _Phase.CLOSED:
+            return []
+        if isinstance(command, SendData):
+            stream = self._streams.get(command.stream_id)
+            if stream is None or stream.response_done:
+                return []
+            if command.data:
+                stream.out.append(command.data)
+                stream.out_size += len(command.data)
+            if command.end_stream:
+                stream.response_done = True
+                stream.end_after_out = True
+            self._mark_ready(command.stream_id)
+            self._flush(now)
+            self._check_done(now)
+            return []
+        if isinstance(command, AcknowledgeData):
+            # Even for a finished stream: the connection window still needs the bytes back.
+            self._ack(command.stream_id, command.amount)
+            return []
+        if isinstance(command, CloseConnection):
+            self._start_drain(now)
+            self._check_done(now)
+            return []
+        stream = self._streams.get(command.stream_id)
+        if stream is None:
+            return []
+        try:
+            if isinstance(command, SendResponse):
+                headers = [(b":status", str(command.status).encode())]
+                headers.extend(h for h in command.headers if h[0] not in _CONNECTION_HEADERS)
+                if command.end_stream:
+                    stream.response_done = True
+                self._h2.send_headers(command.stream_id, headers, end_stream=command.end_stream)
+                if command.end_stream:
+                    self._stream_output_done(command.stream_id)
+            elif isinstance(command, SendInformational):
+                headers = [(b":status", str(command.status).encode()), *command.headers]
+                self._h2.send_headers(command.stream_id, headers)
+            elif isinstance(command, SendTrailers):
+                stream.response_done = True
+                stream.trailers = [h for h in command.headers if h[0] not in _CONNECTION_HEADERS]
+                stream.end_after_out = True
+                self._mark_ready(command.stream_id)
+                self._flush(now)
+            elif isinstance(command, PushPromise):
+                return self._push(command, stream)
+            elif isinstance(command, ResetStream):
+                self._streams.pop(command.stream_id, None)
+                self._forget_output(command.stream_id)
+                self._h2.reset_stream(command.stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.StreamIDTooLowError):
+            # The peer reset the stream in the meantime; its StreamReset is on the way.
+            self._streams.pop(command.stream_id, None)
+            self._forget_output(command.stream_id)
+        self._check_done(now)
+        return []
+
+    def _push(self, command: PushPromise, parent: _Stream) -> list[Event]:
+        if not self._h2.remote_settings.enable_push or self._phase is not _Phase.OPEN:
+            return []
+        promised = self._h2.get_next_available_stream_id()
+        request = [
+            (b":method", b"GET"),
+            (b":path", command.path),
+            (b":scheme", parent.scheme),
+            (b":authority", parent.authority),
+            *command.headers,
+        ]
+        self._h2.push_stream(command.stream_id, promised, request)
+        self._streams[promised] = _Stream(
+            scheme=parent.scheme, authority=parent.authority, request_done=True
+        )
+        headers = [(b"host", parent.authority), *command.headers]
+        return [
+            RequestReceived(
+                stream_id=promised,
+                method=b"GET",
+                target=command.path,
+                http_version="2",
+                headers=headers,
+            ),
+            StreamEnded(stream_id=promised),
+        ]
+
+    def upgraded_request(self, request: RequestReceived, body: bytes) -> list[Event]:
+        """Stream 1 after an `Upgrade: h2c`: the HTTP/1.1 request that asked for the switch.
+
+        Its body was read in full before the switch (RFC 7540 3.2), so the stream is already
+        half-closed by the client.
+        """
+        self._streams[1] = _Stream(scheme=self._scheme, authority=b"", request_done=True)
+        self._last_stream_id = 1
+        self._idle_since = None
+        events: list[Event] = [
+            RequestReceived(
+                stream_id=1,
+                method=request.method,
+                target=request.target,
+                http_version="2",
+                headers=request.headers,
+            )
+        ]
+        if body:
+            # Already received and buffered: nothing of the HTTP/2 window was used for it.
+            events.append(DataReceived(stream_id=1, data=body))
+        events.append(StreamEnded(stream_id=1))
+        return events
+
+    def _mark_ready(self, stream_id: int) -> None:
+        if stream_id not in self._ready:
+            self._ready.append(stream_id)
+
+    def _forget_output(self, stream_id: int) -> None:
+        if stream_id in self._ready:
+            self._ready.remove(stream_id)
+
+    def _flush(self, now: float) -> None:
+        """Frame queued bodies as windows allow.
+
+        Each round serves the most urgent level that can make progress, one frame per stream
+        (round-robin), then starts again from the top; a level blocked by flow control lets
+        the next one through rather than stalling the connection.
+        """
+        while self._ready:
+            levels = sorted({self._streams[sid].urgency for sid in self._ready})
+            for urgency in levels:
+                at_level = [sid for sid in self._ready if self._streams[sid].urgency == urgency]
+                served = False
+                for stream_id in at_level:
+                    served = self._send_one(stream_id, now) or served
+                if served:
+                    break
+            else:
+                return  # nothing could move: every stream waits for a window
+
+    def _send_one(self, stream_id: int, now: float) -> bool:
+        """One step of one stream's output; True if anything was framed or settled."""
+        h2conn = self._h2
+        stream = self._streams[stream_id]
+        if stream.out:
+            window = h2conn.local_flow_control_window(stream_id)
+            if window <= 0:
+                if stream.blocked_since is None:
+                    stream.blocked_since = now
+                return False
+            stream.blocked_since = None
+            chunk = self._take(stream, min(window, h2conn.max_outbound_frame_size))
+            last = not stream.out and stream.end_after_out and stream.trailers is None
+            h2conn.send_data(stream_id, chunk, end_stream=last)
+            if last:
+                self._ready.remove(stream_id)
+                self._stream_output_done(stream_id)
+            return True
+        self._ready.remove(stream_id)
+        if stream.end_after_out:
+            if stream.trailers is not None:
+                h2conn.send_headers(stream_id, stream.trailers, end_stream=True)
+            else:
+                h2conn.end_stream(stream_id)
+            self._stream_output_done(stream_id)
+        return True
+
+    @staticmethod
+    def _take(stream: _Stream, size: int) -> bytes:
+        first = stream.out[0]
+        if len(first) <= size:
+            stream.out.popleft()
+            stream.out_size -= len(first)
+            return first
+        stream.out[0] = first[size:]
+        stream.out_size -= size
+        return first[:size]
+
+    def _stream_output_done(self, stream_id: int) -> None:
+        """Forget a stream once both directions are finished and nothing is left to frame."""
+        stream = self._streams.get(stream_id)
+        if (
+            stream is not None
+            and stream.request_done
+            and stream.response_done
+            and stream_id not in self._ready
+        ):
+            del self._streams[stream_id]
+
+    def _ack(self, stream_id: int, amount: int) -> None:
+        if amount <= 0:
+            return
+        # h2 returns the connection window even when the stream is already closed; a stream id
+        # that never existed has nothing to give back.
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self._h2.acknowledge_received_data(amount, stream_id)
+
+    def pending_send(self, stream_id: int) -> int:
+        stream = self._streams.get(stream_id)
+        return 0 if stream is None else stream.out_size
+
+    def data_to_send(self) -> bytes:
+        data = self._h2.data_to_send()
+        if self._out:
+            data = b"".join([data, *self._out])
+            self._out.clear()
+        return data
+
+    # ---- connection lifetime --------------------------------------------------------------
+
+    def _start_drain(self, now: float) -> None:
+        if self._phase is not _Phase.OPEN:
+            return
+        self._out.append(
+            self._h2.data_to_send()
+            + _goaway(_MAX_STREAM_ID, 0)
+            + PingFrame(0, _GOAWAY_PING).serialize()
+        )
+        self._phase = _Phase.DRAINING
+        self._drain_started = now
+
+    def _final_goaway(self) -> None:
+        self._out.append(self._h2.data_to_send() + _goaway(self._last_stream_id, 0))
+        self._phase = _Phase.DRAINED
+
+    def _check_done(self, now: float) -> None:
+        """Close once draining is complete, or start the idle clock when no stream is left."""
+        if self._phase is _Phase.CLOSED:
+            return
+        if self._streams:
+            self._idle_since = None
+            return
+        if self._phase is _Phase.DRAINED:
+            self._phase = _Phase.CLOSED
+        elif self._idle_since is None:
+            self._idle_since = now
+
+    def _calm(self, reason: str) -> list[Event]:
+        self._out.append(
+            self._h2.data_to_send()
+            + _goaway(self._last_stream_id, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+        )
+        return self._terminate(RemoteProtocolError(reason, error_status_hint=429))
+
+    def _terminate(self, error: RemoteProtocolError | None = None) -> list[Event]:
+        events: list[Event] = [StreamReset(stream_id=sid) for sid in self._streams]
+        self._streams.clear()
+        self._ready.clear()
+        self._phase = _Phase.CLOSED
+        events.append(ConnectionClosed(error=error))
+        return events
+
+    def next_deadline(self) -> float | None:
+        if self._phase is _Phase.CLOSED:
+            return None
+        deadlines = []
+        if self._phase is _Phase.DRAINING:
+            deadlines.append(self._drain_started + _GOAWAY_PING_WAIT)
+        if self._idle_since is not None:
+            deadlines.append(self._idle_since + self._limits.keep_alive_timeout)
+        blocked = [s.blocked_since for s in self._streams.values() if s.blocked_since is not None]
+        if blocked:
+            deadlines.append(min(blocked) + self._limits.send_timeout)
+        return min(deadlines) if deadlines else None
+
+    def handle_deadline(self, now: float) -> list[Event]:
+        if self._phase is _Phase.CLOSED:
+            return []
+        events: list[Event] = []
+        if self._phase is _Phase.DRAINING and now >= self._drain_started + _GOAWAY_PING_WAIT:
+            self._final_goaway()
+        timeout = self._limits.send_timeout
+        for stream_id, stream in list(self._streams.items()):
+            if stream.blocked_since is not None and now >= stream.blocked_since + timeout:
+                # The peer has not opened its window for too long: give up on this stream.
+                del self._streams[stream_id]
+                self._forget_output(stream_id)
+                self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+                events.append(StreamReset(stream_id=stream_id))
+        if (
+            self._idle_since is not None
+            and not self._streams
+            and now >= self._idle_since + self._limits.keep_alive_timeout
+        ):
+            self._out.append(self._h2.data_to_send() + _goaway(self._last_stream_id, 0))
+            self._phase = _Phase.CLOSED
+            events.append(ConnectionClosed())
+            return events
+        self._check_done(now)
+        return events
+
+    @property
+    def wants_read(self) -> bool:
+        # Inbound flow control already bounds what a peer may send.
+        return self._phase is not _Phase.CLOSED
+
+    @property
+    def closed(self) -> bool:
+        return self._phase is _Phase.CLOSED
+
+
+def _goaway(last_stream_id: int, error_code: int) -> bytes:
+    frame = GoAwayFrame(0)
+    frame.last_stream_id = last_stream_id
+    frame.error_code = error_code
+    data: bytes = frame.serialize()
+    return data
+
+
+def parse_priority(value: bytes) -> tuple[int, bool]:
+    """RFC 9218 Priority field: `u=N` (0..7, default 3) and `i` (incremental), leniently."""
+    urgency, incremental = 3, False
+    for item in value.split(b","):
+        key, _, param = item.strip().partition(b"=")
+        key = key.strip()
+        if key == b"u" and param.strip().isdigit():
+            number = int(param.strip())
+            if 0 <= number <= 7:
+                urgency = number
+        elif key == b"i":
+            incremental = param.strip() in (b"", b"?1")
+    return urgency, incremental

@@ -1,0 +1,56 @@
+"""Choosing and switching the protocol object of a connection. Returns values, never raises.
+
+A connection starts as HTTP/2 when TLS's ALPN picked "h2", else as HTTP/1.1 (which itself
+spots the cleartext HTTP/2 preface and `Upgrade: h2c` and asks for a switch with an
+UpgradeRequested event). `upgrade()` turns that event into the new protocol object, the events
+it already owes the application, and the input left over for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from multicorn.protocol.base import ServerProtocol
+from multicorn.protocol.events import Event, UpgradeRequested
+from multicorn.protocol.http2 import HTTP2Limits, HTTP2Protocol
+from multicorn.protocol.http11 import HTTP11Limits, HTTP11Protocol
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProtocolLimits:
+    http11: HTTP11Limits
+    http2: HTTP2Limits
+
+
+def for_connection(
+    limits: ProtocolLimits, *, alpn: str | None, tls: bool, now: float
+) -> ServerProtocol:
+    if alpn == "h2":
+        return HTTP2Protocol(limits=limits.http2, now=now, scheme=b"https")
+    http11 = limits.http11
+    if tls:
+        # h2c is the cleartext form by definition; over TLS only ALPN may choose HTTP/2.
+        http11 = _without_h2c(http11)
+    return HTTP11Protocol(limits=http11, now=now)
+
+
+def upgrade(
+    event: UpgradeRequested, limits: ProtocolLimits, *, now: float
+) -> tuple[ServerProtocol, list[Event], bytes]:
+    """(new protocol, events it already produced, bytes still to feed it)."""
+    if event.protocol == "h2c" and event.request is not None:
+        protocol = HTTP2Protocol(
+            limits=limits.http2,
+            now=now,
+            scheme=b"http",
+            upgrade_settings=event.settings,
+        )
+        return protocol, protocol.upgraded_request(event.request, event.body), event.leftover
+    protocol = HTTP2Protocol(limits=limits.http2, now=now, scheme=b"http")
+    return protocol, [], event.leftover
+
+
+def _without_h2c(limits: HTTP11Limits) -> HTTP11Limits:
+    if not (limits.h2c_prior_knowledge or limits.h2c_upgrade):
+        return limits
+    return replace(limits, h2c_prior_knowledge=False, h2c_upgrade=False)

@@ -4,6 +4,8 @@
 set -euo pipefail
 missing=()
 command -v curl >/dev/null || missing+=(curl)
+command -v nghttp >/dev/null || missing+=(nghttp2-client)  # nghttp and h2load
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from multicorn.app.http import HTTPStream, error_response
+from multicorn.protocol.errors import PeerAbuse
 from multicorn.protocol.events import (
     CloseConnection,
     Command,
@@ -130,8 +131,11 @@ class ConnectionHandler:
 
     @property
     def finished(self) -> bool:
-        """The socket is gone (not merely closing: trio still has to flush) and no task is left."""
-        return self._lost and not self._streams
+        """No task is left and the socket is gone, or closing without needing us (a TLS
+        close_notify the peer never answers must not hold up a graceful shutdown)."""
+        if self._streams:
+            return False
+        return self._lost or (self._transport_closed and self.transport.closes_by_itself)
 
     # ---- from streams ---------------------------------------------------------------------
 
@@ -215,6 +219,11 @@ class ConnectionHandler:
             self.protocol.send(SendData(stream_id=event.stream_id, data=body, end_stream=True), now)
         for stream in self._streams.values():
             stream.client_gone()
+        if isinstance(event.error, PeerAbuse):
+            # Whatever an abusive peer started (rapid reset) must not outlive its connection.
+            self.context.loggers.error.info("cut off %s: %s", _peer(self.info), event.error)
+            for task in list(self._tasks.values()):
+                task.cancel()
 
     def _upkeep(self) -> None:
         if self._transport_closed:

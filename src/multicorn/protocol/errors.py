@@ -18,6 +18,13 @@ class RemoteProtocolError(ProtocolError):
     """The peer sent something invalid."""
 
 
+class PeerAbuse(RemoteProtocolError):
+    """The peer overspent a budget (floods, rapid reset): the work it started is cancelled."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, error_status_hint=429)
+
+
 class LocalProtocolError(ProtocolError):
     """We were asked to send something invalid."""
 

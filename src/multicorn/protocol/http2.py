@@ -33,7 +33,7 @@ import h2.exceptions
 import h2.settings
 from hyperframe.frame import GoAwayFrame, PingFrame
 
-from multicorn.protocol.errors import RemoteProtocolError
+from multicorn.protocol.errors import PeerAbuse, RemoteProtocolError
 from multicorn.protocol.events import (
     AcknowledgeData,
     CloseConnection,
@@ -594,7 +594,7 @@ class HTTP2Protocol:
             self._h2.data_to_send()
             + _goaway(self._last_stream_id, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
         )
-        return self._terminate(RemoteProtocolError(reason, error_status_hint=429))
+        return self._terminate(PeerAbuse(reason))
 
     def _terminate(self, error: RemoteProtocolError | None = None) -> list[Event]:
         events: list[Event] = [StreamReset(stream_id=sid) for sid in self._streams]

@@ -39,6 +39,10 @@ class Runtime(Protocol):
 class Transport(Protocol):
     """What a connection handler needs from the backend's socket for one connection."""
 
+    # True when close() completes without any task of ours (asyncio's transports flush and
+    # close inside the loop); False when the backend's own writer must still run (trio).
+    closes_by_itself: bool
+
     def write(self, data: bytes) -> None:
         """Queue bytes; never blocks (the backend calls pause_writing on the handler)."""
 

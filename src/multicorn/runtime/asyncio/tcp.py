@@ -20,6 +20,8 @@ _HIGH_WATER = 64 * 1024
 class AsyncioConnection(asyncio.Protocol):
     __slots__ = ("_factory", "_handler", "_loop", "_runtime", "_timer", "_transport")
 
+    closes_by_itself = True
+
     def __init__(self, factory: HandlerFactory, runtime: AsyncioRuntime) -> None:
         self._factory = factory
         self._runtime = runtime

@@ -26,6 +26,8 @@ _READ_SIZE = 64 * 1024
 
 
 class TrioConnection:
+    closes_by_itself = False
+
     def __init__(self, stream: trio.abc.Stream, nursery: trio.Nursery) -> None:
         self._stream = stream
         self._nursery = nursery

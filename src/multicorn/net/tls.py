@@ -373,10 +373,13 @@ class TLSInfoFactory:
 
 
 def _client_cert_chain(obj: ssl.SSLObject | ssl.SSLSocket) -> list[str]:
+    leaf = obj.getpeercert(binary_form=True)
+    if not leaf:
+        # No client certificate. (3.13.0's get_verified_chain() crashes on that case.)
+        return []
     if sys.version_info >= (3, 13):
         # Both return DER bytes, leaf first; the verified chain runs up to the trusted CA.
         chain = obj.get_verified_chain() or obj.get_unverified_chain()
         return [ssl.DER_cert_to_PEM_cert(der) for der in chain]
     # Before 3.13 only the client's own certificate is reachable through public API.
-    leaf = obj.getpeercert(binary_form=True)
-    return [ssl.DER_cert_to_PEM_cert(leaf)] if leaf else []
+    return [ssl.DER_cert_to_PEM_cert(leaf)]

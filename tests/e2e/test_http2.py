@@ -375,3 +375,34 @@ async def test_protocol_error_gets_goaway_and_the_worker_keeps_serving():
         assert b"\x07" in data  # a GOAWAY frame (type 7) came back before the close
         async with httpx.AsyncClient(http1=False, http2=True) as client:
             assert (await client.get(server.bound_addresses[0])).status_code == 200
+
+
+async def test_alpn_protocols_can_be_restricted(certs):
+    settings = tls_settings(certs, alpn_protocols=["http/1.1"])
+    client = httpx.AsyncClient(http2=True, verify=certs.verify())
+    async with serving(recorder_app, **settings) as server, client:
+        response = await client.get(server.bound_addresses[0])
+    assert response.http_version == "HTTP/1.1"
+
+
+async def test_configured_settings_are_advertised_and_idle_connections_close():
+    settings = {
+        "h2_max_concurrent_streams": 7,
+        "h2_max_header_list_size": 12345,
+        "h2_max_inbound_frame_size": 32768,
+        "h2_initial_window_size": 100_000,
+        "keep_alive": 0.3,
+    }
+    async with serving(recorder_app, **settings) as server:
+        host, port = host_port(server)
+        client = await H2Client.connect(host, port)
+        await client.receive_until(lambda e: isinstance(e, h2.events.RemoteSettingsChanged))
+        remote = client.conn.remote_settings
+        assert remote.max_concurrent_streams == 7
+        assert remote.max_header_list_size == 12345
+        assert remote.max_frame_size == 32768
+        assert remote.initial_window_size == 100_000
+        begin = anyio.current_time()
+        await client.receive_until(lambda e: isinstance(e, h2.events.ConnectionTerminated), 3)
+        assert anyio.current_time() - begin < 2
+        await client.aclose()

@@ -16,6 +16,7 @@ is a half-close: the response is still delivered, then the connection closes.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -42,13 +43,26 @@ from multicorn.protocol.events import (
     StreamReset,
     UpgradeRequested,
 )
-from multicorn.protocol.headers import has_invalid_value_chars
+from multicorn.protocol.headers import has_invalid_value_chars, validate_response_headers
 
 # Once the response is complete, at most this much of an unread request body is read and thrown
 # away to keep the connection alive; past it, closing is cheaper than draining.
 _MAX_DISCARD = 256 * 1024
 
-_REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+_STATUS_LINES = {
+    status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode("ascii"))
+    for status in HTTPStatus
+}
+
+
+class _Mode(enum.Enum):
+    """How the body of the response being written is framed."""
+
+    IDLE = enum.auto()  # no response head written yet
+    LENGTH = enum.auto()
+    CHUNKED = enum.auto()
+    UNTIL_CLOSE = enum.auto()  # HTTP/1.0 without Content-Length
+    NO_BODY = enum.auto()  # HEAD, 204, 304
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,6 +108,10 @@ class HTTP11Protocol:
         self._discarding = False
         self._discard_since = 0.0
         self._client_waiting_100 = False
+        self._sent_100 = False
+        self._client_keep_alive = True  # the current request allows another after it
+        self._mode = _Mode.IDLE
+        self._remaining = 0  # body bytes still owed under a Content-Length
         self._paused = False
         self._eof = False
         self._closed = False
@@ -182,6 +200,7 @@ class HTTP11Protocol:
             return f"HTTP version {request.http_version.decode()} is not supported", 505
         size = len(request.method) + len(request.target) + 12  # the request line
         has_length = has_chunked = False
+        keep_alive = request.http_version == b"1.1"  # HTTP/1.0 keep-alive is not offered
         for name, value in request.headers:
             size += len(name) + len(value) + 4
             if has_invalid_value_chars(value):
@@ -190,6 +209,11 @@ class HTTP11Protocol:
                 has_length = True
             elif name == b"transfer-encoding":
                 has_chunked = True
+            elif name == b"connection" and b"close" in value.lower():
+                keep_alive = keep_alive and b"close" not in {
+                    token.strip() for token in value.lower().split(b",")
+                }
+        self._client_keep_alive = keep_alive
         if size > self._limits.max_incomplete_size:
             return "request header section too large", 431
         # RFC 9112 6.1: a request with both is a smuggling vector; refuse it outright.
@@ -265,12 +289,8 @@ class HTTP11Protocol:
             events.append(DataReceived(stream_id=self._stream_id, data=b"".join(upgrade.body)))
 
     def _switch_to_h2c(self, upgrade: _PendingUpgrade) -> UpgradeRequested:
-        self._emit(
-            h11.InformationalResponse(
-                status_code=101,
-                headers=[(b"connection", b"Upgrade"), (b"upgrade", b"h2c")],
-                reason=b"Switching Protocols",
-            )
+        self._out.append(
+            b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n"
         )
         self._switched = True
         return UpgradeRequested(
@@ -290,7 +310,7 @@ class HTTP11Protocol:
         if self._eof:
             # The peer is gone; there is nobody to answer.
             events.append(ConnectionClosed(error=error))
-        elif self._h11.our_state in (h11.IDLE, h11.SEND_RESPONSE) and not self._in_request:
+        elif not self._in_request:
             self._stream_id += 1
             self._rejecting = True
             events.append(RequestRejected(error=error, stream_id=self._stream_id))
@@ -307,6 +327,11 @@ class HTTP11Protocol:
         return events
 
     # ---- outbound -------------------------------------------------------------------------
+    #
+    # Responses are framed here rather than by h11: h11's writer validates and re-normalises
+    # every header on every response, which cost more than the parsing. h11 keeps parsing
+    # requests; since it never sees our responses, each request/response cycle gets a fresh h11
+    # connection seeded with whatever the client has already pipelined.
 
     def send(self, command: Command, now: float) -> list[Event]:
         if isinstance(command, AcknowledgeData):
@@ -315,89 +340,137 @@ class HTTP11Protocol:
             return []
         if isinstance(command, CloseConnection):
             self._keep_alive = False
-            if not self._in_request and not self._closed:
+            if not self._in_request and not self._closed and not self._rejecting:
                 return self._close()
             return []
-        if self._rejecting and command.stream_id == self._stream_id:
-            return self._send_rejection(command)
         if isinstance(command, PushPromise):
             return []  # no push in HTTP/1.1
-        if self._closed or command.stream_id != self._stream_id or not self._in_request:
+        rejecting = self._rejecting and command.stream_id == self._stream_id
+        if not rejecting and (
+            self._closed or command.stream_id != self._stream_id or not self._in_request
+        ):
             return []  # the stream is already gone; the ASGI layer has been told
-        if isinstance(command, ResetStream):
+        if isinstance(command, SendData):
+            self._write_body(command.data)
+            if command.end_stream:
+                return self._end_response(now, None)
+        elif isinstance(command, SendResponse):
+            if self._mode is not _Mode.IDLE:
+                raise LocalProtocolError("a response was already started on this stream")
+            self._write_head(command.status, command.headers)
+            if command.end_stream:
+                return self._end_response(now, None)
+        elif isinstance(command, SendInformational):
+            self._write_informational(command.status, command.headers)
+        elif isinstance(command, SendTrailers):
+            return self._end_response(now, command.headers)
+        elif isinstance(command, ResetStream):
             return self._close()
-        try:
-            if isinstance(command, SendResponse):
-                headers = command.headers
-                # h11 forgets the client was waiting once a final response goes out; remember
-                # it, as such a client will never send the body we would otherwise drain.
-                self._client_waiting_100 = self._h11.they_are_waiting_for_100_continue
-                if not self._keep_alive:
-                    headers = [*headers, (b"connection", b"close")]
-                self._emit(
-                    h11.Response(
-                        status_code=command.status,
-                        headers=headers,
-                        reason=_REASONS.get(command.status, b""),
-                    )
-                )
-                if command.end_stream:
-                    return self._end_response(now)
-            elif isinstance(command, SendInformational):
-                # RFC 9110 15.2: no 1xx to an HTTP/1.0 client. A 100 is pointless once the body
-                # has started arriving.
-                if self._http10:
-                    return []
-                if command.status == 100 and not self._h11.they_are_waiting_for_100_continue:
-                    return []
-                self._emit(
-                    h11.InformationalResponse(
-                        status_code=command.status,
-                        headers=command.headers,
-                        reason=_REASONS.get(command.status, b""),
-                    )
-                )
-            elif isinstance(command, SendData):
-                if command.data and not self._head_method:
-                    self._emit(h11.Data(data=command.data))
-                if command.end_stream:
-                    return self._end_response(now)
-            elif isinstance(command, SendTrailers):
-                # Chunked framing only (h11 refuses trailers after a Content-Length body).
-                return self._end_response(now, command.headers)
-        except h11.LocalProtocolError as exc:
-            raise LocalProtocolError(str(exc)) from None
         return []
 
-    def _send_rejection(self, command: Command) -> list[Event]:
-        # h11 still lets a server answer after the peer's protocol error; the connection then
-        # closes whatever happens.
-        try:
-            if isinstance(command, SendResponse):
-                headers = [*command.headers, (b"connection", b"close")]
-                reason = _REASONS.get(command.status, b"")
-                self._emit(h11.Response(status_code=command.status, headers=headers, reason=reason))
-                if command.end_stream:
-                    self._emit(h11.EndOfMessage())
-                    self._rejecting = False
-            elif isinstance(command, SendData):
-                self._emit(h11.Data(data=command.data))
-                if command.end_stream:
-                    self._emit(h11.EndOfMessage())
-                    self._rejecting = False
-        except h11.LocalProtocolError:
-            self._rejecting = False
-        return []
+    def _write_head(self, status: int, headers: Headers) -> None:
+        if not 200 <= status <= 999:
+            raise LocalProtocolError(f"final response status must be 200-999, got {status}")
+        validate_response_headers(headers)
+        keep_alive = self._keep_alive and self._client_keep_alive and not self._rejecting
+        length: bytes | None = None
+        encoding: bytes | None = None
+        for name, value in headers:
+            if name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding":
+                encoding = value
+        if self._head_method or status in (204, 304):
+            mode = _Mode.NO_BODY  # RFC 9110 6.4.1: these never carry content
+        elif encoding is not None:
+            if encoding.strip().lower() != b"chunked":
+                raise LocalProtocolError("only Transfer-Encoding: chunked can be sent")
+            if self._http10:
+                # No chunked framing in HTTP/1.0: the end of the body is the end of the
+                # connection.
+                headers = [h for h in headers if h[0] != b"transfer-encoding"]
+                mode, keep_alive = _Mode.UNTIL_CLOSE, False
+            else:
+                mode = _Mode.CHUNKED
+        elif length is not None:
+            if not length.isdigit():
+                raise LocalProtocolError(f"invalid Content-Length {length!r}")
+            mode = _Mode.LENGTH
+            self._remaining = int(length)
+        elif self._http10:
+            mode, keep_alive = _Mode.UNTIL_CLOSE, False
+        else:
+            mode = _Mode.CHUNKED
+            headers = [*headers, (b"transfer-encoding", b"chunked")]
+        if not keep_alive:
+            self._keep_alive = False
+            headers = [*headers, (b"connection", b"close")]
+        # A client still waiting for its 100 will not send the body we would otherwise drain.
+        self._client_waiting_100 = self._waiting_100()
+        self._mode = mode
+        status_line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status
+        self._out.append(
+            b"".join([status_line, *[n + b": " + v + b"\r\n" for n, v in headers], b"\r\n"])
+        )
 
-    def _emit(self, event: h11.Event) -> None:
-        data = self._h11.send(event)
-        if data:
+    def _write_informational(self, status: int, headers: Headers) -> None:
+        # RFC 9110 15.2: no 1xx to an HTTP/1.0 client, and none after the final response.
+        if self._http10 or self._mode is not _Mode.IDLE or not 100 <= status <= 199:
+            return
+        if status == 100:
+            # Pointless once the client has started sending the body, and sent at most once.
+            if not self._waiting_100():
+                return
+            self._sent_100 = True
+        validate_response_headers(headers)
+        status_line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status
+        self._out.append(
+            b"".join([status_line, *[n + b": " + v + b"\r\n" for n, v in headers], b"\r\n"])
+        )
+
+    def _waiting_100(self) -> bool:
+        return self._h11.they_are_waiting_for_100_continue and not self._sent_100
+
+    def _write_body(self, data: bytes) -> None:
+        mode = self._mode
+        if mode is _Mode.IDLE:
+            raise LocalProtocolError("body data sent before the response head")
+        if not data or mode is _Mode.NO_BODY:
+            return
+        if mode is _Mode.LENGTH:
+            if len(data) > self._remaining:
+                raise LocalProtocolError("more body than the declared Content-Length")
+            self._remaining -= len(data)
+            self._out.append(data)
+        elif mode is _Mode.CHUNKED:
+            self._out.append(b"%x\r\n" % len(data))
+            self._out.append(data)
+            self._out.append(b"\r\n")
+        else:
             self._out.append(data)
 
-    def _end_response(self, now: float, trailers: Headers | None = None) -> list[Event]:
-        self._emit(h11.EndOfMessage(headers=trailers or []))
+    def _end_response(self, now: float, trailers: Headers | None) -> list[Event]:
+        mode = self._mode
+        if mode is _Mode.IDLE:
+            raise LocalProtocolError("response ended before its head was sent")
+        if mode is _Mode.CHUNKED:
+            if trailers:
+                validate_response_headers(trailers)
+                lines = [n + b": " + v + b"\r\n" for n, v in trailers]
+                self._out.append(b"".join([b"0\r\n", *lines, b"\r\n"]))
+            else:
+                self._out.append(b"0\r\n\r\n")
+        elif mode is _Mode.LENGTH and self._remaining:
+            # Shorter than declared: the client cannot find the next response, so end here.
+            self._keep_alive = False
+        elif mode is _Mode.UNTIL_CLOSE:
+            self._keep_alive = False
+        self._mode = _Mode.IDLE
         self._in_request = False
-        if self._h11.our_state is h11.MUST_CLOSE or not self._keep_alive:
+        if self._rejecting:
+            self._rejecting = False
+            return []
+        if not self._keep_alive:
             return self._close()
         if self._h11.their_state is h11.DONE:
             return self._next_cycle(now)
@@ -412,10 +485,18 @@ class HTTP11Protocol:
         return self._next_events(now)
 
     def _next_cycle(self, now: float) -> list[Event]:
-        self._h11.start_next_cycle()
+        pipelined = self._h11.trailing_data[0]
+        self._h11 = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=self._limits.max_incomplete_size
+        )
+        if pipelined:
+            self._h11.receive_data(pipelined)
+        if self._eof:
+            self._h11.receive_data(b"")
         self._paused = False
+        self._sent_100 = False
         self._idle_since = now
-        self._head_started = now if self._h11.trailing_data[0] else None
+        self._head_started = now if pipelined else None
         return self._next_events(now)
 
     def pending_send(self, stream_id: int) -> int:

@@ -164,9 +164,7 @@ def body_of(events: list[Event], stream_id: int) -> bytes:
 
 def client_body(events: list[h2.events.Event], stream_id: int) -> bytes:
     return b"".join(
-        e.data
-        for e in events
-        if isinstance(e, h2.events.DataReceived) and e.stream_id == stream_id
+        e.data for e in events if isinstance(e, h2.events.DataReceived) and e.stream_id == stream_id
     )
 
 
@@ -214,9 +212,12 @@ class Pair:
         self.server_events += events
         return events
 
-    def to_client(self, *, drop_goaway: bool = False) -> list[h2.events.Event]:
-        """Feed the server's pending output to the client; the client's h2 events."""
-        data = self.server.data_to_send()
+    def to_client(
+        self, data: bytes | None = None, *, drop_goaway: bool = False
+    ) -> list[h2.events.Event]:
+        """Feed the server's pending output (or `data`) to the client; the client's h2 events."""
+        if data is None:
+            data = self.server.data_to_send()
         if drop_goaway:
             data = b"".join(
                 f.raw for f in parse_frames(data) if not isinstance(f.frame, GoAwayFrame)
@@ -228,18 +229,17 @@ class Pair:
         return events
 
     def pump(self, now: float | None = None) -> tuple[list[Event], list[h2.events.Event]]:
-        """Exchange bytes until both sides are quiet."""
+        """Exchange bytes until neither side has anything left to send."""
         server_events: list[Event] = []
         client_events: list[h2.events.Event] = []
         for _ in range(1000):
-            got = self.to_server(now=now)
-            server_events += got
-            answered = self.to_client()
-            client_events += answered
-            if not got and not answered and not self.client.data_to_send():
-                if not self.server.data_to_send():
-                    break
-        return server_events, client_events
+            upstream = self.client.data_to_send()
+            server_events += self.to_server(upstream, now=now)
+            downstream = self.server.data_to_send()
+            client_events += self.to_client(downstream)
+            if not upstream and not downstream:
+                return server_events, client_events
+        raise AssertionError("the peers never went quiet")
 
     # ---- requests and responses -----------------------------------------------------------
 
@@ -276,4 +276,3 @@ class Pair:
         )
         events += self.server.send(SendData(stream_id=stream_id, data=body, end_stream=True), at)
         return events
-

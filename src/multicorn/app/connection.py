@@ -245,8 +245,11 @@ class ConnectionHandler:
         if reading is not self._reading:
             self._reading = reading
             self.transport.set_reading(reading)
+        # Timers are lazy: one armed earlier than needed just fires, finds nothing due and is
+        # re-armed. Keep-alive deadlines move later with every request, so this saves a timer
+        # cancel-and-create per request.
         deadline = protocol.next_deadline()
-        if deadline != self._deadline:
+        if deadline is not None and (self._deadline is None or deadline < self._deadline):
             self._deadline = deadline
             self.transport.set_deadline(deadline)
 

@@ -25,7 +25,7 @@ from multicorn.protocol.events import (
     SendResponse,
     SendTrailers,
 )
-from multicorn.protocol.headers import get_header, validate_response_headers
+from multicorn.protocol.headers import get_header
 
 if TYPE_CHECKING:
     from multicorn.app.connection import ConnectionHandler
@@ -38,10 +38,9 @@ _NO_BODY_STATUS = frozenset({204, 304})
 
 
 def _headers(raw: Any) -> Headers:
-    """ASGI headers as lower-cased bytes pairs, refused if they could split the response."""
-    headers = [(bytes(name).lower(), bytes(value)) for name, value in raw]
-    validate_response_headers(headers)
-    return headers
+    """ASGI headers as lower-cased bytes pairs. The protocol refuses any that could split the
+    response (CR, LF, NUL) when it frames them."""
+    return [(bytes(name).lower(), bytes(value)) for name, value in raw]
 
 
 def error_response(status: int, default_headers: Headers) -> tuple[Headers, bytes]:
@@ -209,7 +208,6 @@ class HTTPStream:
             # Only useful, and only possible, before the final response head goes out.
             if self._pending_start is not None or not self._response_started:
                 links = [(b"link", bytes(link)) for link in message.get("links", ())]
-                validate_response_headers(links)
                 if links:
                     self._conn.send(
                         SendInformational(stream_id=self.stream_id, status=103, headers=links)
@@ -245,20 +243,21 @@ class HTTPStream:
             raise UnexpectedMessage("http.response.body sent after the response completed")
         body = bytes(message.get("body", b""))
         more = bool(message.get("more_body", False))
-        self._response_bytes += len(body)
         ends = not more and not self._trailers
         data = SendData(stream_id=self.stream_id, data=body, end_stream=ends)
-        if not more:
-            self._body_sent = True
-            self._response_complete = ends
         start = self._pending_start
         if start is not None:
             # The head waits for the first body chunk so a one-shot body gets a Content-Length
-            # rather than chunked framing, and both go out in one write.
-            self._pending_start = None
+            # rather than chunked framing, and both go out in one write. If the protocol refuses
+            # the head, nothing was sent and the failure still becomes a 500.
             self._conn.send(self._response_command(start, body, more), data)
+            self._pending_start = None
         else:
             self._conn.send(data)
+        self._response_bytes += len(body)
+        if not more:
+            self._body_sent = True
+            self._response_complete = ends
         if more:
             await self._conn.drain(self.stream_id)
         if self._response_complete:

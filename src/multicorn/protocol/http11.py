@@ -44,6 +44,7 @@ from multicorn.protocol.events import (
     UpgradeRequested,
 )
 from multicorn.protocol.headers import has_invalid_value_chars, validate_response_headers
+from multicorn.protocol.http2 import valid_upgrade_settings
 
 # Once the response is complete, at most this much of an unread request body is read and thrown
 # away to keep the connection alive; past it, closing is cheaper than draining.
@@ -274,6 +275,8 @@ class HTTP11Protocol:
         offered = {token.strip() for token in upgrade.split(b",")}
         if b"h2c" not in offered or not {b"upgrade", b"http2-settings"} <= tokens:
             return None
+        if not valid_upgrade_settings(settings):
+            return None  # not a usable offer: serve the request over HTTP/1.1
         return settings
 
     def _hold_upgrade_body(self, data: bytes, events: list[Event]) -> None:
@@ -497,6 +500,8 @@ class HTTP11Protocol:
         self._sent_100 = False
         self._idle_since = now
         self._head_started = now if pipelined else None
+        if not pipelined and not self._eof:
+            return []
         return self._next_events(now)
 
     def pending_send(self, stream_id: int) -> int:

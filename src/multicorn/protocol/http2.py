@@ -20,6 +20,8 @@ Theory of operation. h2 parses frames, keeps stream states and HPACK tables. Thi
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import enum
 from collections import deque
@@ -33,7 +35,7 @@ import h2.exceptions
 import h2.settings
 from hyperframe.frame import GoAwayFrame, PingFrame
 
-from multicorn.protocol.errors import PeerAbuse, RemoteProtocolError
+from multicorn.protocol.errors import LocalProtocolError, PeerAbuse, RemoteProtocolError
 from multicorn.protocol.events import (
     AcknowledgeData,
     CloseConnection,
@@ -52,6 +54,7 @@ from multicorn.protocol.events import (
     StreamEnded,
     StreamReset,
 )
+from multicorn.protocol.headers import validate_response_headers
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -59,6 +62,9 @@ _MAX_STREAM_ID = 2**31 - 1
 _GOAWAY_PING = b"mc-drain"
 _GOAWAY_PING_WAIT = 1.0  # seconds to wait for the drain PING before the final GOAWAY
 _PRIORITY_UPDATE = 0x10  # RFC 9218 frame type
+_UPGRADE_HEADERS = frozenset({b"connection", b"upgrade", b"http2-settings"})
+# Real header blocks need one or two CONTINUATIONs; dozens of tiny ones are a flood.
+_MAX_CONTINUATIONS = 32
 # HTTP/1.1 connection-specific fields that HTTP/2 forbids (RFC 9113 8.2.2); dropped from
 # responses rather than failing an application written for HTTP/1.1.
 _CONNECTION_HEADERS = frozenset(
@@ -101,25 +107,40 @@ class _Calm(Exception):
     """The peer overspent a budget: GOAWAY(ENHANCE_YOUR_CALM)."""
 
 
+class _BadPreface(Exception):
+    """Not HTTP/2 at all: GOAWAY(PROTOCOL_ERROR) (RFC 9113 3.4)."""
+
+
 class FrameGuard:
     """Reads frame headers as bytes go by, before h2 parses (and buffers) the frames."""
 
-    __slots__ = ("_block", "_control", "_limit", "_partial", "_preface", "_skip")
+    __slots__ = (
+        "_block",
+        "_continuations",
+        "_control",
+        "_limit",
+        "_partial",
+        "_preface",
+        "_skip",
+    )
 
     def __init__(self, *, header_block_limit: int, control: _Bucket, preface: bool) -> None:
         self._limit = header_block_limit
         self._control = control
-        self._preface = len(PREFACE) if preface else 0
+        self._preface = 0 if preface else len(PREFACE)  # preface bytes checked so far
         self._skip = 0  # payload bytes of the current frame still to pass
         self._partial = b""  # an incomplete frame header
         self._block = -1  # bytes in the header block being assembled, -1 when none
+        self._continuations = 0
 
     def feed(self, data: bytes, now: float) -> None:
         view = memoryview(data)
         pos = 0
-        if self._preface:
-            taken = min(self._preface, len(view))
-            self._preface -= taken
+        if self._preface < len(PREFACE):
+            taken = min(len(PREFACE) - self._preface, len(view))
+            if view[:taken] != PREFACE[self._preface : self._preface + taken]:
+                raise _BadPreface("the client did not send the HTTP/2 connection preface")
+            self._preface += taken
             pos = taken
         end = len(view)
         while pos < end:
@@ -143,9 +164,13 @@ class FrameGuard:
         flags = header[4]
         self._skip = length
         if kind == 0x1 or kind == 0x9:  # HEADERS, CONTINUATION
-            self._block = (0 if kind == 0x1 or self._block < 0 else self._block) + length
+            starts = kind == 0x1 or self._block < 0
+            self._block = (0 if starts else self._block) + length
+            self._continuations = 0 if starts else self._continuations + 1
             if self._block > self._limit:
                 raise _Calm("header block larger than the advertised limit")
+            if self._continuations > _MAX_CONTINUATIONS:
+                raise _Calm("too many CONTINUATION frames in one header block")
             if flags & 0x4:  # END_HEADERS
                 self._block = -1
         elif kind in (0x2, 0x6) or (kind == 0x4 and not flags & 0x1):
@@ -241,7 +266,15 @@ class HTTP2Protocol:
             h2_events = self._h2.receive_data(data)
         except _Calm as exc:
             return self._calm(str(exc))
+        except _BadPreface as exc:
+            return self._protocol_error(str(exc))
+        except h2.exceptions.DenialOfServiceError as exc:
+            # HPACK bombs and the like: h2 has queued GOAWAY(ENHANCE_YOUR_CALM).
+            return self._terminate(PeerAbuse(f"HTTP/2 abuse: {exc}"))
         except h2.exceptions.ProtocolError as exc:
+            if self._h2.state_machine.state is not h2.connection.ConnectionState.CLOSED:
+                # h2 raised before it could queue its GOAWAY (a bad frame header, say).
+                return self._protocol_error(str(exc))
             # h2 has queued the GOAWAY with the matching error code.
             return self._terminate(RemoteProtocolError(f"HTTP/2 protocol error: {exc}"))
         events: list[Event] = []
@@ -252,7 +285,8 @@ class HTTP2Protocol:
                 self._on_request(event, events, now)
             elif isinstance(event, h2.events.StreamEnded):
                 stream = self._streams.get(event.stream_id)
-                if stream is not None:
+                # A bodyless request already ended with its RequestReceived.
+                if stream is not None and not stream.request_done:
                     stream.request_done = True
                     events.append(StreamEnded(stream_id=event.stream_id))
                     self._stream_output_done(event.stream_id)
@@ -385,6 +419,7 @@ class HTTP2Protocol:
             return []
         try:
             if isinstance(command, SendResponse):
+                validate_response_headers(command.headers)
                 headers = [(b":status", str(command.status).encode())]
                 headers.extend(h for h in command.headers if h[0] not in _CONNECTION_HEADERS)
                 if command.end_stream:
@@ -393,15 +428,18 @@ class HTTP2Protocol:
                 if command.end_stream:
                     self._stream_output_done(command.stream_id)
             elif isinstance(command, SendInformational):
+                validate_response_headers(command.headers)
                 headers = [(b":status", str(command.status).encode()), *command.headers]
                 self._h2.send_headers(command.stream_id, headers)
             elif isinstance(command, SendTrailers):
+                validate_response_headers(command.headers)
                 stream.response_done = True
                 stream.trailers = [h for h in command.headers if h[0] not in _CONNECTION_HEADERS]
                 stream.end_after_out = True
                 self._mark_ready(command.stream_id)
                 self._flush(now)
             elif isinstance(command, PushPromise):
+                validate_response_headers(command.headers)
                 return self._push(command, stream)
             elif isinstance(command, ResetStream):
                 self._streams.pop(command.stream_id, None)
@@ -411,11 +449,21 @@ class HTTP2Protocol:
             # The peer reset the stream in the meantime; its StreamReset is on the way.
             self._streams.pop(command.stream_id, None)
             self._forget_output(command.stream_id)
+        except h2.exceptions.ProtocolError as exc:
+            if isinstance(command, (SendInformational, PushPromise)):
+                return []  # optional extras that no longer fit the stream's state
+            raise LocalProtocolError(f"HTTP/2 refused {type(command).__name__}: {exc}") from None
         self._check_done(now)
         return []
 
     def _push(self, command: PushPromise, parent: _Stream) -> list[Event]:
-        if not self._h2.remote_settings.enable_push or self._phase is not _Phase.OPEN:
+        remote = self._h2.remote_settings
+        if (
+            not remote.enable_push
+            or self._phase is not _Phase.OPEN
+            or command.stream_id % 2 == 0  # no push from a pushed stream
+            or self._h2.open_outbound_streams >= remote.max_concurrent_streams
+        ):
             return []
         promised = self._h2.get_next_available_stream_id()
         request = [
@@ -447,16 +495,19 @@ class HTTP2Protocol:
         Its body was read in full before the switch (RFC 7540 3.2), so the stream is already
         half-closed by the client.
         """
-        self._streams[1] = _Stream(scheme=self._scheme, authority=b"", request_done=True)
+        authority = next((v for n, v in request.headers if n == b"host"), b"")
+        self._streams[1] = _Stream(scheme=self._scheme, authority=authority, request_done=True)
         self._last_stream_id = 1
         self._idle_since = None
+        # The hop-by-hop fields of the upgrade belong to the HTTP/1.1 exchange, not stream 1.
+        headers = [h for h in request.headers if h[0] not in _UPGRADE_HEADERS]
         events: list[Event] = [
             RequestReceived(
                 stream_id=1,
                 method=request.method,
                 target=request.target,
                 http_version="2",
-                headers=request.headers,
+                headers=headers,
             )
         ]
         if body:
@@ -506,9 +557,11 @@ class HTTP2Protocol:
             chunk = self._take(stream, min(window, h2conn.max_outbound_frame_size))
             last = not stream.out and stream.end_after_out and stream.trailers is None
             h2conn.send_data(stream_id, chunk, end_stream=last)
+            self._ready.remove(stream_id)
             if last:
-                self._ready.remove(stream_id)
                 self._stream_output_done(stream_id)
+            else:
+                self._ready.append(stream_id)  # to the back of the line: round-robin
             return True
         self._ready.remove(stream_id)
         if stream.end_after_out:
@@ -589,6 +642,13 @@ class HTTP2Protocol:
         elif self._idle_since is None:
             self._idle_since = now
 
+    def _protocol_error(self, reason: str) -> list[Event]:
+        self._out.append(
+            self._h2.data_to_send()
+            + _goaway(self._last_stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        )
+        return self._terminate(RemoteProtocolError(f"HTTP/2 protocol error: {reason}"))
+
     def _calm(self, reason: str) -> list[Event]:
         self._out.append(
             self._h2.data_to_send()
@@ -659,6 +719,26 @@ def _goaway(last_stream_id: int, error_code: int) -> bytes:
     frame.error_code = error_code
     data: bytes = frame.serialize()
     return data
+
+
+def valid_upgrade_settings(value: bytes) -> bool:
+    """Is this HTTP2-Settings value (RFC 7540 3.2.1: base64url SETTINGS payload) acceptable?"""
+    try:
+        payload = base64.urlsafe_b64decode(value.strip() + b"=" * (-len(value.strip()) % 4))
+    except (binascii.Error, ValueError):
+        return False
+    if len(payload) % 6:
+        return False
+    for offset in range(0, len(payload), 6):
+        code = int.from_bytes(payload[offset : offset + 2], "big")
+        number = int.from_bytes(payload[offset + 2 : offset + 6], "big")
+        if (
+            (code == 0x2 and number > 1)
+            or (code == 0x4 and number > 2**31 - 1)
+            or (code == 0x5 and not 2**14 <= number <= 2**24 - 1)
+        ):
+            return False
+    return True
 
 
 def parse_priority(value: bytes) -> tuple[int, bool]:

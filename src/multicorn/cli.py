@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from multicorn._version import __version__
 from multicorn.config import (
     H2C_MODES,
+    HTTP_ENGINES,
     LIFESPAN_MODES,
     LOG_LEVELS,
     VERIFY_MODES,
@@ -123,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="worker_class",
         metavar=choices(WORKER_CLASSES),
         help="event loop to run on",
+    )
+    setting(
+        "--http",
+        dest="http",
+        metavar=choices(HTTP_ENGINES),
+        help="HTTP/1.1 request parser; auto picks httptools when installed (multicorn[speed])",
     )
     setting("--backlog", dest="backlog", metavar="N", help="pending connections the OS queues")
     setting(

@@ -29,6 +29,7 @@ LOG_LEVELS: Final = ("critical", "error", "warning", "info", "debug", "trace")
 VERIFY_MODES: Final = ("none", "optional", "required")
 H2C_MODES: Final = ("off", "prior-knowledge", "upgrade", "both")
 ALPN_PROTOCOLS: Final = ("h2", "http/1.1")
+HTTP_ENGINES: Final = ("auto", "h11", "httptools")
 
 _TRUE_WORDS: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE_WORDS: Final = frozenset({"0", "false", "no", "off"})
@@ -57,6 +58,7 @@ class Config:
 
     bind: list[str] = field(default_factory=lambda: ["127.0.0.1:8000"])
     worker_class: str = "asyncio"  # asyncio | uvloop | trio
+    http: str = "auto"  # HTTP/1.1 parser: auto (httptools when installed) | h11 | httptools
     backlog: int = 2048
     keep_alive: float = 5.0  # idle keep-alive timeout, seconds
     keep_alive_max_requests: int = 1000  # requests served on one connection before it closes
@@ -145,6 +147,7 @@ _RULES: Final[Mapping[str, _Rule]] = MappingProxyType(
     {
         "bind": _Rule("str_list", "one or more addresses like 127.0.0.1:8000"),
         "worker_class": _choice(WORKER_CLASSES),
+        "http": _choice(HTTP_ENGINES),
         "backlog": _positive_int("a whole number of pending connections"),
         "keep_alive": _seconds(),
         "keep_alive_max_requests": _positive_int("a whole number of requests"),

@@ -21,13 +21,14 @@ from multicorn.app.connection import ConnectionHandler
 from multicorn.app.context import ConnectionInfo, DefaultHeaders, ServerContext
 from multicorn.app.lifespan import Lifespan
 from multicorn.app.registry import ConnectionRegistry
-from multicorn.config import Config
+from multicorn.config import Config, ConfigError
 from multicorn.logging import configure_logging
 from multicorn.net.binds import format_url, parse_bind
 from multicorn.net.sockets import create_socket
 from multicorn.net.tls import TLSInfoFactory, create_ssl_context
 from multicorn.protocol.http2 import HTTP2Limits
 from multicorn.protocol.http11 import HTTP11Limits
+from multicorn.protocol.http11_parsers import httptools_available
 from multicorn.protocol.negotiate import ProtocolLimits, for_connection
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ def protocol_limits(config: Config) -> ProtocolLimits:
             max_requests=config.keep_alive_max_requests,
             h2c_prior_knowledge=config.h2c in ("prior-knowledge", "both"),
             h2c_upgrade=config.h2c in ("upgrade", "both"),
+            engine=_http_engine(config.http),
         ),
         http2=HTTP2Limits(
             max_concurrent_streams=config.h2_max_concurrent_streams,
@@ -72,6 +74,18 @@ def protocol_limits(config: Config) -> ProtocolLimits:
             send_timeout=config.send_timeout,
         ),
     )
+
+
+def _http_engine(choice: str) -> str:
+    if choice == "h11":
+        return "h11"
+    if httptools_available():
+        return "httptools"
+    if choice == "httptools":
+        raise ConfigError(
+            "http", "httptools is not installed: pip install 'multicorn[speed]', or use --http h11"
+        )
+    return "h11"
 
 
 def _address(name: Any) -> tuple[str, int] | None:

@@ -10,10 +10,14 @@ import anyio
 
 from multicorn import Config, Server
 
+# The HTTP/1.1 parsing engine servers in these tests use; test_http11.py runs on both.
+ENGINE = {"http": "auto"}
+
 
 @contextlib.asynccontextmanager
 async def serving(app: Any, **settings: Any) -> AsyncIterator[Server]:
     settings.setdefault("bind", ["127.0.0.1:0"])
+    settings.setdefault("http", ENGINE["http"])
     settings.setdefault("error_logfile", None)
     async with Server(app, Config(**settings)) as server:
         yield server

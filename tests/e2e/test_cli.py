@@ -16,9 +16,10 @@ from .process import ROOT, multicorn_process
 WORKERS = ["asyncio", "uvloop", "trio"]
 
 
+@pytest.mark.parametrize("http", ["h11", "httptools"])
 @pytest.mark.parametrize("worker", WORKERS)
-def test_serves_the_example_app(worker):
-    args = ("examples.hello:app", "--bind", "127.0.0.1:0", "--worker-class", worker)
+def test_serves_the_example_app(worker, http):
+    args = ("examples.hello:app", "--bind", "127.0.0.1:0", "--worker-class", worker, "--http", http)
     with multicorn_process(*args) as (proc, url):
         response = httpx.get(url)
         assert response.status_code == 200

@@ -8,9 +8,17 @@ import pytest
 
 from multicorn.app.errors import LifespanFailure
 
+from . import support
 from .support import host_port, raw_exchange, read_until, read_until_closed, serving
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(autouse=True, params=["h11", "httptools"])
+def engine(request):
+    support.ENGINE["http"] = request.param
+    yield request.param
+    support.ENGINE["http"] = "auto"
 
 
 async def hello(scope, receive, send):

@@ -20,8 +20,6 @@ import enum
 from dataclasses import dataclass
 from http import HTTPStatus
 
-import h11
-
 from multicorn.protocol.errors import LocalProtocolError, RemoteProtocolError
 from multicorn.protocol.events import (
     AcknowledgeData,
@@ -45,6 +43,15 @@ from multicorn.protocol.events import (
 )
 from multicorn.protocol.headers import has_invalid_value_chars, validate_response_headers
 from multicorn.protocol.http2 import valid_upgrade_settings
+from multicorn.protocol.http11_parsers import (
+    DATA,
+    END,
+    ERROR,
+    HEAD,
+    UPGRADE,
+    RequestHead,
+    new_parser,
+)
 
 # Once the response is complete, at most this much of an unread request body is read and thrown
 # away to keep the connection alive; past it, closing is cheaper than draining.
@@ -75,6 +82,7 @@ class HTTP11Limits:
     body_buffer_size: int = 64 * 1024  # unconsumed request body before reading pauses
     h2c_prior_knowledge: bool = False  # a connection opening with the HTTP/2 preface switches
     h2c_upgrade: bool = False  # `Upgrade: h2c` on the first request switches
+    engine: str = "h11"  # request parser: "h11" or "httptools" (llhttp)
 
 
 # Ours to answer only once the whole preface could be told apart from an HTTP/1.1 request line.
@@ -96,7 +104,7 @@ class HTTP11Protocol:
 
     def __init__(self, *, limits: HTTP11Limits, now: float) -> None:
         self._limits = limits
-        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_incomplete_size)
+        self._parser = new_parser(limits.engine, limits.max_incomplete_size)
         self._out: list[bytes] = []
         self._stream_id = 0  # id of the newest request
         self._in_request = False  # a request head was delivered and its response is not done
@@ -110,6 +118,8 @@ class HTTP11Protocol:
         self._discard_since = 0.0
         self._client_waiting_100 = False
         self._sent_100 = False
+        self._expects_100 = False
+        self._parse_failed = False
         self._client_keep_alive = True  # the current request allows another after it
         self._mode = _Mode.IDLE
         self._remaining = 0  # body bytes still owed under a Content-Length
@@ -138,77 +148,118 @@ class HTTP11Protocol:
                 self._switched = True
                 return [UpgradeRequested(protocol="h2c-prior-knowledge", leftover=data)]
         if not data:
-            self._eof = True
-        elif self._idle_since is not None and self._head_started is None:
+            return self._peer_closed(now)
+        if not self._in_request and not self._parser.ops and self._head_started is None:
             self._head_started = now
-        self._h11.receive_data(data)
+        if not self._parse_failed:
+            try:
+                self._parser.feed(data)
+            except RemoteProtocolError as exc:
+                # Queued behind whatever parsed fine: earlier pipelined requests still get
+                # their answers before this one is refused.
+                self._parse_failed = True
+                self._parser.ops.append((ERROR, exc))
         return self._next_events(now)
 
+    def _peer_closed(self, now: float) -> list[Event]:
+        """EOF: the client sends nothing more. A complete request still gets its answer
+        (half-close); a request cut short is reset; an idle connection just closes."""
+        self._eof = True
+        if self._in_request and self._body_done and not self._discarding:
+            return []
+        events = self._close()
+        if (self._in_request and not self._body_done) or self._parser.partial:
+            events[-1] = ConnectionClosed(
+                error=RemoteProtocolError("the client closed the connection mid-request")
+            )
+        return events
+
     def _next_events(self, now: float) -> list[Event]:
+        """Turn parsed operations into events, holding back any request that arrives while
+        the previous one is still being answered (pipelining)."""
         events: list[Event] = []
-        while not self._closed:
-            try:
-                event = self._h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                events.extend(self._fail(str(exc), exc.error_status_hint))
+        ops = self._parser.ops
+        while ops and not self._closed and not self._switched:
+            kind, value = ops[0]
+            if kind == ERROR:
+                if (self._in_request and self._body_done) or self._discarding:
+                    break  # a later request is broken: answer the current one first
+                ops.popleft()
+                events.extend(self._fail(str(value), value.error_status_hint))
                 break
-            if event is h11.NEED_DATA:
-                break
-            if event is h11.PAUSED:
-                self._paused = True
-                break
-            if isinstance(event, h11.Request):
-                error = self._check_request(event)
+            if kind == HEAD:
+                if self._in_request or self._discarding:
+                    break  # its turn comes when the current response completes
+                ops.popleft()
+                error = self._check_head(value)
                 if error is not None:
                     events.extend(self._fail(*error))
                     break
-                received = self._start_request(event)
-                settings = self._h2c_settings(event)
+                received = self._start_request(value)
+                settings = self._h2c_settings(value)
                 if settings is None:
                     events.append(received)
                 else:
                     self._upgrade = _PendingUpgrade(received, settings, [])
-            elif isinstance(event, h11.Data):
+                continue
+            ops.popleft()
+            if kind == DATA:
                 if self._upgrade is not None:
-                    self._hold_upgrade_body(bytes(event.data), events)
-                    continue
-                if self._discarding:
-                    self._discarded += len(event.data)
+                    self._hold_upgrade_body(value, events)
+                elif self._discarding:
+                    self._discarded += len(value)
                     if self._discarded > _MAX_DISCARD:
                         events.extend(self._close())
-                    continue
-                self._unconsumed += len(event.data)
-                events.append(DataReceived(stream_id=self._stream_id, data=bytes(event.data)))
-            elif isinstance(event, h11.EndOfMessage):
-                if self._upgrade is not None:
-                    events.append(self._switch_to_h2c(self._upgrade))
-                    break
+                else:
+                    self._expects_100 = False  # the client stopped waiting and sent the body
+                    self._unconsumed += len(value)
+                    events.append(DataReceived(stream_id=self._stream_id, data=value))
+            elif kind == END:
                 self._body_done = True
-                if self._discarding:
-                    self._discarding = False
-                    events.extend(self._next_cycle(now))
+                if self._upgrade is None:
+                    if self._discarding:
+                        self._discarding = False
+                        self._new_cycle(now)
+                    else:
+                        events.append(StreamEnded(stream_id=self._stream_id))
+            elif kind == UPGRADE:
+                if self._upgrade is not None:
+                    events.append(self._switch_to_h2c(self._upgrade, value))
                     break
-                events.append(StreamEnded(stream_id=self._stream_id))
-            elif isinstance(event, h11.ConnectionClosed):
-                if self._in_request and self._body_done:
-                    break  # half-close: the response still goes out, then we close
-                events.extend(self._close())
+                # An Upgrade we do not take (websocket, say): carry on with HTTP/1.1.
+                try:
+                    self._parser.resume(value)
+                except RemoteProtocolError as exc:
+                    self._parse_failed = True
+                    ops.append((ERROR, exc))
+        self._paused = not self._closed and (
+            bool(ops) or (self._in_request and self._body_done and self._parser.partial)
+        )
         return events
 
-    def _check_request(self, request: h11.Request) -> tuple[str, int] | None:
-        """Strictness beyond h11. Returns (message, status) for a request to refuse."""
-        if request.http_version not in (b"1.1", b"1.0"):
-            return f"HTTP version {request.http_version.decode()} is not supported", 505
-        size = len(request.method) + len(request.target) + 12  # the request line
+    def _check_head(self, head: RequestHead) -> tuple[str, int] | None:
+        """Strictness both engines share. Returns (message, status) for a request to refuse."""
+        version = head.version
+        if version == b"0.9":
+            return "malformed request line (no HTTP version)", 400
+        if version not in (b"1.1", b"1.0"):
+            return f"HTTP version {version.decode()} is not supported", 505
+        size = len(head.method) + len(head.target) + 12  # the request line
         has_length = has_chunked = False
-        keep_alive = request.http_version == b"1.1"  # HTTP/1.0 keep-alive is not offered
-        for name, value in request.headers:
+        hosts = 0
+        keep_alive = version == b"1.1"  # HTTP/1.0 keep-alive is not offered
+        for name, value in head.headers:
             size += len(name) + len(value) + 4
             if has_invalid_value_chars(value):
                 return f"control character in header {name.decode()!r}", 400
-            if name == b"content-length":
+            if name == b"host":
+                hosts += 1
+            elif name == b"content-length":
                 has_length = True
             elif name == b"transfer-encoding":
+                if has_chunked or value.strip().lower() != b"chunked":
+                    # RFC 9112 6.1: only chunked is implemented here.
+                    return "only Transfer-Encoding: chunked is supported", 501
                 has_chunked = True
             elif name == b"connection" and b"close" in value.lower():
                 keep_alive = keep_alive and b"close" not in {
@@ -217,50 +268,60 @@ class HTTP11Protocol:
         self._client_keep_alive = keep_alive
         if size > self._limits.max_incomplete_size:
             return "request header section too large", 431
+        # RFC 9112 3.2: exactly one Host in HTTP/1.1, at most one in 1.0.
+        if hosts > 1 or (hosts == 0 and version == b"1.1"):
+            return "a request needs exactly one Host header", 400
         # RFC 9112 6.1: a request with both is a smuggling vector; refuse it outright.
         if has_length and has_chunked:
             return "both Content-Length and Transfer-Encoding present", 400
         # RFC 9112 6.1: chunked framing does not exist in HTTP/1.0.
-        if has_chunked and request.http_version == b"1.0":
+        if has_chunked and version == b"1.0":
             return "Transfer-Encoding in an HTTP/1.0 request", 400
-        target = request.target
-        if request.method == b"CONNECT":
+        target = head.target
+        method = head.method
+        if method == b"CONNECT":
             return "CONNECT is not supported: this is not a proxy", 501
         # RFC 9112 3.2: origin-form, absolute-form, or "*" for OPTIONS only.
         if not target.startswith(b"/"):
             if target == b"*":
-                if request.method != b"OPTIONS":
+                if method != b"OPTIONS":
                     return "asterisk-form target is only valid for OPTIONS", 400
             elif not (target.startswith((b"http://", b"https://"))):
                 return "request target is not in origin-form or absolute-form", 400
         return None
 
-    def _start_request(self, request: h11.Request) -> RequestReceived:
+    def _start_request(self, head: RequestHead) -> RequestReceived:
         self._stream_id += 1
         self._in_request = True
         self._body_done = False
         self._idle_since = None
         self._head_started = None
         self._unconsumed = 0
-        self._head_method = request.method == b"HEAD"
-        self._http10 = request.http_version == b"1.0"
+        self._head_method = head.method == b"HEAD"
+        self._http10 = head.version == b"1.0"
         if self._stream_id >= self._limits.max_requests:
             self._keep_alive = False
+        headers = head.headers
+        # RFC 9110 10.1.1: only an HTTP/1.1 client waits for a 100 before sending its body.
+        self._expects_100 = not self._http10 and any(
+            name == b"expect" and value.lower() == b"100-continue" for name, value in headers
+        )
+        self._sent_100 = False
         return RequestReceived(
             stream_id=self._stream_id,
-            method=bytes(request.method),
-            target=bytes(request.target),
-            http_version=request.http_version.decode("ascii"),
-            headers=[(bytes(name), bytes(value)) for name, value in request.headers],
-            expects_continue=self._h11.they_are_waiting_for_100_continue,
+            method=head.method,
+            target=head.target,
+            http_version="1.1" if not self._http10 else "1.0",
+            headers=headers,
+            expects_continue=self._expects_100,
         )
 
-    def _h2c_settings(self, request: h11.Request) -> bytes | None:
+    def _h2c_settings(self, head: RequestHead) -> bytes | None:
         """The HTTP2-Settings value of a valid `Upgrade: h2c` first request, else None."""
-        if not self._limits.h2c_upgrade or self._stream_id != 1 or request.http_version != b"1.1":
+        if not self._limits.h2c_upgrade or self._stream_id != 1 or head.version != b"1.1":
             return None
         upgrade = connection = settings = None
-        for name, value in request.headers:
+        for name, value in head.headers:
             if name == b"upgrade":
                 upgrade = value.lower()
             elif name == b"connection":
@@ -268,7 +329,7 @@ class HTTP11Protocol:
             elif name == b"http2-settings":
                 if settings is not None:
                     return None  # RFC 7540 3.2.1: exactly one
-                settings = bytes(value)
+                settings = value
         if upgrade is None or settings is None or connection is None:
             return None
         tokens = {token.strip() for token in connection.split(b",")}
@@ -291,7 +352,7 @@ class HTTP11Protocol:
             self._unconsumed += upgrade.size
             events.append(DataReceived(stream_id=self._stream_id, data=b"".join(upgrade.body)))
 
-    def _switch_to_h2c(self, upgrade: _PendingUpgrade) -> UpgradeRequested:
+    def _switch_to_h2c(self, upgrade: _PendingUpgrade, leftover: bytes) -> UpgradeRequested:
         self._out.append(
             b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n"
         )
@@ -301,7 +362,7 @@ class HTTP11Protocol:
             request=upgrade.request,
             body=b"".join(upgrade.body),
             settings=upgrade.settings,
-            leftover=bytes(self._h11.trailing_data[0]),
+            leftover=leftover,
         )
 
     def _fail(self, message: str, status: int) -> list[Event]:
@@ -432,7 +493,7 @@ class HTTP11Protocol:
         )
 
     def _waiting_100(self) -> bool:
-        return self._h11.they_are_waiting_for_100_continue and not self._sent_100
+        return self._expects_100 and not self._sent_100
 
     def _write_body(self, data: bytes) -> None:
         mode = self._mode
@@ -475,8 +536,11 @@ class HTTP11Protocol:
             return []
         if not self._keep_alive:
             return self._close()
-        if self._h11.their_state is h11.DONE:
-            return self._next_cycle(now)
+        if self._body_done:
+            self._new_cycle(now)
+            if self._eof and not any(kind == END for kind, _ in self._parser.ops):
+                return self._close()  # half-closed, and no complete request is waiting
+            return self._next_events(now)
         if self._client_waiting_100 or self._eof:
             # The client never got its 100 and will not send the body: nothing to drain.
             return self._close()
@@ -487,22 +551,12 @@ class HTTP11Protocol:
         self._unconsumed = 0
         return self._next_events(now)
 
-    def _next_cycle(self, now: float) -> list[Event]:
-        pipelined = self._h11.trailing_data[0]
-        self._h11 = h11.Connection(
-            h11.SERVER, max_incomplete_event_size=self._limits.max_incomplete_size
-        )
-        if pipelined:
-            self._h11.receive_data(pipelined)
-        if self._eof:
-            self._h11.receive_data(b"")
+    def _new_cycle(self, now: float) -> None:
+        """The exchange is over both ways: the connection waits for (or has) the next request."""
         self._paused = False
-        self._sent_100 = False
         self._idle_since = now
-        self._head_started = now if pipelined else None
-        if not pipelined and not self._eof:
-            return []
-        return self._next_events(now)
+        waiting = bool(self._parser.ops) or self._parser.partial
+        self._head_started = now if waiting else None
 
     def pending_send(self, stream_id: int) -> int:
         return 0  # HTTP/1.1 frames everything at once; the transport's buffer is the backlog

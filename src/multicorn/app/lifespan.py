@@ -32,6 +32,7 @@ class Lifespan:
         self._answer: Message | None = None
         self._answered: Waiter = runtime.waiter()
         self._supported = False
+        self._finished = False  # the application's lifespan task has returned
         self._app_error: BaseException | None = None
 
     async def startup(self, timeout: float) -> None:
@@ -60,7 +61,8 @@ class Lifespan:
         self._answer = None
         self._inbox.append(message)
         self._inbox_waiter.set()
-        if not await self._runtime.wait_for(self._answered, timeout):
+        # The task may have ended already (it can run eagerly, up to its first wait).
+        if not self._finished and not await self._runtime.wait_for(self._answered, timeout):
             raise LifespanFailure(f"application {phase} did not complete within {timeout} s")
         if self._answer is None:
             # The app returned or raised instead of answering.
@@ -87,6 +89,7 @@ class Lifespan:
             else:
                 self._logger.info("ASGI 'lifespan' protocol appears unsupported.")
         finally:
+            self._finished = True
             self._answered.set()
 
     async def _receive(self) -> Message:

@@ -1,0 +1,314 @@
+"""The benchmark suite in bench/: it runs at a tiny scale, and its parsers read real tool output.
+
+No figure is asserted beyond "more than zero": these tests check that the suite works, not how
+fast anything is. The end-to-end test needs wrk; it is skipped without it on a developer's
+machine, but fails in CI (CI=true), where wrk must be installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from bench import report
+from bench.parsers import (
+    parse_h2load,
+    parse_lscpu,
+    parse_proc_stat,
+    parse_proc_status,
+    parse_wrk,
+    percentile,
+    percentiles_from_h2load_log,
+    time_to_ms,
+)
+from bench.scenarios import SCENARIOS, SCENARIOS_BY_NAME
+from bench.servers import SERVERS, SERVERS_BY_NAME, Launch, command, has_flag
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Captured from wrk 4.1.0 (Debian) against multicorn, granian and a 404 route.
+WRK_GET = """\
+Running 2s test @ http://127.0.0.1:9001/10k
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     5.49ms    1.20ms  18.30ms   86.78%
+    Req/Sec    11.69k     0.89k   12.62k    90.00%
+  Latency Distribution
+     50%    5.30ms
+     75%    5.62ms
+     90%    6.39ms
+     99%   10.52ms
+  23275 requests in 2.01s, 230.05MB read
+Requests/sec:  11599.33
+Transfer/sec:    114.65MB
+"""
+
+WRK_MICROSECONDS = """\
+Running 1s test @ http://127.0.0.1:9040/small
+  1 threads and 2 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   150.36us   66.81us   1.70ms   94.65%
+    Req/Sec    13.33k     1.34k   14.77k    72.73%
+  Latency Distribution
+     50%  144.00us
+     75%  162.00us
+     90%  189.00us
+     99%  294.00us
+  14577 requests in 1.10s, 1.81MB read
+Requests/sec:  13251.34
+Transfer/sec:      1.64MB
+"""
+
+WRK_404 = """\
+Running 1s test @ http://127.0.0.1:9001/missing
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     5.10ms    2.50ms  21.53ms   84.13%
+    Req/Sec    12.70k     2.81k   17.47k    60.00%
+  Latency Distribution
+     50%    4.32ms
+     75%    6.12ms
+     90%    7.53ms
+     99%   15.58ms
+  12653 requests in 1.00s, 1.64MB read
+  Non-2xx or 3xx responses: 12653
+Requests/sec:  12608.30
+Transfer/sec:      1.64MB
+"""
+
+# The socket-error line in wrk's format (src/wrk.c), with latencies in seconds.
+WRK_SOCKET_ERRORS = """\
+Running 10s test @ http://127.0.0.1:8000/sleep
+  1 threads and 512 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.02s   250.00ms   2.00s    70.00%
+    Req/Sec   500.00    100.00     1.00k    60.00%
+  Latency Distribution
+     50%    1.00s
+     75%    1.20s
+     90%    1.50s
+     99%    1.90s
+  5000 requests in 10.00s, 600.00KB read
+  Socket errors: connect 3, read 12, write 0, timeout 34
+Requests/sec:    499.90
+Transfer/sec:     60.00KB
+"""
+
+WRK_REFUSED = "unable to connect to 127.0.0.1:9999 Connection refused\n"
+
+# Captured from h2load (nghttp2 1.52.0) against multicorn over TLS.
+H2LOAD_TLS = """\
+starting benchmark...
+spawning thread #0: 8 total client(s). Timing-based test with 0s of warm-up time and 2s of main duration for measurements.
+Warm-up started for thread #0.
+progress: 12% of clients started
+Warm-up phase is over for thread #0.
+Main benchmark duration is started for thread #0.
+TLS Protocol: TLSv1.3
+Cipher: TLS_AES_256_GCM_SHA384
+Server Temp Key: X25519 253 bits
+Application protocol: h2
+Main benchmark duration is over for thread #0. Stopping all clients.
+Stopped all clients for thread #0
+
+finished in 2.00s, 4232.00 req/s, 41.42MB/s
+requests: 8464 total, 8592 started, 8464 done, 8464 succeeded, 0 failed, 0 errored, 0 timeout
+status codes: 8464 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 82.84MB (86867336) total, 42.03KB (43040) headers (space savings 94.86%), 82.66MB (86671360) data
+                     min         max         mean         sd        +/- sd
+time for request:     7.19ms     73.19ms     29.79ms      3.67ms    90.12%
+time for connect:     2.62ms     22.55ms     17.00ms      6.30ms    87.50%
+time to 1st byte:     9.86ms     67.52ms     51.41ms     18.10ms    87.50%
+req/s           :     527.57      535.55      528.65        2.79    87.50%
+"""  # noqa: E501 - verbatim tool output
+
+# Captured against Hypercorn over h2c: a few streams fail when the clients are stopped.
+H2LOAD_H2C_FAILURES = """\
+Application protocol: h2c
+finished in 1.00s, 2002.00 req/s, 19.61MB/s
+requests: 2005 total, 2010 started, 2005 done, 2002 succeeded, 3 failed, 3 errored, 0 timeout
+status codes: 2002 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 19.61MB (20563016) total, 10.99KB (11254) headers (space savings 94.82%), 19.55MB (20500480) data
+                     min         max         mean         sd        +/- sd
+time for request:     1.23ms      9.80ms      3.95ms    812us    75.00%
+"""  # noqa: E501 - verbatim tool output
+
+H2LOAD_REFUSED = """\
+Main benchmark duration is over for thread #0. Stopping all clients.
+Stopped all clients for thread #0
+
+finished in 1.00s, 0.00 req/s, 0B/s
+requests: 0 total, 0 started, 0 done, 0 succeeded, 0 failed, 0 errored, 0 timeout
+status codes: 0 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 0B (0) total, 0B (0) headers (space savings 0.00%), 0B (0) data
+                     min         max         mean         sd        +/- sd
+time for request:        0us         0us         0us         0us     0.00%
+"""
+
+
+def test_time_units():
+    assert time_to_ms("5.49ms") == pytest.approx(5.49)
+    assert time_to_ms("150.36us") == pytest.approx(0.15036)
+    assert time_to_ms("1.02s") == pytest.approx(1020.0)
+    assert time_to_ms("2m") == pytest.approx(120_000.0)
+    with pytest.raises(ValueError):
+        time_to_ms("fast")
+
+
+def test_wrk_output():
+    result = parse_wrk(WRK_GET)
+    assert result["requests_per_s"] == pytest.approx(11599.33)
+    assert result["requests"] == 23275
+    assert result["seconds"] == pytest.approx(2.01)
+    assert result["latency_avg_ms"] == pytest.approx(5.49)
+    assert result["latency_stdev_ms"] == pytest.approx(1.20)
+    assert result["latency_max_ms"] == pytest.approx(18.30)
+    assert result["latency_p50_ms"] == pytest.approx(5.30)
+    assert result["latency_p99_ms"] == pytest.approx(10.52)
+    assert result["errors"] == 0
+
+
+def test_wrk_microseconds():
+    result = parse_wrk(WRK_MICROSECONDS)
+    assert result["latency_avg_ms"] == pytest.approx(0.15036)
+    assert result["latency_max_ms"] == pytest.approx(1.70)
+    assert result["latency_p99_ms"] == pytest.approx(0.294)
+    assert result["seconds"] == pytest.approx(1.10)
+
+
+def test_wrk_non_2xx_and_socket_errors():
+    assert parse_wrk(WRK_404)["non_2xx"] == 12653
+    assert parse_wrk(WRK_404)["errors"] == 12653
+    result = parse_wrk(WRK_SOCKET_ERRORS)
+    assert result["socket_errors"] == {"connect": 3, "read": 12, "write": 0, "timeout": 34}
+    assert result["errors"] == 49
+    assert result["latency_avg_ms"] == pytest.approx(1020.0)
+    assert result["latency_p99_ms"] == pytest.approx(1900.0)
+
+
+def test_wrk_without_result():
+    result = parse_wrk(WRK_REFUSED)
+    assert result["requests_per_s"] is None
+    assert result["latency_p99_ms"] is None
+
+
+def test_h2load_output():
+    result = parse_h2load(H2LOAD_TLS)
+    assert result["requests_per_s"] == pytest.approx(4232.0)
+    assert result["seconds"] == pytest.approx(2.0)
+    assert result["requests"] == 8464
+    assert result["succeeded"] == 8464
+    assert result["status"] == {"2xx": 8464, "3xx": 0, "4xx": 0, "5xx": 0}
+    assert result["latency_avg_ms"] == pytest.approx(29.79)
+    assert result["latency_max_ms"] == pytest.approx(73.19)
+    assert result["protocol"] == "h2"
+    assert result["errors"] == 0
+
+
+def test_h2load_failures_and_refusal():
+    result = parse_h2load(H2LOAD_H2C_FAILURES)
+    assert result["protocol"] == "h2c"
+    assert (result["failed"], result["errored"]) == (3, 3)
+    assert result["errors"] == 3
+    assert result["latency_avg_ms"] == pytest.approx(3.95)
+    refused = parse_h2load(H2LOAD_REFUSED)
+    assert refused["requests_per_s"] == 0.0
+    assert refused["requests"] == 0
+    assert refused["protocol"] is None
+
+
+def test_h2load_log_percentiles():
+    lines = [f"1795641808386093\t200\t{micros}\n" for micros in range(1000, 101000, 1000)]
+    lines.append("garbage\n")
+    result = percentiles_from_h2load_log(lines)
+    assert result["latency_p50_ms"] == pytest.approx(50.0)
+    assert result["latency_p99_ms"] == pytest.approx(99.0)
+    assert result["latency_avg_ms"] == pytest.approx(50.5)
+    assert percentiles_from_h2load_log([])["latency_p99_ms"] is None
+    assert percentile([1.0], 0.99) == 1.0
+
+
+def test_proc_and_lscpu_parsers():
+    status = "Name:\tpython3\nVmHWM:\t   60000 kB\nVmRSS:\t   51200 kB\nThreads:\t2\n"
+    assert parse_proc_status(status) == {"VmHWM": 60000, "VmRSS": 51200}
+    stat = "1234 (a (weird) name) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 40 0 0 20 0 2 0"
+    assert parse_proc_stat(stat) == {"ppid": 1, "pgrp": 1234, "utime": 250, "stime": 40}
+    lscpu = "Architecture:   x86_64\nCPU(s):  2\nModel name:   AMD EPYC\n"
+    assert parse_lscpu(lscpu)["Model name"] == "AMD EPYC"
+
+
+def test_tables_are_data_driven():
+    assert len({server.name for server in SERVERS}) == len(SERVERS)
+    assert len({scenario.name for scenario in SCENARIOS}) == len(SCENARIOS)
+    # multicorn speaks no WebSocket yet; the future httptools row is listed and flag-gated.
+    assert not any("ws" in server.features for server in SERVERS if server.is_multicorn)
+    assert SERVERS_BY_NAME["multicorn-httptools"].flags == ("--http",)
+    assert has_flag("  [--http {h11,httptools}]", "--http")
+    assert not has_flag("  [--http2-max-frame-size N] [--h2c {off}]", "--http")
+    launch = Launch(8000, "h2-tls", Path("c.pem"), Path("k.pem"))
+    argv = command(SERVERS_BY_NAME["multicorn-trio"], Path("/venv"), launch)
+    assert argv[:2] == ["/venv/bin/multicorn", "bench.apps:app"]
+    assert "--certfile" in argv and "trio" in argv
+
+
+def test_ratios_compare_multicorn_with_every_peer():
+    summary = {
+        "h1-get": {
+            "multicorn-asyncio": {"requests_per_s": 2000.0, "rounds_ok": 1},
+            "hypercorn-asyncio": {"requests_per_s": 1000.0, "rounds_ok": 1},
+            "granian-asgi": {"requests_per_s": 4000.0, "rounds_ok": 1},
+        }
+    }
+    ratios = report.ratios(summary, [SCENARIOS_BY_NAME["h1-get"]], SERVERS)
+    assert ratios == {
+        "h1-get": {"multicorn-asyncio": {"hypercorn-asyncio": 2.0, "granian-asgi": 0.5}}
+    }
+    runs = [
+        {"scenario": "h1-get", "server": "daphne", "ok": True, "metrics": {"requests_per_s": v}}
+        for v in (3.0, 1.0, 2.0)
+    ]
+    runs.append({"scenario": "h1-get", "server": "daphne", "ok": False, "metrics": {}})
+    entry = report.summarize(runs)["h1-get"]["daphne"]
+    assert (entry["requests_per_s"], entry["rounds_ok"], entry["rounds_failed"]) == (2.0, 3, 1)
+
+
+def test_quick_run_end_to_end(tmp_path):
+    if shutil.which("wrk") is None:
+        if os.environ.get("CI"):
+            pytest.fail("wrk is not installed: CI must install it (apt-get install wrk)")
+        pytest.skip("wrk is not installed (apt-get install wrk); CI installs it")
+    out = tmp_path / "results.json"
+    argv = [
+        sys.executable,
+        str(ROOT / "bench" / "run.py"),
+        "--quick",
+        "--no-setup",
+        "--use-current-venv",
+        "--servers",
+        "multicorn-asyncio",
+        "--scenarios",
+        "h1-small",
+        "--duration",
+        "1",
+        "--rounds",
+        "1",
+        "--json-out",
+        str(out),
+        "--plot",
+        str(tmp_path / "plot.png"),
+        "--markdown",
+        str(tmp_path / "report.md"),
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads(out.read_text())
+    assert [run["ok"] for run in results["runs"]] == [True], results["runs"]
+    assert results["summary"]["h1-small"]["multicorn-asyncio"]["requests_per_s"] > 0
+    assert results["servers"]["multicorn-asyncio"]["versions"]["multicorn"]
+    assert "| multicorn-asyncio |" in done.stdout
+    assert "## Results" in (tmp_path / "report.md").read_text()

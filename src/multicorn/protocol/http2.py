@@ -217,7 +217,14 @@ class HTTP2Protocol:
     ) -> None:
         self._limits = limits
         self._scheme = scheme
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        config = h2.config.H2Configuration(
+            client_side=False,
+            header_encoding=None,
+            # Responses are checked once, by validate_response_headers, and arrive lower-cased;
+            # h2 re-checking and re-normalising every field costs more than the encoding.
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
         self._h2 = h2.connection.H2Connection(config=config)
         self._h2.local_settings = h2.settings.Settings(
             client=False,

@@ -25,7 +25,6 @@ from multicorn.protocol.events import (
     SendResponse,
     SendTrailers,
 )
-from multicorn.protocol.headers import get_header
 
 if TYPE_CHECKING:
     from multicorn.app.connection import ConnectionHandler
@@ -265,25 +264,31 @@ class HTTPStream:
 
     def _response_command(self, start: tuple[int, Headers], body: bytes, more: bool) -> Command:
         status, headers = start
+        framed = has_date = has_server = False
+        for name, _ in headers:  # one pass: this runs for every response
+            if name == b"content-length" or name == b"transfer-encoding":
+                framed = True
+            elif name == b"date":
+                has_date = True
+            elif name == b"server":
+                has_server = True
+        extra: Headers = [
+            item
+            for item in self._conn.context.default_headers.get()
+            if not (has_date if item[0] == b"date" else has_server)
+        ]
         if (
-            not more
+            not framed
+            and not more
             and not self._trailers
             and status not in _NO_BODY_STATUS
             and status >= 200
             and (body or self.scope["method"] != "HEAD")
-            and get_header(headers, b"content-length") is None
-            and get_header(headers, b"transfer-encoding") is None
         ):
             headers = [*headers, (b"content-length", str(len(body)).encode())]
-        defaults = self._conn.context.default_headers.get()
-        if defaults:
-            headers = self._with_defaults(headers, defaults)
+        if extra:
+            headers = [*extra, *headers]
         return SendResponse(stream_id=self.stream_id, status=status, headers=headers)
-
-    @staticmethod
-    def _with_defaults(headers: Headers, defaults: Headers) -> Headers:
-        missing = [item for item in defaults if get_header(headers, item[0]) is None]
-        return [*missing, *headers] if missing else headers
 
     def _log_access(self) -> None:
         scope: Any = self.scope

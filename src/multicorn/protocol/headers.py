@@ -12,7 +12,7 @@ import re
 from multicorn.protocol.errors import LocalProtocolError
 
 # RFC 9110 5.6.2: token = 1*tchar
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Control characters other than HTAB (RFC 9110 5.5: field-vchar / SP / HTAB only; obs-text ok).
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
@@ -24,7 +24,7 @@ def has_invalid_value_chars(value: bytes) -> bool:
 def validate_response_headers(headers: list[tuple[bytes, bytes]]) -> None:
     """Raise LocalProtocolError naming the first header that cannot be sent as-is."""
     for name, value in headers:
-        if _TOKEN.fullmatch(name) is None:
+        if TOKEN.fullmatch(name) is None:
             raise LocalProtocolError(f"invalid response header name {name!r}")
         if _BAD_VALUE.search(value) is not None:
             raise LocalProtocolError(

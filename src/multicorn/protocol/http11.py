@@ -41,7 +41,13 @@ from multicorn.protocol.events import (
     StreamReset,
     UpgradeRequested,
 )
-from multicorn.protocol.headers import has_invalid_value_chars, validate_response_headers
+from multicorn.protocol.headers import (
+    TOKEN as _TOKEN,
+)
+from multicorn.protocol.headers import (
+    has_invalid_value_chars,
+    validate_response_headers,
+)
 from multicorn.protocol.http2 import valid_upgrade_settings
 from multicorn.protocol.http11_parsers import (
     DATA,
@@ -120,6 +126,7 @@ class HTTP11Protocol:
         self._sent_100 = False
         self._expects_100 = False
         self._parse_failed = False
+        self._upgrade_offered = False
         self._client_keep_alive = True  # the current request allows another after it
         self._mode = _Mode.IDLE
         self._remaining = 0  # body bytes still owed under a Content-Length
@@ -196,7 +203,7 @@ class HTTP11Protocol:
                     events.extend(self._fail(*error))
                     break
                 received = self._start_request(value)
-                settings = self._h2c_settings(value)
+                settings = self._h2c_settings(value) if self._upgrade_offered else None
                 if settings is None:
                     events.append(received)
                 else:
@@ -248,12 +255,17 @@ class HTTP11Protocol:
         has_length = has_chunked = False
         hosts = 0
         keep_alive = version == b"1.1"  # HTTP/1.0 keep-alive is not offered
+        expects_100 = upgrade = False
         for name, value in head.headers:
             size += len(name) + len(value) + 4
             if has_invalid_value_chars(value):
                 return f"control character in header {name.decode()!r}", 400
             if name == b"host":
                 hosts += 1
+            elif name == b"expect":
+                expects_100 = value.lower() == b"100-continue"
+            elif name == b"upgrade":
+                upgrade = True
             elif name == b"content-length":
                 has_length = True
             elif name == b"transfer-encoding":
@@ -266,6 +278,9 @@ class HTTP11Protocol:
                     token.strip() for token in value.lower().split(b",")
                 }
         self._client_keep_alive = keep_alive
+        # RFC 9110 10.1.1: only an HTTP/1.1 client waits for a 100 before sending its body.
+        self._expects_100 = expects_100 and version == b"1.1"
+        self._upgrade_offered = upgrade
         if size > self._limits.max_incomplete_size:
             return "request header section too large", 431
         # RFC 9112 3.2: exactly one Host in HTTP/1.1, at most one in 1.0.
@@ -302,10 +317,6 @@ class HTTP11Protocol:
         if self._stream_id >= self._limits.max_requests:
             self._keep_alive = False
         headers = head.headers
-        # RFC 9110 10.1.1: only an HTTP/1.1 client waits for a 100 before sending its body.
-        self._expects_100 = not self._http10 and any(
-            name == b"expect" and value.lower() == b"100-continue" for name, value in headers
-        )
         self._sent_100 = False
         return RequestReceived(
             stream_id=self._stream_id,
@@ -435,11 +446,13 @@ class HTTP11Protocol:
     def _write_head(self, status: int, headers: Headers) -> None:
         if not 200 <= status <= 999:
             raise LocalProtocolError(f"final response status must be 200-999, got {status}")
-        validate_response_headers(headers)
         keep_alive = self._keep_alive and self._client_keep_alive and not self._rejecting
         length: bytes | None = None
         encoding: bytes | None = None
         for name, value in headers:
+            # The check validate_response_headers() makes, inlined: this runs per response.
+            if _TOKEN.fullmatch(name) is None or has_invalid_value_chars(value):
+                validate_response_headers([(name, value)])  # raises with the details
             if name == b"content-length":
                 length = value
             elif name == b"transfer-encoding":

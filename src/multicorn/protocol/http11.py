@@ -41,13 +41,7 @@ from multicorn.protocol.events import (
     StreamReset,
     UpgradeRequested,
 )
-from multicorn.protocol.headers import (
-    TOKEN as _TOKEN,
-)
-from multicorn.protocol.headers import (
-    has_invalid_value_chars,
-    validate_response_headers,
-)
+from multicorn.protocol.headers import TOKEN, has_invalid_value_chars, validate_response_headers
 from multicorn.protocol.http2 import valid_upgrade_settings
 from multicorn.protocol.http11_parsers import (
     DATA,
@@ -451,7 +445,7 @@ class HTTP11Protocol:
         encoding: bytes | None = None
         for name, value in headers:
             # The check validate_response_headers() makes, inlined: this runs per response.
-            if _TOKEN.fullmatch(name) is None or has_invalid_value_chars(value):
+            if TOKEN.fullmatch(name) is None or has_invalid_value_chars(value):
                 validate_response_headers([(name, value)])  # raises with the details
             if name == b"content-length":
                 length = value

@@ -12,6 +12,7 @@ from multicorn.config import Config, ConfigError, load_config
 from multicorn.loading import AppLoadError, load_app
 from multicorn.net.binds import BindError
 from multicorn.net.sockets import BindFailed
+from multicorn.net.tls import TLSConfigError
 from multicorn.serve import serve
 from multicorn.typing import ASGIApp
 
@@ -51,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_STARTUP_FAILED
     try:
         run(app, config)
-    except (BindFailed, LifespanFailure, ConfigError) as exc:
+    except (BindFailed, LifespanFailure, ConfigError, TLSConfigError) as exc:
         print(f"multicorn: error: {exc}", file=sys.stderr)
         return EXIT_STARTUP_FAILED
     except KeyboardInterrupt:

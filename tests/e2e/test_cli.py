@@ -101,19 +101,21 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "message", "code"),
     [
-        (("no_such_module:app",), "no_such_module"),
-        (("examples.hello:nope",), "nope"),
-        (("tests.e2e.apps:failing_startup", "-b", "127.0.0.1:0"), "database unreachable"),
-        (("examples.hello:app", "--keep-alive", "-1"), "keep"),
-        (("examples.hello:app", "--bind", "not a bind::"), "bind"),
-        (("examples.hello:app", "--error-logfile", "/nonexistent/dir/e.log"), "error_logfile"),
+        (("no_such_module:app",), "no_such_module", 3),
+        (("examples.hello:nope",), "nope", 3),
+        (("tests.e2e.apps:failing_startup", "-b", "127.0.0.1:0"), "database unreachable", 3),
+        (("examples.hello:app", "--error-logfile", "/nonexistent/dir/e.log"), "error_logfile", 3),
+        (("examples.hello:app", "--certfile", "/nonexistent/cert.pem"), "cert.pem", 3),
+        # A bad flag is a usage error: argparse's exit status 2.
+        (("examples.hello:app", "--keep-alive", "-1"), "keep", 2),
+        (("examples.hello:app", "--bind", "not a bind::"), "bind", 2),
     ],
 )
-def test_startup_failures_exit_non_zero_with_one_clear_line(args, message):
+def test_startup_failures_exit_non_zero_with_one_clear_line(args, message, code):
     result = run_cli(*args)
-    assert result.returncode != 0
+    assert result.returncode == code
     assert message in result.stderr
     assert "Traceback" not in result.stderr
 

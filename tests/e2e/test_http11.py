@@ -460,7 +460,7 @@ async def test_graceful_timeout_cancels_what_is_left():
 
 async def test_access_log_line(tmp_path):
     log = tmp_path / "access.log"
-    fmt = '%(h)s "%(r)s" %(s)s %(b)s %(D)s "%(a)s"'
+    fmt = '%(h)s "%(r)s" %(s)s %(b)s %(D)s "%({content-type}o)s" "%(a)s"'
     client = httpx.AsyncClient(headers={"user-agent": "probe/1"})
     async with serving(hello, access_logfile=str(log), access_logformat=fmt) as server, client:
         await client.get(server.bound_addresses[0] + "/logged?q=1")
@@ -471,6 +471,7 @@ async def test_access_log_line(tmp_path):
     status, size, micros, _ = rest.split(" ", 4)[1:]
     assert (status, size) == ("200", "13")
     assert int(micros) > 0
+    assert '"text/plain"' in line
     assert line.endswith('"probe/1"')
 
 

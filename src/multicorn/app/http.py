@@ -69,6 +69,7 @@ class HTTPStream:
         "_response_bytes",
         "_response_complete",
         "_response_started",
+        "_sent_headers",
         "_start_time",
         "_status",
         "_trailer_fields",
@@ -98,6 +99,7 @@ class HTTPStream:
         self._body_sent = False  # the final http.response.body (more_body False) was sent
         self._trailers = False  # the response ends with trailers rather than its body
         self._trailer_fields: Headers = []
+        self._sent_headers: Headers = []  # the response head as sent (for the access log)
         self._status = 0
         self._response_bytes = 0
         self._start_time = time.time() if ctx.loggers.access is not None else 0.0
@@ -288,6 +290,7 @@ class HTTPStream:
             headers = [*headers, (b"content-length", str(len(body)).encode())]
         if extra:
             headers = [*extra, *headers]
+        self._sent_headers = headers
         return SendResponse(stream_id=self.stream_id, status=status, headers=headers)
 
     def _log_access(self) -> None:
@@ -301,7 +304,7 @@ class HTTPStream:
             status=self._status,
             response_bytes=self._response_bytes,
             request_headers=scope["headers"],
-            response_headers=[],
+            response_headers=self._pending_start[1] if self._pending_start else self._sent_headers,
             start_time=self._start_time,
             duration=time.time() - self._start_time,
         )

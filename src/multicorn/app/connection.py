@@ -78,6 +78,7 @@ class ConnectionHandler:
         self._deadline: float | None = None
         self._transport_closed = False
         self._lost = False
+        self._flush_scheduled = False
         registry.add(self)
         self._upkeep()
 
@@ -143,8 +144,19 @@ class ConnectionHandler:
         if self._transport_closed:
             return
         now = self.runtime.now()
+        protocol = self.protocol
         for command in commands:
-            self._dispatch(self.protocol.send(command, now))
+            self._dispatch(protocol.send(command, now))
+        if protocol.multiplexed:
+            # Many streams answer in the same loop turn: write once for all of them.
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self.runtime.call_soon(self._deferred_upkeep)
+        else:
+            self._upkeep()
+
+    def _deferred_upkeep(self) -> None:
+        self._flush_scheduled = False
         self._upkeep()
 
     async def drain(self, stream_id: int) -> None:

@@ -12,6 +12,9 @@ from multicorn.protocol.events import Command, Event
 
 
 class ServerProtocol(Protocol):
+    # Several streams share the connection (HTTP/2): their writes are worth batching.
+    multiplexed: bool
+
     def receive_data(self, data: bytes, now: float) -> list[Event]:
         """Feed bytes from the peer; b"" means the peer closed its sending side."""
 

@@ -102,6 +102,8 @@ class _PendingUpgrade:
 class HTTP11Protocol:
     """One HTTP/1.x connection, server side. See the module docstring."""
 
+    multiplexed = False
+
     def __init__(self, *, limits: HTTP11Limits, now: float) -> None:
         self._limits = limits
         self._parser = new_parser(limits.engine, limits.max_incomplete_size)

@@ -206,6 +206,8 @@ class _Stream:
 class HTTP2Protocol:
     """One HTTP/2 connection, server side. See the module docstring."""
 
+    multiplexed = True
+
     def __init__(
         self,
         *,

@@ -32,6 +32,9 @@ class Runtime(Protocol):
 
     def waiter(self) -> Waiter: ...
 
+    def call_soon(self, fn: Callable[[], object]) -> None:
+        """Run `fn` once the tasks ready now have run (to batch their writes into one)."""
+
     async def wait_for(self, waiter: Waiter, timeout: float | None) -> bool:
         """Wait until `waiter` is set or `timeout` passes; True if it was set."""
 

@@ -39,6 +39,9 @@ class AsyncioRuntime:
     def waiter(self) -> asyncio.Event:
         return asyncio.Event()
 
+    def call_soon(self, fn: Callable[[], object]) -> None:
+        self._loop.call_soon(fn)
+
     async def wait_for(self, waiter: Any, timeout: float | None) -> bool:
         if waiter.is_set():
             return True

@@ -51,6 +51,10 @@ class TrioRuntime:
     def waiter(self) -> TrioWaiter:
         return TrioWaiter()
 
+    def call_soon(self, fn: Callable[[], object]) -> None:
+        # The connection's writer task already gathers everything written before it runs.
+        fn()
+
     async def wait_for(self, waiter: Any, timeout: float | None) -> bool:
         with trio.move_on_after(math.inf if timeout is None else timeout):
             await waiter.wait()

@@ -223,12 +223,14 @@ def test_h2load_failures_and_refusal():
 
 
 def test_h2load_log_percentiles():
-    lines = [f"1795641808386093\t200\t{micros}\n" for micros in range(1000, 101000, 1000)]
+    start = 1795641808386093
+    lines = [f"{start + micros}\t200\t{micros}\n" for micros in range(1000, 101000, 1000)]
     lines.append("garbage\n")
     result = percentiles_from_h2load_log(lines)
     assert result["latency_p50_ms"] == pytest.approx(50.0)
     assert result["latency_p99_ms"] == pytest.approx(99.0)
     assert result["latency_avg_ms"] == pytest.approx(50.5)
+    assert result["active_s"] == pytest.approx(0.199)  # first start +1 ms, last end +200 ms
     assert percentiles_from_h2load_log([])["latency_p99_ms"] is None
     assert percentile([1.0], 0.99) == 1.0
 

@@ -1,0 +1,117 @@
+"""The scenarios: what load each one puts on a server, and which servers it applies to.
+
+This module owns the scenario table (`SCENARIOS`). A scenario names the protocol a server must
+support to take part (`servers.H1`, `H2C`, `H2_TLS`, `WS`), the load generator (`wrk`,
+`h2load`, `idle` or `ws`), the route of `bench/apps.py` it loads, the concurrency, and its
+headline figure: the one the ratios and the plot use, and whether higher or lower is better.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench.servers import H1, H2_TLS, H2C, WS
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One kind of load."""
+
+    name: str
+    protocol: str
+    tool: str  # "wrk", "h2load", "idle" or "ws"
+    path: str
+    connections: int
+    description: str
+    streams: int = 1  # h2load -m: concurrent streams per connection
+    script: str | None = None  # wrk Lua script, relative to bench/
+    headline: str = "requests_per_s"
+    headline_label: str = "requests/s"
+    higher_is_better: bool = True
+
+    @property
+    def tls(self) -> bool:
+        return self.protocol == H2_TLS
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        "h1-get",
+        H1,
+        "wrk",
+        "/10k",
+        64,
+        "HTTP/1.1 GET /10k (10240-byte body), wrk, 64 connections",
+    ),
+    Scenario(
+        "h1-small",
+        H1,
+        "wrk",
+        "/small",
+        64,
+        "HTTP/1.1 GET /small (11-byte body), wrk, 64 connections",
+    ),
+    Scenario(
+        "h1-echo",
+        H1,
+        "wrk",
+        "/echo",
+        64,
+        "HTTP/1.1 POST /echo with a 10 KiB body echoed back, wrk + bench/echo.lua, 64 connections",
+        script="echo.lua",
+    ),
+    Scenario(
+        "h1-long-io",
+        H1,
+        "wrk",
+        "/sleep",
+        512,
+        "HTTP/1.1 GET /sleep (the app awaits 10 ms), wrk, 512 connections: watch p99",
+    ),
+    Scenario(
+        "h2c",
+        H2C,
+        "h2load",
+        "/10k",
+        8,
+        "HTTP/2 cleartext by prior knowledge, GET /10k, h2load -c 8 -m 16",
+        streams=16,
+    ),
+    Scenario(
+        "h2-tls",
+        H2_TLS,
+        "h2load",
+        "/10k",
+        8,
+        "HTTP/2 over TLS (ALPN h2), GET /10k, h2load -c 8 -m 16",
+        streams=16,
+    ),
+    Scenario(
+        "idle-memory",
+        H1,
+        "idle",
+        "/small",
+        1000,
+        "1000 keep-alive connections left idle after one GET /small each: RSS growth per "
+        "connection",
+        headline="kib_per_connection",
+        headline_label="KiB/connection",
+        higher_is_better=False,
+    ),
+    Scenario(
+        "ws-echo",
+        WS,
+        "ws",
+        "/ws",
+        64,
+        "WebSocket echo of 64-byte text messages, 64 connections x 16 messages in flight",
+        streams=16,
+        headline="messages_per_s",
+        headline_label="messages/s",
+    ),
+)
+
+SCENARIOS_BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}
+
+# The external program each load generator needs (None: the suite's own Python client).
+TOOL_PROGRAMS = {"wrk": "wrk", "h2load": "h2load", "idle": None, "ws": None}

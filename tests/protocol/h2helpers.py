@@ -38,6 +38,8 @@ from multicorn.protocol.events import (
 )
 from multicorn.protocol.http2 import HTTP2Limits, HTTP2Protocol
 
+from .helpers import normalize
+
 ENHANCE_YOUR_CALM = 0xB
 PROTOCOL_ERROR = 0x1
 NO_ERROR = 0x0
@@ -140,20 +142,8 @@ def empty_data_frame(stream_id: int) -> bytes:
     return data
 
 
-def merge_data(events: list[Event]) -> list[Event]:
-    """Merge consecutive DataReceived of one stream (frame boundaries are arbitrary)."""
-    merged: list[Event] = []
-    for event in events:
-        previous = merged[-1] if merged else None
-        if (
-            isinstance(event, DataReceived)
-            and isinstance(previous, DataReceived)
-            and previous.stream_id == event.stream_id
-        ):
-            merged[-1] = DataReceived(stream_id=event.stream_id, data=previous.data + event.data)
-        else:
-            merged.append(event)
-    return merged
+# The same merge as the HTTP/1.1 tests use: frame boundaries are arbitrary too.
+merge_data = normalize
 
 
 def body_of(events: list[Event], stream_id: int) -> bytes:

@@ -61,7 +61,7 @@ class Lifespan:
         self._answer = None
         self._inbox.append(message)
         self._inbox_waiter.set()
-        # The task may have ended already (it can run eagerly, up to its first wait).
+        # The task may have ended already (an app that returns at once, under an eager loop).
         if not self._finished and not await self._runtime.wait_for(self._answered, timeout):
             raise LifespanFailure(f"application {phase} did not complete within {timeout} s")
         if self._answer is None:

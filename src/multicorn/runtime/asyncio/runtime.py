@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
-
-_EAGER = sys.version_info >= (3, 12)
 
 
 class AsyncioRuntime:
@@ -17,20 +14,7 @@ class AsyncioRuntime:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> asyncio.Task[Any]:
-        coro: Any = fn(*args)
-        if _EAGER:
-            # Python 3.12+: run the task at once, up to its first real wait. A handler that
-            # answers without waiting finishes inside this call, so its response goes out with
-            # this read's other work instead of one loop turn later.
-            task: asyncio.Task[Any] = asyncio.Task(
-                coro,
-                loop=self._loop,
-                eager_start=True,  # type: ignore[call-arg]  # 3.12+ only
-            )
-            if task.done():
-                return task
-        else:
-            task = self._loop.create_task(coro)
+        task: asyncio.Task[Any] = self._loop.create_task(fn(*args))  # type: ignore[arg-type]
         # The loop keeps only weak references to tasks.
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

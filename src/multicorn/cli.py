@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--send-timeout",
         dest="send_timeout",
         metavar="SECONDS",
-        help="reset a stream whose output cannot move for this long",
+        help="end a stream or connection whose output cannot move for this long",
     )
     parser.add_argument("--version", action="version", version=f"multicorn {__version__}")
     return parser

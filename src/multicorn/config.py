@@ -94,7 +94,9 @@ class Config:
     h2_max_inbound_frame_size: int = 16 * 1024
     h2_initial_window_size: int = 65535  # per stream, granted as the app consumes the body
     h2_connection_window_size: int = 1024 * 1024
-    send_timeout: float = 60.0  # a stream whose output cannot move for this long is reset
+    # Output that cannot move for this long ends it: an HTTP/2 stream is reset, and a connection
+    # whose client stopped reading (any protocol) is closed.
+    send_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         self.validate()

@@ -530,3 +530,29 @@ async def test_send_waits_while_the_client_does_not_read():
 async def test_server_exits_cleanly_without_a_checkpoint_inside():
     async with serving(hello) as server:
         assert server.bound_addresses
+
+
+async def test_a_client_that_stops_reading_is_cut_off_after_send_timeout():
+    outcome = []
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            for _ in range(1000):  # 1 GB if nothing stopped it
+                await send(
+                    {"type": "http.response.body", "body": b"x" * 1_000_000, "more_body": True}
+                )
+        except OSError:
+            outcome.append(anyio.current_time())
+
+    async with serving(app, send_timeout=0.5) as server:
+        host, port = host_port(server)
+        async with await anyio.connect_tcp(host, port) as stream:
+            await stream.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            begin = anyio.current_time()
+            with anyio.fail_after(10):
+                while not outcome:
+                    await anyio.sleep(0.05)
+    assert 0.4 < outcome[0] - begin < 5

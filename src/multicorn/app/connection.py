@@ -163,7 +163,14 @@ class ConnectionHandler:
         """Backpressure for `send()`: wait while the transport's buffer is above its mark, and
         while this stream has more queued than flow control lets out (HTTP/2)."""
         if not self._writable.is_set():
-            await self._writable.wait()
+            timeout = self.context.config.send_timeout
+            if not await self.runtime.wait_for(self._writable, timeout):
+                # The peer stopped reading altogether: a slow-read attack or a dead client.
+                self.context.loggers.error.debug(
+                    "closing connection from %s: nothing read for %s s", _peer(self.info), timeout
+                )
+                self.abort()
+                return
         while self.protocol.pending_send(stream_id) > _STREAM_BACKLOG and not self._lost:
             waiter = self._backlogged.get(stream_id)
             if waiter is None:

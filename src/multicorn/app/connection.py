@@ -122,13 +122,22 @@ class ConnectionHandler:
         if not self._transport_closed:
             self.send(CloseConnection())
 
-    def abort(self) -> None:
-        """The graceful period is over: cancel the application tasks and drop the socket."""
-        for task in list(self._tasks.values()):
-            task.cancel()
+    def abort(self, *, cancel_tasks: bool = True) -> None:
+        """Drop the socket now; by default also cancel the application tasks (the graceful
+        period is over). Nothing may go on waiting on this connection afterwards."""
+        if cancel_tasks:
+            for task in list(self._tasks.values()):
+                task.cancel()
         if not self._transport_closed:
             self._transport_closed = True
             self.transport.abort()
+        # Some loops report the loss a turn or more later: the streams learn of it now.
+        self._writable.set()
+        for waiter in self._backlogged.values():
+            waiter.set()
+        self._backlogged.clear()
+        for stream in self._streams.values():
+            stream.client_gone()
 
     @property
     def finished(self) -> bool:
@@ -169,7 +178,7 @@ class ConnectionHandler:
                 self.context.loggers.error.debug(
                     "closing connection from %s: nothing read for %s s", _peer(self.info), timeout
                 )
-                self.abort()
+                self.abort(cancel_tasks=False)  # the app's next send() raises instead
                 return
         while self.protocol.pending_send(stream_id) > _STREAM_BACKLOG and not self._lost:
             waiter = self._backlogged.get(stream_id)

@@ -30,10 +30,3 @@ def validate_response_headers(headers: list[tuple[bytes, bytes]]) -> None:
             raise LocalProtocolError(
                 f"response header {name!r} has a control character (CR, LF or NUL) in its value"
             )
-
-
-def get_header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    for key, value in headers:
-        if key == name:
-            return value
-    return None

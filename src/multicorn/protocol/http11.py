@@ -608,7 +608,3 @@ class HTTP11Protocol:
     @property
     def closed(self) -> bool:
         return self._closed and not self._rejecting
-
-    @property
-    def rejecting(self) -> bool:
-        return self._rejecting

@@ -15,6 +15,8 @@ import pytest
 from multicorn.protocol.events import (
     DataReceived,
     Event,
+    H2CPriorKnowledge,
+    H2CUpgrade,
     PushPromise,
     RequestReceived,
     SendData,
@@ -116,7 +118,7 @@ def test_h2c_is_on_in_cleartext_when_configured() -> None:
     protocol = for_connection(limits(H2C), alpn=None, tls=False, now=0.0)
     assert isinstance(protocol, HTTP11Protocol)
     event = only_upgrade(protocol.receive_data(PREFACE, 0.0))
-    assert event.protocol == "h2c-prior-knowledge"
+    assert isinstance(event, H2CPriorKnowledge)
 
 
 def test_prior_knowledge_is_off_by_default() -> None:
@@ -141,7 +143,7 @@ def test_prior_knowledge_preface_split_anywhere(cut: int) -> None:
     protocol = HTTP11Protocol(limits=HTTP11Limits(h2c_prior_knowledge=True), now=0.0)
     assert protocol.receive_data(data[:cut], 0.0) == []
     event = only_upgrade(protocol.receive_data(data[cut:], 0.0))
-    assert event == UpgradeRequested(protocol="h2c-prior-knowledge", leftover=data)
+    assert event == H2CPriorKnowledge(leftover=data)
     assert protocol.data_to_send() == b""
     # Whatever comes after the switch belongs to the new protocol, not to this one.
     assert protocol.receive_data(b"more", 0.0) == []
@@ -196,7 +198,7 @@ def test_upgrade_h2c_with_a_body() -> None:
     http11 = HTTP11Protocol(limits=HTTP11Limits(h2c_upgrade=True), now=0.0)
     body = b"the body of the upgrade request"
     event = only_upgrade(http11.receive_data(upgrade_request(settings, body), 0.0))
-    assert event.protocol == "h2c"
+    assert isinstance(event, H2CUpgrade)
     assert event.body == body
     assert event.settings == settings
     assert event.leftover == b""

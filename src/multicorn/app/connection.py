@@ -215,6 +215,8 @@ class ConnectionHandler:
                 waiter = self._backlogged.pop(event.stream_id, None)
                 if waiter is not None:
                     waiter.set()
+            elif isinstance(event, RequestRejected):
+                self._reject(event)
             elif isinstance(event, ConnectionClosed):
                 self._closed(event)
             elif isinstance(event, UpgradeRequested):
@@ -231,20 +233,29 @@ class ConnectionHandler:
         if leftover:
             self._dispatch(self.protocol.receive_data(leftover, now))
 
+    def _reject(self, event: RequestRejected) -> None:
+        """Answer a request the protocol core refused before any application saw it."""
+        self.context.loggers.error.debug(
+            "refused a request from %s: %s", _peer(self.info), event.error
+        )
+        status = event.error.error_status_hint
+        headers, body = error_response(status, self.context.default_headers.get())
+        now = self.runtime.now()
+        self._dispatch(
+            self.protocol.send(
+                SendResponse(stream_id=event.stream_id, status=status, headers=headers), now
+            )
+        )
+        self._dispatch(
+            self.protocol.send(SendData(stream_id=event.stream_id, data=body, end_stream=True), now)
+        )
+
     def _closed(self, event: ConnectionClosed) -> None:
         if event.error is not None:
             # Peers sending garbage is routine on the internet: debug, not error.
             self.context.loggers.error.debug(
                 "closing connection from %s: %s", _peer(self.info), event.error
             )
-        if isinstance(event, RequestRejected):
-            status = event.error.error_status_hint if event.error is not None else 400
-            headers, body = error_response(status, self.context.default_headers.get())
-            now = self.runtime.now()
-            self.protocol.send(
-                SendResponse(stream_id=event.stream_id, status=status, headers=headers), now
-            )
-            self.protocol.send(SendData(stream_id=event.stream_id, data=body, end_stream=True), now)
         for stream in self._streams.values():
             stream.client_gone()
         if isinstance(event.error, PeerAbuse):

@@ -7,11 +7,25 @@ stream: HTTP/1.1 numbers its requests 1, 2, 3... on a connection, HTTP/2 uses it
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 from multicorn.protocol.errors import ProtocolError
 
 Headers = list[tuple[bytes, bytes]]
+
+
+class StreamKind(enum.Enum):
+    """What a stream carries, as its protocol core reports it; the connection driver picks the
+    ASGI bridge from this, so no bridge ever learns the HTTP version underneath."""
+
+    REQUEST = "request"  # an ordinary request/response exchange (ASGI `http`)
+    # HTTP/1.1 `Upgrade: websocket` (RFC 6455 4.1) or an extended CONNECT with
+    # `:protocol websocket` (RFC 8441 over HTTP/2, RFC 9220 over HTTP/3). A 2xx SendResponse
+    # accepts it (HTTP/1.1 writes that as its 101); from then on the stream is a byte tunnel in
+    # both directions: DataReceived / SendData carry WebSocket frames. Any other final status
+    # declines it as an ordinary response.
+    WEBSOCKET = "websocket"
 
 
 # ---- inbound events -------------------------------------------------------------------------
@@ -27,6 +41,7 @@ class RequestReceived:
     http_version: str  # "1.0", "1.1", "2", "3"
     headers: Headers
     expects_continue: bool = False  # the client waits for 100 before sending its body
+    kind: StreamKind = StreamKind.REQUEST
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,28 +75,48 @@ class ConnectionClosed:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RequestRejected(ConnectionClosed):
-    """The peer's request was refused (`error` says why): answer `stream_id` with
-    `error.error_status_hint`, after which the connection closes."""
+class RequestRejected:
+    """A request the core refused before the application saw it: answer `stream_id` with
+    `error.error_status_hint` (a well-formed head whose request is not acceptable: 400, 408,
+    431, 501, 505...). The core decides what happens to the connection afterwards (HTTP/1.1
+    closes it once the answer is out; HTTP/2 and HTTP/3 carry on with their other streams).
+    A head too malformed to answer costs only its stream (a reset) and never reaches here."""
 
     stream_id: int
+    error: ProtocolError
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UpgradeRequested:
-    """The client switches protocols on this connection: `negotiate.upgrade()` builds the new
-    protocol object. Any answer the old protocol owed (a 101) is already in its output, and
-    `leftover` is input that belongs to the new protocol."""
+    """The connection switches protocols: `negotiate.upgrade()` builds the new protocol object.
+    Any answer the old protocol owed (a 101) is already in its output, and `leftover` is input
+    that belongs to the new protocol. Concrete kinds below; one per way of switching."""
 
-    protocol: str  # "h2c-prior-knowledge" or "h2c"
-    request: RequestReceived | None = None  # the HTTP/1.1 request that asked (h2c)
-    body: bytes = b""  # its complete body
-    settings: bytes = b""  # its HTTP2-Settings value
     leftover: bytes = b""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class H2CPriorKnowledge(UpgradeRequested):
+    """The cleartext connection opened with the HTTP/2 preface (RFC 9113 3.3)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class H2CUpgrade(UpgradeRequested):
+    """`Upgrade: h2c` on an HTTP/1.1 request (RFC 7540 3.2): the request becomes stream 1."""
+
+    request: RequestReceived
+    body: bytes = b""  # its complete body
+    settings: bytes = b""  # its HTTP2-Settings value
+
+
 Event = (
-    RequestReceived | DataReceived | StreamEnded | StreamReset | ConnectionClosed | UpgradeRequested
+    RequestReceived
+    | DataReceived
+    | StreamEnded
+    | StreamReset
+    | RequestRejected
+    | ConnectionClosed
+    | UpgradeRequested
 )
 
 

@@ -28,6 +28,8 @@ from multicorn.protocol.events import (
     ConnectionClosed,
     DataReceived,
     Event,
+    H2CPriorKnowledge,
+    H2CUpgrade,
     Headers,
     PushPromise,
     RequestReceived,
@@ -39,7 +41,6 @@ from multicorn.protocol.events import (
     SendTrailers,
     StreamEnded,
     StreamReset,
-    UpgradeRequested,
 )
 from multicorn.protocol.headers import TOKEN, has_invalid_value_chars, validate_response_headers
 from multicorn.protocol.http2 import valid_upgrade_settings
@@ -149,7 +150,7 @@ class HTTP11Protocol:
             self._sniffed = None
             if data.startswith(_H2_PREFACE):
                 self._switched = True
-                return [UpgradeRequested(protocol="h2c-prior-knowledge", leftover=data)]
+                return [H2CPriorKnowledge(leftover=data)]
         if not data:
             return self._peer_closed(now)
         if not self._in_request and not self._parser.ops and self._head_started is None:
@@ -359,13 +360,12 @@ class HTTP11Protocol:
             self._unconsumed += upgrade.size
             events.append(DataReceived(stream_id=self._stream_id, data=b"".join(upgrade.body)))
 
-    def _switch_to_h2c(self, upgrade: _PendingUpgrade, leftover: bytes) -> UpgradeRequested:
+    def _switch_to_h2c(self, upgrade: _PendingUpgrade, leftover: bytes) -> H2CUpgrade:
         self._out.append(
             b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n"
         )
         self._switched = True
-        return UpgradeRequested(
-            protocol="h2c",
+        return H2CUpgrade(
             request=upgrade.request,
             body=b"".join(upgrade.body),
             settings=upgrade.settings,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from multicorn.protocol.base import ServerProtocol
-from multicorn.protocol.events import Event, UpgradeRequested
+from multicorn.protocol.events import Event, H2CUpgrade, UpgradeRequested
 from multicorn.protocol.http2 import HTTP2Limits, HTTP2Protocol
 from multicorn.protocol.http11 import HTTP11Limits, HTTP11Protocol
 
@@ -38,7 +38,7 @@ def upgrade(
     event: UpgradeRequested, limits: ProtocolLimits, *, now: float
 ) -> tuple[ServerProtocol, list[Event], bytes]:
     """(new protocol, events it already produced, bytes still to feed it)."""
-    if event.protocol == "h2c" and event.request is not None:
+    if isinstance(event, H2CUpgrade):
         protocol = HTTP2Protocol(
             limits=limits.http2,
             now=now,

@@ -16,10 +16,17 @@ async def _sleep(seconds: float) -> None:
         await asyncio.sleep(seconds)
 
 
+def _announce(text: str) -> None:
+    """A readiness signal for the test driving this server's process (it reads our stdout)."""
+    print(f"[test-app] {text}", flush=True)
+
+
 async def slow(scope, receive, send):
-    """GET /slow takes 1 s; GET /stuck never finishes; anything else answers at once."""
+    """GET /slow takes 1 s; GET /stuck never finishes; anything else answers at once. Each
+    announces on stdout when it is inside its sleep."""
     if scope["type"] != "http":
         return
+    _announce(f"sleeping in {scope['path']}")
     if scope["path"] == "/slow":
         await _sleep(1.0)
     elif scope["path"] == "/stuck":

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +17,43 @@ ROOT = Path(__file__).resolve().parents[2]
 _URL = re.compile(r"Running on (http://\S+)")
 
 
+class Output:
+    """The lines a subprocess prints, read by a thread so waiting for one can time out."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        assert proc.stdout is not None
+        threading.Thread(target=self._read, args=(proc.stdout,), daemon=True).start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str | re.Pattern[str], timeout: float = 15.0) -> re.Match[str]:
+        """The first line from now on matching `pattern`; AssertionError after `timeout`."""
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.lines.append(line)
+            match = regex.search(line)
+            if match:
+                return match
+        raise AssertionError(f"no line matching {regex.pattern!r}:\n" + "".join(self.lines))
+
+
 @contextlib.contextmanager
 def multicorn_process(*args: str, timeout: float = 15.0) -> Iterator[tuple[subprocess.Popen, str]]:
-    """Start `python -m multicorn ARGS`, wait for its first bound URL, and kill it at the end."""
+    """Start `python -m multicorn ARGS`, wait for its first bound URL, and kill it at the end.
+
+    `proc.output` (an `Output`) lets a test wait for a line the server or its app prints."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "multicorn", *args],
@@ -28,7 +64,8 @@ def multicorn_process(*args: str, timeout: float = 15.0) -> Iterator[tuple[subpr
         text=True,
     )
     try:
-        url = _wait_for_url(proc, timeout)
+        proc.output = Output(proc)
+        url = proc.output.wait_for(_URL, timeout).group(1)
         yield proc, url
     finally:
         if proc.poll() is None:
@@ -36,18 +73,3 @@ def multicorn_process(*args: str, timeout: float = 15.0) -> Iterator[tuple[subpr
         proc.wait(timeout=10)
         if proc.stdout:
             proc.stdout.close()
-
-
-def _wait_for_url(proc: subprocess.Popen, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    lines = []
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        match = _URL.search(line)
-        if match:
-            return match.group(1)
-    raise AssertionError("multicorn did not report a bound address:\n" + "".join(lines))

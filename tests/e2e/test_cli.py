@@ -41,7 +41,7 @@ def test_sigterm_lets_in_flight_request_finish(worker):
 
         thread = threading.Thread(target=slow_request)
         thread.start()
-        time.sleep(0.4)  # the request is in the app's 1 s sleep
+        proc.output.wait_for("sleeping in /slow")
         proc.send_signal(signal.SIGTERM)
         thread.join(timeout=10)
         assert proc.wait(timeout=10) == 0
@@ -64,7 +64,7 @@ def test_graceful_timeout_bounds_shutdown(worker, sig):
 
         thread = threading.Thread(target=stuck_request)
         thread.start()
-        time.sleep(0.3)
+        proc.output.wait_for("sleeping in /stuck")
         start = time.monotonic()
         proc.send_signal(sig)
         assert proc.wait(timeout=10) == 0

@@ -63,7 +63,9 @@ else:  # no groups on 3.10 unless a library brings the backport; such hang-ups t
 
 
 def _caused_by(exc: BaseException, cause: BaseException) -> bool:
-    """Whether `exc` is `cause`, was raised while handling it, or (a group) holds only such."""
+    """Whether `exc` is `cause`, was raised `from` it (directly or down a chain), or is a group
+    of only such. An exception merely raised while handling it is not: that is a new failure
+    (cleanup code that broke), and stays an error."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -72,7 +74,7 @@ def _caused_by(exc: BaseException, cause: BaseException) -> bool:
         if isinstance(current, _Group):
             return all(_caused_by(inner, cause) for inner in current.exceptions)
         seen.add(id(current))
-        current = current.__cause__ or current.__context__
+        current = current.__cause__
     return False
 
 

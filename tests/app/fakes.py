@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from multicorn.app.connection import ConnectionHandler
 from multicorn.app.context import AppSettings, ConnectionInfo, DefaultHeaders, ServerContext
@@ -20,6 +20,9 @@ from multicorn.protocol.events import Command, Event
 from multicorn.protocol.http2 import HTTP2Limits
 from multicorn.protocol.http11 import HTTP11Limits
 from multicorn.protocol.negotiate import ProtocolLimits
+
+if TYPE_CHECKING:
+    from multicorn.runtime.base import Waiter
 
 # Not "multicorn.error": configure_logging() (run by e2e tests in the same process) stops that
 # logger from propagating, and caplog listens on the root logger.
@@ -101,12 +104,13 @@ class FakeRuntime:
     def call_soon(self, fn: Callable[[], object]) -> None:
         self.soon.append(fn)
 
-    async def wait_for(self, waiter: FakeWaiter, timeout: float | None) -> bool:
+    async def wait_for(self, waiter: Waiter, timeout: float | None) -> bool:
         if waiter.is_set():
             return True
         if self.timeouts_expire:
             return False
-        return await waiter.wait()
+        await waiter.wait()
+        return True
 
     def run(self, rounds: int = 20) -> None:
         """Let every task and call_soon callback run until nothing is left or `rounds` pass."""

@@ -17,6 +17,7 @@ import h11
 import pytest
 
 import multicorn.app.http
+import multicorn.app.scope
 from multicorn.app.dispatch import default_bridges
 from multicorn.app.http import HTTPStream
 from multicorn.protocol.events import RequestReceived, StreamKind
@@ -33,7 +34,7 @@ def errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 @pytest.fixture
 def boom_scope(monkeypatch: pytest.MonkeyPatch) -> None:
     """Building the scope of a request for /boom raises, as a bug of ours would."""
-    real = multicorn.app.http.build_http_scope
+    real = multicorn.app.scope.build_http_scope
 
     def build(event: RequestReceived, *args: Any, **kwargs: Any) -> Any:
         if event.target == b"/boom":

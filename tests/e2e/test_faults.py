@@ -12,6 +12,7 @@ import h2.events
 import pytest
 
 import multicorn.app.http
+import multicorn.app.scope
 from multicorn.app.errors import ClientDisconnected
 
 from .h2client import H2Client
@@ -47,7 +48,7 @@ def server_log() -> Iterator[_Collect]:
 @pytest.fixture
 def boom_scope(monkeypatch: pytest.MonkeyPatch) -> None:
     """Building the scope of a request for /boom raises, as a bug of ours would."""
-    real = multicorn.app.http.build_http_scope
+    real = multicorn.app.scope.build_http_scope
 
     def build(event: Any, *args: Any, **kwargs: Any) -> Any:
         if event.target == b"/boom":

@@ -134,7 +134,10 @@ class ConnectionHandler:
     def shutdown(self) -> None:
         """Graceful: finish in-flight requests, accept no new ones, close when idle."""
         if not self._transport_closed:
-            self.send(CloseConnection())
+            try:
+                self.send(CloseConnection())
+            except Exception as exc:
+                self._broken(exc)  # one broken connection must not stop the server's drain
 
     def abort(self) -> None:
         """Drop the socket now, unsent data and all. The streams learn at once that their peer

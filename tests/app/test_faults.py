@@ -274,3 +274,33 @@ def test_fake_runtime_sanity() -> None:
     runtime.run()
     assert seen == ["woke"]
     assert FakeTransport().closes_by_itself
+
+
+async def bad_header_app(scope: Any, receive: Any, send: Any) -> None:
+    """Answers /bad with a header the protocol refuses to frame (a response-splitting CR LF)."""
+    headers = [(b"x-bad", b"one\r\ntwo")] if scope["path"] == "/bad" else []
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_h2_refused_response_head_is_a_500_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    ex = H2Exchange(app=bad_header_app)
+    ex.client.send_headers(1, ex.headers(b"/bad"), end_stream=True)
+    ex.client.send_headers(3, ex.headers(b"/fine"), end_stream=True)
+    ex.pump()
+    assert ex.status(1) == 500
+    assert ex.status(3) == 200
+    assert not ex.transport.aborted
+    [record] = errors(caplog)
+    assert record.exc_info is not None
+    assert not ex.runtime.crashed
+
+
+def test_h1_refused_response_head_is_a_500_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    protocol = HTTP11Protocol(limits=HTTP11Limits(), now=0.0)
+    handler, runtime, transport = make_handler(protocol, bad_header_app)
+    handler.data_received(b"GET /bad HTTP/1.1\r\nHost: a\r\n\r\n")
+    runtime.run()
+    assert transport.take().startswith(b"HTTP/1.1 500 ")
+    assert len(errors(caplog)) == 1
+    assert not runtime.crashed

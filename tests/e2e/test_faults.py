@@ -150,3 +150,24 @@ async def test_a_peer_hanging_up_mid_response_is_not_an_error(server_log: _Colle
     assert outcome and isinstance(outcome[0], ClientDisconnected)
     assert server_log.at(logging.ERROR) == []
     assert any("went away" in r.getMessage() for r in server_log.at(logging.DEBUG))
+
+
+async def test_h2_refused_response_head_costs_only_its_stream(server_log: _Collect) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        headers = [(b"x-bad", b"one\r\ntwo")] if scope["path"] == "/bad" else []
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with serving(app) as server:
+        client = await H2Client.connect(*host_port(server))
+        client.conn.send_headers(1, client.request_headers("/bad"), end_stream=True)
+        client.conn.send_headers(3, client.request_headers("/fine"), end_stream=True)
+        await client.flush()
+        failed, _ = await client.response(1)
+        served, body = await client.response(3)
+        await client.aclose()
+    assert failed[b":status"] == b"500"
+    assert served[b":status"] == b"200" and body == b"ok"
+    assert len(server_log.at(logging.ERROR)) == 1

@@ -8,18 +8,9 @@ import re
 
 import pytest
 
+from multicorn.app.logs import AccessAtoms, AccessRecord, Loggers, format_access, log_access
 from multicorn.config import Config, ConfigError
-from multicorn.logging import (
-    ACCESS_LOGGER,
-    ERROR_LOGGER,
-    TRACE,
-    AccessAtoms,
-    AccessRecord,
-    Loggers,
-    configure_logging,
-    format_access,
-    log_access,
-)
+from multicorn.logging import ACCESS_LOGGER, ERROR_LOGGER, TRACE, configure_logging
 
 # 2024-03-05 14:07:09 UTC
 START = 1709647629.25

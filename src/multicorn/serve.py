@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, final
 import sniffio
 
 from multicorn.app.connection import ConnectionHandler
-from multicorn.app.context import ConnectionInfo, DefaultHeaders, ServerContext
+from multicorn.app.context import AppSettings, ConnectionInfo, DefaultHeaders, ServerContext
 from multicorn.app.lifespan import Lifespan
 from multicorn.app.registry import ConnectionRegistry
 from multicorn.config import Config, ConfigError
@@ -149,7 +149,7 @@ class Server:
         await self._lifespan.startup(config.startup_timeout)
         context = ServerContext(
             app=self.app,
-            config=config,
+            settings=AppSettings(root_path=config.root_path, send_timeout=config.send_timeout),
             loggers=self._loggers,
             protocol_limits=protocol_limits(config),
             default_headers=DefaultHeaders(

@@ -6,6 +6,12 @@ streams (spawning one application task per request), then does the single piece 
 wake-up needs: write what the protocol produced, honour `wants_read`, close if the protocol is
 done, re-arm the one deadline. Application tasks come back in through `send()`.
 
+Which bridge serves a stream comes from the kind its core reports (app/dispatch.py). Faults stay
+where they happen: whatever raises while one stream's event is handled is logged once and costs
+that stream (a 500 if its response has not started, else a reset), not the connection; a fault
+below the streams (in the protocol core) costs this connection, never the worker. Dropping the
+socket (`abort`) and ending the application tasks (`cancel_tasks`) are separate decisions.
+
 ```mermaid
 sequenceDiagram
     backend->>handler: data_received(bytes)
@@ -22,9 +28,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from multicorn.app.http import HTTPStream, error_response
+from multicorn.app.http import error_response
 from multicorn.protocol.errors import PeerAbuse
 from multicorn.protocol.events import (
+    AcknowledgeData,
     CloseConnection,
     Command,
     ConnectionClosed,
@@ -32,6 +39,7 @@ from multicorn.protocol.events import (
     Event,
     RequestReceived,
     RequestRejected,
+    ResetStream,
     SendData,
     SendResponse,
     StreamEnded,
@@ -45,6 +53,7 @@ _STREAM_BACKLOG = 64 * 1024
 
 if TYPE_CHECKING:
     from multicorn.app.context import ConnectionInfo, ServerContext
+    from multicorn.app.dispatch import StreamBridge
     from multicorn.app.registry import ConnectionRegistry
     from multicorn.protocol.base import ServerProtocol
     from multicorn.runtime.base import Runtime, TaskHandle, Transport, Waiter
@@ -69,7 +78,7 @@ class ConnectionHandler:
         self.context = context
         self.info = info
         self._registry = registry
-        self._streams: dict[int, HTTPStream] = {}
+        self._streams: dict[int, StreamBridge] = {}
         self._backlogged: dict[int, Waiter] = {}  # streams waiting for flow control
         self._tasks: dict[int, TaskHandle] = {}
         self._writable = runtime.waiter()
@@ -85,16 +94,22 @@ class ConnectionHandler:
     # ---- from the backend -----------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        self._dispatch(self.protocol.receive_data(data, self.runtime.now()))
-        self._upkeep()
+        try:
+            self._dispatch(self.protocol.receive_data(data, self.runtime.now()))
+            self._upkeep()
+        except Exception as exc:
+            self._broken(exc)
 
     def eof_received(self) -> None:
         self.data_received(b"")
 
     def deadline_reached(self) -> None:
         self._deadline = None
-        self._dispatch(self.protocol.handle_deadline(self.runtime.now()))
-        self._upkeep()
+        try:
+            self._dispatch(self.protocol.handle_deadline(self.runtime.now()))
+            self._upkeep()
+        except Exception as exc:
+            self._broken(exc)
 
     def pause_writing(self) -> None:
         self._writable.clear()
@@ -111,8 +126,7 @@ class ConnectionHandler:
         for waiter in self._backlogged.values():
             waiter.set()
         self._backlogged.clear()
-        for stream in self._streams.values():
-            stream.client_gone()
+        self._streams_gone()
         self._check_finished()
 
     # ---- from the server ------------------------------------------------------------------
@@ -120,14 +134,15 @@ class ConnectionHandler:
     def shutdown(self) -> None:
         """Graceful: finish in-flight requests, accept no new ones, close when idle."""
         if not self._transport_closed:
-            self.send(CloseConnection())
+            try:
+                self.send(CloseConnection())
+            except Exception as exc:
+                self._broken(exc)  # one broken connection must not stop the server's drain
 
-    def abort(self, *, cancel_tasks: bool = True) -> None:
-        """Drop the socket now; by default also cancel the application tasks (the graceful
-        period is over). Nothing may go on waiting on this connection afterwards."""
-        if cancel_tasks:
-            for task in list(self._tasks.values()):
-                task.cancel()
+    def abort(self) -> None:
+        """Drop the socket now, unsent data and all. The streams learn at once that their peer
+        is gone (their next send() raises), so nothing goes on waiting on this connection; their
+        tasks run on until they return or `cancel_tasks()` ends them."""
         if not self._transport_closed:
             self._transport_closed = True
             self.transport.abort()
@@ -136,8 +151,13 @@ class ConnectionHandler:
         for waiter in self._backlogged.values():
             waiter.set()
         self._backlogged.clear()
-        for stream in self._streams.values():
-            stream.client_gone()
+        self._streams_gone()
+
+    def cancel_tasks(self) -> None:
+        """Cancel this connection's application tasks (the graceful period is over, or the peer
+        is abusive). The socket is left as it is: that is `abort()`."""
+        for task in list(self._tasks.values()):
+            task.cancel()
 
     @property
     def finished(self) -> bool:
@@ -166,19 +186,22 @@ class ConnectionHandler:
 
     def _deferred_upkeep(self) -> None:
         self._flush_scheduled = False
-        self._upkeep()
+        try:
+            self._upkeep()
+        except Exception as exc:
+            self._broken(exc)
 
     async def drain(self, stream_id: int) -> None:
         """Backpressure for `send()`: wait while the transport's buffer is above its mark, and
         while this stream has more queued than flow control lets out (HTTP/2)."""
         if not self._writable.is_set():
-            timeout = self.context.config.send_timeout
+            timeout = self.context.settings.send_timeout
             if not await self.runtime.wait_for(self._writable, timeout):
                 # The peer stopped reading altogether: a slow-read attack or a dead client.
                 self.context.loggers.error.debug(
                     "closing connection from %s: nothing read for %s s", _peer(self.info), timeout
                 )
-                self.abort(cancel_tasks=False)  # the app's next send() raises instead
+                self.abort()  # the app's next send() raises; its task runs on to clean up
                 return
         while self.protocol.pending_send(stream_id) > _STREAM_BACKLOG and not self._lost:
             waiter = self._backlogged.get(stream_id)
@@ -187,40 +210,117 @@ class ConnectionHandler:
             waiter.clear()
             await waiter.wait()
 
-    def stream_finished(self, stream: HTTPStream) -> None:
-        self._streams.pop(stream.stream_id, None)
-        self._tasks.pop(stream.stream_id, None)
-        self._check_finished()
-
     # ---- internals ------------------------------------------------------------------------
 
     def _dispatch(self, events: list[Event]) -> None:
         for event in events:
-            if isinstance(event, DataReceived):
-                stream = self._streams.get(event.stream_id)
-                if stream is not None:
-                    stream.data_received(event.data)
-            elif isinstance(event, RequestReceived):
-                stream = HTTPStream(self, event)
-                self._streams[event.stream_id] = stream
-                self._tasks[event.stream_id] = self.runtime.spawn(stream.run)
-            elif isinstance(event, StreamEnded):
-                stream = self._streams.get(event.stream_id)
-                if stream is not None:
-                    stream.ended()
-            elif isinstance(event, StreamReset):
-                stream = self._streams.get(event.stream_id)
-                if stream is not None:
-                    stream.client_gone()
-                waiter = self._backlogged.pop(event.stream_id, None)
-                if waiter is not None:
-                    waiter.set()
-            elif isinstance(event, RequestRejected):
-                self._reject(event)
-            elif isinstance(event, ConnectionClosed):
-                self._closed(event)
-            elif isinstance(event, UpgradeRequested):
-                self._upgrade(event)
+            try:
+                if isinstance(event, DataReceived):
+                    stream = self._streams.get(event.stream_id)
+                    if stream is not None:
+                        stream.data_received(event.data)
+                    else:
+                        # Body of a stream nobody serves (answered already): the flow-control
+                        # window it used must still come back, or the connection stalls.
+                        self._dispatch(
+                            self.protocol.send(
+                                AcknowledgeData(stream_id=event.stream_id, amount=len(event.data)),
+                                self.runtime.now(),
+                            )
+                        )
+                elif isinstance(event, RequestReceived):
+                    self._open_stream(event)
+                elif isinstance(event, StreamEnded):
+                    stream = self._streams.get(event.stream_id)
+                    if stream is not None:
+                        stream.ended()
+                elif isinstance(event, StreamReset):
+                    waiter = self._backlogged.pop(event.stream_id, None)
+                    if waiter is not None:
+                        waiter.set()
+                    stream = self._streams.get(event.stream_id)
+                    if stream is not None:
+                        stream.client_gone()
+                elif isinstance(event, RequestRejected):
+                    self._reject(event)
+                elif isinstance(event, ConnectionClosed):
+                    self._closed(event)
+                elif isinstance(event, UpgradeRequested):
+                    self._upgrade(event)
+            except Exception as exc:
+                if isinstance(event, (ConnectionClosed, UpgradeRequested)):
+                    raise  # not one stream's: the connection's guard takes it
+                self._stream_failed(event.stream_id, exc)
+
+    def _open_stream(self, event: RequestReceived) -> None:
+        factory = self.context.bridges.get(event.kind)
+        if factory is None:
+            # A kind this server has no bridge for yet (the cores report one only when their
+            # limits enable it): decline it as an ordinary response.
+            self.context.loggers.error.debug(
+                "no bridge for %s streams; answered %s with 501", event.kind.value, _peer(self.info)
+            )
+            self._answer(event.stream_id, 501)
+            return
+        stream = factory(self, event)
+        self._streams[event.stream_id] = stream
+        self._tasks[event.stream_id] = self.runtime.spawn(self._run_stream, stream)
+
+    async def _run_stream(self, stream: StreamBridge) -> None:
+        try:
+            await stream.run()
+        except Exception as exc:
+            # The bridge handles the app's own exceptions; this is one of ours.
+            self._stream_failed(stream.stream_id, exc)
+        finally:
+            self._streams.pop(stream.stream_id, None)
+            self._tasks.pop(stream.stream_id, None)
+            self._check_finished()
+
+    def _stream_failed(self, stream_id: int, exc: Exception) -> None:
+        """`exc` was raised while stream `stream_id` was handled: log it, and let it cost that
+        stream only (a 500 if its response has not started, else a reset)."""
+        logger = self.context.loggers.error
+        logger.error(
+            "Exception while serving stream %s from %s", stream_id, _peer(self.info), exc_info=exc
+        )
+        stream = self._streams.get(stream_id)
+        try:
+            if stream is None:
+                self._answer(stream_id, 500)  # it failed before any bridge had it
+            else:
+                stream.abandon()
+                stream.client_gone()  # the stream is answered: its app must not go on with it
+        except Exception as again:
+            # Not even an answer fits the stream's state: cut it.
+            logger.debug("could not answer stream %s, resetting it: %r", stream_id, again)
+            try:
+                self._dispatch(
+                    self.protocol.send(ResetStream(stream_id=stream_id), self.runtime.now())
+                )
+            except Exception as last:
+                self._broken(last)
+
+    def _broken(self, exc: Exception) -> None:
+        """A fault below the streams (the protocol core, or this handler): the connection's
+        state is unknown, so it goes; the worker and every other connection carry on."""
+        self.context.loggers.error.error(
+            "Exception in connection from %s; dropped it", _peer(self.info), exc_info=exc
+        )
+        self.abort()
+
+    def _streams_gone(self) -> None:
+        for stream in list(self._streams.values()):
+            try:
+                stream.client_gone()
+            except Exception as exc:
+                # Nobody is left to answer: log it, and let the stream's task end on its own.
+                self.context.loggers.error.error(
+                    "Exception while closing stream %s from %s",
+                    stream.stream_id,
+                    _peer(self.info),
+                    exc_info=exc,
+                )
 
     def _upgrade(self, event: UpgradeRequested) -> None:
         # The old protocol's last words (a 101) go out before the new protocol's first.
@@ -238,16 +338,19 @@ class ConnectionHandler:
         self.context.loggers.error.debug(
             "refused a request from %s: %s", _peer(self.info), event.error
         )
-        status = event.error.error_status_hint
+        self._answer(event.stream_id, event.error.error_status_hint)
+
+    def _answer(self, stream_id: int, status: int) -> None:
+        """A response the server gives itself, on a stream no application serves."""
         headers, body = error_response(status, self.context.default_headers.get())
         now = self.runtime.now()
         self._dispatch(
             self.protocol.send(
-                SendResponse(stream_id=event.stream_id, status=status, headers=headers), now
+                SendResponse(stream_id=stream_id, status=status, headers=headers), now
             )
         )
         self._dispatch(
-            self.protocol.send(SendData(stream_id=event.stream_id, data=body, end_stream=True), now)
+            self.protocol.send(SendData(stream_id=stream_id, data=body, end_stream=True), now)
         )
 
     def _closed(self, event: ConnectionClosed) -> None:
@@ -256,13 +359,11 @@ class ConnectionHandler:
             self.context.loggers.error.debug(
                 "closing connection from %s: %s", _peer(self.info), event.error
             )
-        for stream in self._streams.values():
-            stream.client_gone()
+        self._streams_gone()
         if isinstance(event.error, PeerAbuse):
             # Whatever an abusive peer started (rapid reset) must not outlive its connection.
             self.context.loggers.error.info("cut off %s: %s", _peer(self.info), event.error)
-            for task in list(self._tasks.values()):
-                task.cancel()
+            self.cancel_tasks()
 
     def _upkeep(self) -> None:
         if self._transport_closed:
@@ -274,8 +375,7 @@ class ConnectionHandler:
         if protocol.closed:
             self._transport_closed = True
             self.transport.close()
-            for stream in self._streams.values():
-                stream.client_gone()
+            self._streams_gone()
             self._check_finished()
             return
         if self._backlogged:

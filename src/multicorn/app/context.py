@@ -1,4 +1,5 @@
-"""What every connection of one server shares: the app, settings, loggers, lifespan state."""
+"""What every connection of one server shares: the app, settings, loggers, lifespan state, and
+the ASGI bridge for each kind of stream."""
 
 from __future__ import annotations
 
@@ -7,9 +8,14 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
+from multicorn.app.dispatch import default_bridges
+
 if TYPE_CHECKING:
-    from multicorn.config import Config
-    from multicorn.logging import Loggers
+    from collections.abc import Mapping
+
+    from multicorn.app.dispatch import BridgeFactory
+    from multicorn.app.logs import Loggers
+    from multicorn.protocol.events import StreamKind
     from multicorn.protocol.negotiate import ProtocolLimits
     from multicorn.typing import ASGIApp
 
@@ -48,11 +54,22 @@ class DefaultHeaders:
         return self._headers
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppSettings:
+    """The settings the ASGI layer reads. serve.py fills them from Config; app/ never sees the
+    configuration itself, so it does not depend on the layer that parses it."""
+
+    root_path: str = ""  # the ASGI `root_path`: where a proxy mounts this application
+    send_timeout: float = 60.0  # how long send() waits for a peer that reads nothing
+
+
 @dataclass(kw_only=True)
 class ServerContext:
     app: ASGIApp
-    config: Config
+    settings: AppSettings
     loggers: Loggers
     protocol_limits: ProtocolLimits
     default_headers: DefaultHeaders
+    # Which bridge serves each kind of stream; a kind missing here is answered 501.
+    bridges: Mapping[StreamKind, BridgeFactory] = field(default_factory=default_bridges)
     state: dict[str, Any] = field(default_factory=dict)

@@ -8,13 +8,14 @@ the event loop); consumption is acknowledged to the protocol, which is how readi
 
 from __future__ import annotations
 
+import sys
 import time
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, cast
 
 from multicorn.app.errors import ClientDisconnected, UnexpectedMessage
+from multicorn.app.logs import AccessRecord, log_access
 from multicorn.app.scope import build_http_scope
-from multicorn.logging import AccessRecord, log_access
 from multicorn.protocol.events import (
     AcknowledgeData,
     Command,
@@ -54,6 +55,29 @@ def error_response(status: int, default_headers: Headers) -> tuple[Headers, byte
     return headers, body
 
 
+# Apps that use task groups get the disconnect back wrapped in an exception group.
+if sys.version_info >= (3, 11):
+    from builtins import BaseExceptionGroup as _Group
+else:  # no groups on 3.10 unless a library brings the backport; such hang-ups then log as errors
+    _Group = ()
+
+
+def _caused_by(exc: BaseException, cause: BaseException) -> bool:
+    """Whether `exc` is `cause`, was raised `from` it (directly or down a chain), or is a group
+    of only such. An exception merely raised while handling it is not: that is a new failure
+    (cleanup code that broke), and stays an error."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if current is cause:
+            return True
+        if isinstance(current, _Group):
+            return all(_caused_by(inner, cause) for inner in current.exceptions)
+        seen.add(id(current))
+        current = current.__cause__
+    return False
+
+
 class HTTPStream:
     """See the module docstring. Created by the connection handler per request."""
 
@@ -63,6 +87,7 @@ class HTTPStream:
         "_body_sent",
         "_conn",
         "_continue_pending",
+        "_disconnect",
         "_disconnected",
         "_final_sent",
         "_pending_start",
@@ -85,12 +110,13 @@ class HTTPStream:
         ctx = conn.context
         self.scope = cast(
             "Scope",
-            build_http_scope(event, conn.info, root_path=ctx.config.root_path, state=ctx.state),
+            build_http_scope(event, conn.info, root_path=ctx.settings.root_path, state=ctx.state),
         )
         self._body: list[bytes] = []
         self._body_complete = False
         self._final_sent = False  # the `more_body: False` request message was delivered
         self._disconnected = False
+        self._disconnect: ClientDisconnected | None = None  # the one send() raised, if any
         self._continue_pending = event.expects_continue
         self._waiter: Waiter | None = None
         self._pending_start: tuple[int, Headers] | None = None
@@ -128,25 +154,31 @@ class HTTPStream:
         ctx = self._conn.context
         try:
             await ctx.app(self.scope, self.receive, self.send)
-        except BaseException as exc:
-            if isinstance(exc, Exception):
+        except Exception as exc:
+            if self._disconnect is not None and _caused_by(exc, self._disconnect):
+                # The app let our ClientDisconnected through, as most do: a peer that hung up is
+                # not a server error, and a traceback per hang-up would bury the real ones.
+                ctx.loggers.error.debug(
+                    "client went away while the application was sending: %r", exc
+                )
+            else:
                 ctx.loggers.error.error("Exception in ASGI application", exc_info=exc)
-            self._abandon()
-            if not isinstance(exc, Exception):
-                raise
+            self.abandon()
+        except BaseException:
+            self.abandon()
+            raise
         else:
             if not self._response_complete:
                 if not self._disconnected:
                     ctx.loggers.error.error(
                         "ASGI callable returned without completing the response"
                     )
-                self._abandon()
+                self.abandon()
         finally:
             if ctx.loggers.access is not None:
                 self._log_access()
-            self._conn.stream_finished(self)
 
-    def _abandon(self) -> None:
+    def abandon(self) -> None:
         """The application failed: a 500 if nothing was sent yet, else cut the stream."""
         if self._response_complete or self._disconnected:
             return
@@ -187,7 +219,9 @@ class HTTPStream:
 
     async def send(self, message: Message) -> None:
         if self._disconnected:
-            raise ClientDisconnected("the client has disconnected")
+            # Kept, to tell this (the peer hung up) from an app's own failure in run().
+            self._disconnect = ClientDisconnected("the client has disconnected")
+            raise self._disconnect
         kind = message["type"]
         if kind == "http.response.body":
             await self._send_body(message)

@@ -2,6 +2,8 @@
 
 `auto` treats an application that raises before answering startup as one that does not speak
 lifespan (common for plain frameworks-less apps) and serves anyway; `on` makes that a failure.
+An app that called `receive()` does speak it: if it raises, that is its own failure and is logged
+with its traceback even in `auto`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Lifespan:
         self._answer: Message | None = None
         self._answered: Waiter = runtime.waiter()
         self._supported = False
+        self._received = False  # the application asked for a lifespan event: it speaks lifespan
         self._finished = False  # the application's lifespan task has returned
         self._app_error: BaseException | None = None
 
@@ -84,7 +87,7 @@ class Lifespan:
             await self._app(scope, self._receive, self._send)
         except Exception as exc:
             self._app_error = exc
-            if self._supported or self._mode == "on":
+            if self._supported or self._received or self._mode == "on":
                 self._logger.error("Exception in 'lifespan' protocol", exc_info=exc)
             else:
                 self._logger.info("ASGI 'lifespan' protocol appears unsupported.")
@@ -93,6 +96,7 @@ class Lifespan:
             self._answered.set()
 
     async def _receive(self) -> Message:
+        self._received = True
         while not self._inbox:
             self._inbox_waiter.clear()
             await self._inbox_waiter.wait()

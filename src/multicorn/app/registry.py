@@ -2,7 +2,7 @@
 
 Shutdown order (the same on every runtime): the backend closes its listeners first; then every
 connection is told to finish what is in flight and close when idle; then we wait, up to the
-graceful timeout, for all of them to end; what is left is aborted (app tasks cancelled).
+graceful timeout, for all of them to end; what is left is aborted and its app tasks cancelled.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class ConnectionRegistry:
         if not done:
             for handler in list(self._handlers):
                 handler.abort()
+                handler.cancel_tasks()
             # Cancelled tasks still have to unwind; give them a moment, not forever.
             await self._runtime.wait_for(self._empty, 1.0)
         return done

@@ -57,8 +57,10 @@ def build_http_scope(
 
 def _extensions(event: RequestReceived, info: ConnectionInfo) -> dict[str, dict[str, object]]:
     extensions: dict[str, dict[str, object]] = {"http.response.early_hint": {}}
-    if any(name == b"te" and b"trailers" in value.lower() for name, value in event.headers):
-        extensions["http.response.trailers"] = {}
+    for name, value in event.headers:  # a plain loop: this runs for every request
+        if name == b"te" and b"trailers" in value.lower():
+            extensions["http.response.trailers"] = {}
+            break
     if event.http_version == "2":
         extensions["http.response.push"] = {}
     if info.tls is not None:

@@ -1,12 +1,22 @@
-"""trio's side of the runtime interface: clock, tasks in a nursery, resettable waiters."""
+"""trio's side of the runtime interface: clock, tasks in a nursery, callbacks, timers, waiters.
+
+trio has no callback queue of its own that is safe to raise from, so `call_soon` and `call_at`
+run their callbacks from small tasks in the runtime's nursery, and log what they raise (as
+asyncio's loop does) instead of letting it tear the nursery down.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import trio
+
+if TYPE_CHECKING:
+    import logging
+
+    from multicorn.runtime.base import Waiter
 
 
 class TrioWaiter:
@@ -31,14 +41,35 @@ class TrioWaiter:
         await self._event.wait()
 
 
+class TrioTimer:
+    """The handle `call_at` returns: cancelling its scope before it fires skips the callback."""
+
+    __slots__ = ("_scope",)
+
+    def __init__(self) -> None:
+        self._scope = trio.CancelScope()
+
+    def cancel(self) -> None:
+        self._scope.cancel()
+
+
 class TrioRuntime:
-    """Spawns into the given nursery; each task gets its own cancel scope as its handle."""
+    """Spawns into the given nursery; each task gets its own cancel scope as its handle.
 
-    def __init__(self, nursery: trio.Nursery) -> None:
+    The nursery decides how long tasks may live: the server's for server-wide work and datagram
+    endpoints, a connection's own for that connection's application tasks (trio waits for them
+    before the connection's task ends, and cancels them only when the session ends).
+    """
+
+    __slots__ = ("_logger", "_nursery", "_soon", "now")
+
+    def __init__(self, nursery: trio.Nursery, logger: logging.Logger) -> None:
         self._nursery = nursery
-        self.now = trio.current_time
+        self._logger = logger
+        self._soon: list[Callable[[], object]] = []
+        self.now: Callable[[], float] = trio.current_time
 
-    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> trio.CancelScope:
+    def spawn(self, fn: Callable[..., Awaitable[object]], *args: object) -> trio.CancelScope:
         scope = trio.CancelScope()
 
         async def run() -> None:
@@ -52,10 +83,34 @@ class TrioRuntime:
         return TrioWaiter()
 
     def call_soon(self, fn: Callable[[], object]) -> None:
-        # The connection's writer task already gathers everything written before it runs.
-        fn()
+        # One task runs every callback queued before it starts: a batch costs one task.
+        self._soon.append(fn)
+        if len(self._soon) == 1:
+            self._nursery.start_soon(self._run_soon)
 
-    async def wait_for(self, waiter: Any, timeout: float | None) -> bool:
+    async def _run_soon(self) -> None:
+        callbacks, self._soon = self._soon, []
+        for fn in callbacks:
+            self._run_callback(fn)
+
+    def call_at(self, when: float, fn: Callable[[], object]) -> TrioTimer:
+        timer = TrioTimer()
+        self._nursery.start_soon(self._fire_at, when, fn, timer)
+        return timer
+
+    async def _fire_at(self, when: float, fn: Callable[[], object], timer: TrioTimer) -> None:
+        with timer._scope:
+            await trio.sleep_until(when)
+            # No checkpoint from here on: a cancel() after this point finds the callback run.
+            self._run_callback(fn)
+
+    def _run_callback(self, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except Exception:
+            self._logger.exception("exception in callback %r", fn)
+
+    async def wait_for(self, waiter: Waiter, timeout: float | None) -> bool:
         with trio.move_on_after(math.inf if timeout is None else timeout):
             await waiter.wait()
             return True

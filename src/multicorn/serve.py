@@ -50,7 +50,7 @@ def _backend(config: Config, logger: logging.Logger) -> Backend:
     if library == "asyncio":
         from multicorn.runtime.asyncio.serve import AsyncioBackend
 
-        return AsyncioBackend()
+        return AsyncioBackend(logger)
     raise RuntimeError(f"multicorn runs on asyncio or trio, not {library}")
 
 

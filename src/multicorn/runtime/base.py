@@ -98,7 +98,9 @@ class Transport(Protocol):
         `pause_writing`, and `resume_writing` once the buffer has drained below it)."""
 
     def close(self) -> None:
-        """Close after everything written so far has been sent (TLS: with close_notify)."""
+        """Close after everything written so far has been sent (TLS: with close_notify).
+
+        Reading stops at once. The handler writes nothing after close() or abort()."""
 
     def abort(self) -> None:
         """Drop the socket now, discarding unsent data; nothing else. Tasks spawned for the

@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from multicorn.runtime.base import Waiter
+if TYPE_CHECKING:
+    import logging
+
+    from multicorn.runtime.base import Waiter
 
 
 class AsyncioRuntime:
     """The `Runtime` for one event loop, shared by every connection the loop serves."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, logger: logging.Logger) -> None:
         self._loop = loop
+        self._logger = logger
         self.now = loop.time
         self._tasks: set[asyncio.Task[object]] = set()
 
@@ -33,11 +37,18 @@ class AsyncioRuntime:
         return asyncio.Event()
 
     def call_soon(self, fn: Callable[[], object]) -> None:
-        self._loop.call_soon(fn)
+        self._loop.call_soon(self._run_callback, fn)
 
     def call_at(self, when: float, fn: Callable[[], object]) -> asyncio.TimerHandle:
-        # The loop logs an exception from `fn` and carries on, as the interface asks.
-        return self._loop.call_at(when, fn)
+        return self._loop.call_at(when, self._run_callback, fn)
+
+    def _run_callback(self, fn: Callable[[], object]) -> None:
+        # Logged here rather than by the loop's exception handler, so a failing callback reads
+        # the same on every runtime (and an embedding application's handler never sees ours).
+        try:
+            fn()
+        except Exception:
+            self._logger.exception("exception in callback %r", fn)
 
     async def wait_for(self, waiter: Waiter, timeout: float | None) -> bool:
         if waiter.is_set():

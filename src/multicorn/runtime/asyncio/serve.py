@@ -13,6 +13,7 @@ from multicorn.runtime.asyncio.tcp import AsyncioConnection
 from multicorn.runtime.asyncio.udp import AsyncioDatagramEndpoint
 
 if TYPE_CHECKING:
+    import logging
     import socket
     from collections.abc import AsyncIterator
 
@@ -22,10 +23,12 @@ if TYPE_CHECKING:
 class AsyncioBackend:
     """The asyncio (and uvloop) backend; create it inside the running loop."""
 
-    def __init__(self) -> None:
-        self._runtime = AsyncioRuntime(asyncio.get_running_loop())
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._runtime = AsyncioRuntime(asyncio.get_running_loop(), logger)
         self._servers: list[asyncio.Server] = []
         self._endpoints: list[AsyncioDatagramEndpoint] = []
+        self._connections: set[AsyncioConnection] = set()
 
     @property
     def runtime(self) -> AsyncioRuntime:
@@ -37,7 +40,12 @@ class AsyncioBackend:
             yield
         finally:
             self.stop_listeners()
+            # What serve.py's graceful drain left open goes now, as on trio: asyncio.Server
+            # would otherwise leave the sockets to the garbage collector.
+            for connection in list(self._connections):
+                connection.abort()
             await self._runtime.cancel_all()
+            await asyncio.sleep(0)  # let the loop deliver the connection_lost() calls
 
     async def start_listener(
         self,
@@ -49,7 +57,7 @@ class AsyncioBackend:
     ) -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: AsyncioConnection(factory, self._runtime, tls),
+            lambda: AsyncioConnection(factory, self._runtime, tls, self._connections),
             sock=sock,
             backlog=backlog,
             ssl=None if tls is None else tls.context,
@@ -62,7 +70,7 @@ class AsyncioBackend:
         self, sock: socket.socket, factory: DatagramHandlerFactory
     ) -> None:
         loop = asyncio.get_running_loop()
-        endpoint = AsyncioDatagramEndpoint(factory, self._runtime)
+        endpoint = AsyncioDatagramEndpoint(factory, self._runtime, self._logger)
         await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
         self._endpoints.append(endpoint)
 

@@ -22,16 +22,30 @@ _HIGH_WATER = 64 * 1024
 class AsyncioConnection(asyncio.Protocol):
     """The asyncio protocol for one connection, and the handler's `Transport` for it."""
 
-    __slots__ = ("_factory", "_handler", "_loop", "_runtime", "_timer", "_tls", "_transport")
+    __slots__ = (
+        "_factory",
+        "_handler",
+        "_loop",
+        "_open",
+        "_runtime",
+        "_timer",
+        "_tls",
+        "_transport",
+    )
 
     closes_by_itself = True
 
     def __init__(
-        self, factory: HandlerFactory, runtime: AsyncioRuntime, tls: ServerTLS | None
+        self,
+        factory: HandlerFactory,
+        runtime: AsyncioRuntime,
+        tls: ServerTLS | None,
+        open_connections: set[AsyncioConnection],
     ) -> None:
         self._factory = factory
         self._runtime = runtime
         self._tls = tls
+        self._open = open_connections  # the backend's, so its session's end can abort us
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
         self._transport: asyncio.Transport
@@ -49,6 +63,7 @@ class AsyncioConnection(asyncio.Protocol):
             tls=None if self._tls is None or ssl_object is None else self._tls.describe(ssl_object),
         )
         self._handler = self._factory(self, self._runtime, details)
+        self._open.add(self)
 
     def data_received(self, data: bytes) -> None:
         self._handler.data_received(data)
@@ -60,6 +75,7 @@ class AsyncioConnection(asyncio.Protocol):
         return self._tls is None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._open.discard(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -10,6 +10,8 @@ import asyncio
 from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
+    import logging
+
     from multicorn.runtime.asyncio.runtime import AsyncioRuntime
     from multicorn.runtime.base import DatagramAddress, DatagramHandler, DatagramHandlerFactory
 
@@ -17,11 +19,14 @@ if TYPE_CHECKING:
 class AsyncioDatagramEndpoint(asyncio.DatagramProtocol):
     """The asyncio protocol for one bound UDP socket, and the handler's `DatagramTransport`."""
 
-    __slots__ = ("_closed", "_factory", "_handler", "_runtime", "_transport")
+    __slots__ = ("_closed", "_factory", "_handler", "_logger", "_runtime", "_transport")
 
-    def __init__(self, factory: DatagramHandlerFactory, runtime: AsyncioRuntime) -> None:
+    def __init__(
+        self, factory: DatagramHandlerFactory, runtime: AsyncioRuntime, logger: logging.Logger
+    ) -> None:
         self._factory = factory
         self._runtime = runtime
+        self._logger = logger
         self._closed = False
         self._transport: asyncio.DatagramTransport
         self._handler: DatagramHandler
@@ -32,7 +37,12 @@ class AsyncioDatagramEndpoint(asyncio.DatagramProtocol):
         self._handler = self._factory(self, self._runtime)
 
     def datagram_received(self, data: bytes, addr: DatagramAddress) -> None:
-        self._handler.datagram_received(data, addr)
+        try:
+            self._handler.datagram_received(data, addr)
+        except Exception:
+            # One bad datagram, or a bug, costs that datagram: logged as trio's endpoint does,
+            # not left to the loop's exception handler.
+            self._logger.exception("datagram handler failed on %r", addr)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors (port unreachable after a peer went away) concern one peer, never the

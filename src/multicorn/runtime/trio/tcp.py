@@ -1,8 +1,12 @@
 """A TCP (or unix) connection on trio: a reader, a writer and a timer under one cancel scope.
 
-The handler's writes are synchronous (they append to a buffer and wake the writer task); the
-handler's `pause_writing` is called when that buffer passes the high-water mark, and
-`resume_writing` when it drains, exactly as asyncio's transport would.
+The handler's writes are synchronous: they append to a queue and wake the writer task, which
+takes the whole queue into one `send_all`. The handler's `pause_writing` is called when the queue
+(what has not yet been handed to the socket) passes the high-water mark, and `resume_writing`
+once a send has completed and the queue is back under it: paused means the kernel is not taking
+our bytes as fast as they come, as with asyncio's transport. Counting the bytes of a send still in
+progress would pause on every burst, since `send_all` always yields, even when the kernel takes
+everything at once.
 
 Two scopes, two lifetimes. The I/O scope holds the reader, writer and timer: it ends when the
 socket is closed, broken or aborted, and then the handler hears `connection_lost()`. The
@@ -45,8 +49,8 @@ class TrioConnection:
         self._stream = stream
         self._sock = sock  # under `stream` (and under TLS): what abort() closes
         self._runtime = runtime
-        self._pending: list[bytes] = []
-        self._pending_size = 0
+        self._queue: list[bytes] = []
+        self._queued = 0
         self._paused = False
         self._has_output = TrioWaiter()
         self._can_read = TrioWaiter()
@@ -61,13 +65,16 @@ class TrioConnection:
 
     async def run(self, factory: HandlerFactory, details: ConnectionDetails) -> None:
         self._handler = factory(self, self._runtime, details)
-        with self._io:
-            async with trio.open_nursery() as io:
-                io.start_soon(self._writer)
-                io.start_soon(self._timer)
-                await self._reader()
-        self._lost = True
-        self._handler.connection_lost()
+        try:
+            with self._io:
+                async with trio.open_nursery() as io:
+                    io.start_soon(self._writer)
+                    io.start_soon(self._timer)
+                    await self._reader()
+        finally:
+            # Also when the session's end cancels us: the handler always hears, exactly once.
+            self._lost = True
+            self._handler.connection_lost()
 
     async def _reader(self) -> None:
         while not self._closing:
@@ -90,19 +97,19 @@ class TrioConnection:
         while True:
             await self._has_output.wait()
             self._has_output.clear()
-            if self._pending:
-                data = b"".join(self._pending)
-                self._pending.clear()
+            if self._queue:
+                data = b"".join(self._queue)
+                self._queue.clear()
+                self._queued = 0
                 try:
                     await self._stream.send_all(data)
                 except _BROKEN:
                     self._io.cancel()
                     return
-                self._pending_size -= len(data)
-                if self._paused and self._pending_size <= _HIGH_WATER:
+                if self._paused and self._queued <= _HIGH_WATER:
                     self._paused = False
                     self._handler.resume_writing()
-            if self._closing and not self._pending:
+            if self._closing and not self._queue:
                 with contextlib.suppress(*_BROKEN):  # gone already: closed is what we wanted
                     await self._stream.aclose()
                 self._io.cancel()  # the reader and the timer end with the socket
@@ -122,10 +129,10 @@ class TrioConnection:
     def write(self, data: bytes) -> None:
         if self._closing or self._lost:
             return
-        self._pending.append(data)
-        self._pending_size += len(data)
+        self._queue.append(data)
+        self._queued += len(data)
         self._has_output.set()
-        if not self._paused and self._pending_size > _HIGH_WATER:
+        if not self._paused and self._queued > _HIGH_WATER:
             self._paused = True
             self._handler.pause_writing()
 
@@ -138,7 +145,7 @@ class TrioConnection:
         # Drop the socket, stop our own I/O tasks, and nothing else: the application tasks live
         # in the connection's nursery, outside the I/O scope, and the handler decides their fate.
         self._closing = True
-        self._pending.clear()
+        self._queue.clear()
         self._io.cancel()
         # trio's close() tells tasks waiting on the fd first, so none of them is left hanging.
         self._sock.close()

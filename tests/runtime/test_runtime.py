@@ -157,6 +157,52 @@ async def test_a_cancelled_timer_never_fires(backend: BackendUnderTest):
     assert fired == ["re-armed"]
 
 
+async def test_a_timer_rearmed_many_times_fires_once_at_its_last_deadline(
+    backend: BackendUnderTest,
+):
+    """The QUIC pattern: one deadline per connection, moved on almost every datagram."""
+    fired: list[int] = []
+
+    async with backend.running() as b:
+        runtime = b.runtime
+        timer = None
+        for generation in range(500):
+            if timer is not None:
+                timer.cancel()
+            when = runtime.now() + 0.05 + generation * 0.0005
+            timer = runtime.call_at(when, lambda generation=generation: fired.append(generation))
+            if generation % 50 == 0:
+                await anyio.sleep(0)
+        await eventually(lambda: bool(fired), "the last timer")
+        await anyio.sleep(0.1)
+    assert fired == [499]
+
+
+async def test_many_timers_some_cancelled_fire_in_order(backend: BackendUnderTest):
+    fired: list[int] = []
+
+    async with backend.running() as b:
+        runtime = b.runtime
+        start = runtime.now()
+        # Armed out of order; all due within 0.25 s, three at each instant.
+        order = [(index * 37) % 300 for index in range(300)]
+        timers = {
+            index: runtime.call_at(
+                start + 0.05 + (index // 3) * 0.002, lambda index=index: fired.append(index)
+            )
+            for index in order
+        }
+        for index in range(300):
+            if index % 4:
+                timers[index].cancel()
+        expected = [index for index in range(300) if index % 4 == 0]
+        await eventually(lambda: len(fired) == len(expected), "the timers left")
+        await anyio.sleep(0.05)
+    # Deadline order (timers due at the same instant may run in any order).
+    assert sorted(fired) == expected
+    assert [index // 3 for index in fired] == sorted(index // 3 for index in fired)
+
+
 async def test_a_timer_may_cancel_another_from_its_callback(backend: BackendUnderTest):
     fired: list[str] = []
 

@@ -1,12 +1,20 @@
 """trio's side of the runtime interface: clock, tasks in a nursery, callbacks, timers, waiters.
 
 trio has no callback queue of its own that is safe to raise from, so `call_soon` and `call_at`
-run their callbacks from small tasks in the runtime's nursery, and log what they raise (as
-asyncio's loop does) instead of letting it tear the nursery down.
+run their callbacks from tasks in the runtime's nursery, and log what they raise (as asyncio's
+loop does) instead of letting it tear the nursery down.
+
+Timers work like asyncio's: one heap per runtime and one task that sleeps until its earliest
+entry, so arming a timer costs a heap push rather than a task (a QUIC endpoint re-arms one per
+connection on almost every datagram), timers due together run in deadline order, and a cancelled
+timer is only marked, with the heap compacted once most of it is dead. The task exits when no
+live timer is left, so it never holds a connection's nursery open for nothing.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -41,16 +49,25 @@ class TrioWaiter:
         await self._event.wait()
 
 
+# Compact the heap once this many cancelled timers sit in it and they are the majority.
+_MIN_DEAD_TIMERS = 64
+
+
 class TrioTimer:
-    """The handle `call_at` returns: cancelling its scope before it fires skips the callback."""
+    """The handle `call_at` returns; `cancel()` before it fires and the callback never runs."""
 
-    __slots__ = ("_scope",)
+    __slots__ = ("callback", "done", "in_heap", "runtime")
 
-    def __init__(self) -> None:
-        self._scope = trio.CancelScope()
+    def __init__(self, runtime: TrioRuntime, callback: Callable[[], object]) -> None:
+        self.runtime = runtime
+        self.callback = callback
+        self.done = False  # fired or cancelled
+        self.in_heap = True
 
     def cancel(self) -> None:
-        self._scope.cancel()
+        if not self.done:
+            self.done = True
+            self.runtime._timer_cancelled(self)
 
 
 class TrioRuntime:
@@ -61,12 +78,28 @@ class TrioRuntime:
     before the connection's task ends, and cancels them only when the session ends).
     """
 
-    __slots__ = ("_logger", "_nursery", "_soon", "now")
+    __slots__ = (
+        "_dead_timers",
+        "_logger",
+        "_nursery",
+        "_soon",
+        "_timer_sequence",
+        "_timer_task",
+        "_timer_wake",
+        "_timers",
+        "now",
+    )
 
     def __init__(self, nursery: trio.Nursery, logger: logging.Logger) -> None:
         self._nursery = nursery
         self._logger = logger
         self._soon: list[Callable[[], object]] = []
+        # (when, sequence, timer): the sequence keeps timers due at the same time in order.
+        self._timers: list[tuple[float, int, TrioTimer]] = []
+        self._timer_sequence = itertools.count()
+        self._dead_timers = 0  # cancelled timers still in the heap
+        self._timer_task = False
+        self._timer_wake: trio.CancelScope | None = None  # the timer task's sleep, while it sleeps
         self.now: Callable[[], float] = trio.current_time
 
     def spawn(self, fn: Callable[..., Awaitable[object]], *args: object) -> trio.CancelScope:
@@ -94,15 +127,68 @@ class TrioRuntime:
             self._run_callback(fn)
 
     def call_at(self, when: float, fn: Callable[[], object]) -> TrioTimer:
-        timer = TrioTimer()
-        self._nursery.start_soon(self._fire_at, when, fn, timer)
+        timer = TrioTimer(self, fn)
+        heapq.heappush(self._timers, (when, next(self._timer_sequence), timer))
+        if not self._timer_task:
+            self._timer_task = True
+            self._nursery.start_soon(self._run_timers)
+        elif self._timer_wake is not None and when < self._timer_wake.deadline:
+            self._timer_wake.deadline = when
         return timer
 
-    async def _fire_at(self, when: float, fn: Callable[[], object], timer: TrioTimer) -> None:
-        with timer._scope:
-            await trio.sleep_until(when)
-            # No checkpoint from here on: a cancel() after this point finds the callback run.
-            self._run_callback(fn)
+    def _timer_cancelled(self, timer: TrioTimer) -> None:
+        if not timer.in_heap:
+            return  # popped as due in this very pass: the timer task skips it
+        self._dead_timers += 1
+        timers = self._timers
+        if self._dead_timers >= _MIN_DEAD_TIMERS and self._dead_timers * 2 > len(timers):
+            live = []
+            for entry in timers:
+                if entry[2].done:
+                    entry[2].in_heap = False
+                else:
+                    live.append(entry)
+            heapq.heapify(live)
+            self._timers = live
+            self._dead_timers = 0
+            self._wake_timer_task()
+        elif timers[0][2] is timer:
+            self._wake_timer_task()  # the earliest went: aim at the next one, or end
+
+    def _wake_timer_task(self) -> None:
+        if self._timer_wake is not None:
+            self._timer_wake.deadline = -math.inf
+
+    async def _run_timers(self) -> None:
+        try:
+            while True:
+                while self._timers and self._timers[0][2].done:
+                    heapq.heappop(self._timers)[2].in_heap = False
+                    self._dead_timers -= 1
+                if not self._timers:
+                    return
+                with trio.CancelScope(deadline=self._timers[0][0]) as wake:
+                    self._timer_wake = wake
+                    await trio.sleep_forever()
+                self._timer_wake = None
+                # Only what is due now: a callback arming a timer already due runs next pass.
+                now = trio.current_time()
+                due: list[TrioTimer] = []
+                while self._timers and self._timers[0][0] <= now:
+                    timer = heapq.heappop(self._timers)[2]
+                    timer.in_heap = False
+                    if timer.done:
+                        self._dead_timers -= 1
+                    else:
+                        due.append(timer)
+                for timer in due:
+                    if not timer.done:  # an earlier callback may have cancelled it
+                        timer.done = True
+                        self._run_callback(timer.callback)
+                await trio.lowlevel.checkpoint()
+        finally:
+            self._timer_task = False
+            self._timer_wake = None
 
     def _run_callback(self, fn: Callable[[], object]) -> None:
         try:

@@ -184,8 +184,9 @@ DatagramHandlerFactory: TypeAlias = Callable[[DatagramTransport, Runtime], Datag
 class Backend(Protocol):
     """One runtime's listeners, signals and task primitives, as serve.py drives them.
 
-    Everything happens inside `session()`: endpoints started in it are closed when it ends, and
-    so are the tasks its runtime spawned.
+    Everything happens inside `session()`. When it ends, whatever is still open is closed
+    (listeners, datagram endpoints, connections: their handlers hear `connection_lost()`) and
+    every task spawned in it is cancelled; serve.py drains connections gracefully before that.
     """
 
     @property

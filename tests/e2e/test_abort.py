@@ -72,3 +72,38 @@ async def test_app_cleanup_after_slow_read_cut_off_runs_to_completion_over_http2
         await wait_for_cleanup(events)  # never reading
         await client.aclose()
     assert events == ["disconnect seen", "cleanup finished"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="HTTP/2 output is flushed by call_soon once per loop turn, and send() waits only on "
+    "the transport and on flow control: an app that never yields buffers everything in the "
+    "protocol (app/connection.py should flush at once past the high-water mark)",
+)
+async def test_http2_backpressure_holds_an_app_that_never_yields():
+    sent: list[int] = []
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            for index in range(64):  # 64 MB at most, whatever happens
+                await send(
+                    {"type": "http.response.body", "body": b"x" * 1_000_000, "more_body": True}
+                )
+                sent.append(index)
+        except OSError:
+            pass
+
+    async with serving(app, send_timeout=5) as server:
+        host, port = host_port(server)
+        client = await H2Client.connect(
+            host, port, settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1}
+        )
+        client.conn.increment_flow_control_window(2**31 - 1 - 65535)
+        await client.request("/")
+        await anyio.sleep(0.5)  # never reading
+        await client.aclose()
+    # As over HTTP/1.1: kernel buffers plus a chunk or two, far from all 64 MB.
+    assert len(sent) < 16

@@ -10,7 +10,7 @@ import socket
 import pytest
 
 from multicorn.net.binds import Bind, BindError, format_url, parse_bind
-from multicorn.net.sockets import BindFailed, bound_url, create_socket
+from multicorn.net.sockets import BindFailed, bound_url, create_datagram_socket, create_socket
 
 HAS_UNIX = hasattr(socket, "AF_UNIX")
 
@@ -254,3 +254,89 @@ def test_inherited_fd_that_is_not_stream():
         udp.bind(("127.0.0.1", 0))
     finally:
         udp.close()
+
+
+# --- datagram (UDP) sockets ------------------------------------------------------------------
+
+
+def _assert_bound_datagram(sock: socket.socket) -> None:
+    assert sock.getblocking() is False
+    assert sock.type == socket.SOCK_DGRAM
+    assert sock.getsockname()[1] != 0
+    # SO_REUSEADDR on UDP would let a second server share the port instead of failing.
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 0
+
+
+def _round_trip(sock: socket.socket, family: socket.AddressFamily, host: str) -> None:
+    with socket.socket(family, socket.SOCK_DGRAM) as client:
+        client.settimeout(2)
+        client.sendto(b"ping", (host, sock.getsockname()[1]))
+        sock.settimeout(2)  # blocking for the test only
+        data, addr = sock.recvfrom(100)
+        assert data == b"ping"
+        sock.sendto(b"pong", addr)
+        assert client.recvfrom(100)[0] == b"pong"
+
+
+def test_udp_ipv4_port_zero():
+    with contextlib.closing(create_datagram_socket(parse_bind("127.0.0.1:0"))) as sock:
+        _assert_bound_datagram(sock)
+        assert sock.family == socket.AF_INET
+        _round_trip(sock, socket.AF_INET, "127.0.0.1")
+
+
+@needs_ipv6
+def test_udp_ipv6_port_zero():
+    with contextlib.closing(create_datagram_socket(parse_bind("[::1]:0"))) as sock:
+        _assert_bound_datagram(sock)
+        assert sock.family == socket.AF_INET6
+        assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+        _round_trip(sock, socket.AF_INET6, "::1")
+
+
+def test_udp_address_in_use():
+    with contextlib.closing(create_datagram_socket(parse_bind("127.0.0.1:0"))) as first:
+        port = first.getsockname()[1]
+        with pytest.raises(BindFailed, match="address already in use") as info:
+            create_datagram_socket(parse_bind(f"127.0.0.1:{port}"))
+    assert info.value.errno == errno.EADDRINUSE
+
+
+def test_udp_and_tcp_may_share_a_port_number():
+    # QUIC listens on the same port number as TLS over TCP.
+    with contextlib.closing(create_socket(parse_bind("127.0.0.1:0"), backlog=4)) as tcp:
+        port = tcp.getsockname()[1]
+        with contextlib.closing(create_datagram_socket(parse_bind(f"127.0.0.1:{port}"))) as udp:
+            assert udp.getsockname()[1] == port
+
+
+def test_udp_refuses_unix_paths(tmp_path):
+    with pytest.raises(BindFailed, match=r"need HOST:PORT"):
+        create_datagram_socket(parse_bind(f"unix:{tmp_path}/q.sock"))
+    assert not (tmp_path / "q.sock").exists()
+
+
+def test_udp_unresolvable_host():
+    with pytest.raises(BindFailed, match="cannot resolve host"):
+        create_datagram_socket(Bind("tcp", host="no-such-host.invalid", port=0))
+
+
+def test_inherited_udp_fd():
+    parent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    parent.bind(("127.0.0.1", 0))
+    fd = os.dup(parent.fileno())
+    parent.close()
+    with contextlib.closing(create_datagram_socket(parse_bind(f"fd://{fd}"))) as sock:
+        assert sock.fileno() == fd
+        assert sock.getblocking() is False
+        _round_trip(sock, socket.AF_INET, "127.0.0.1")
+
+
+def test_inherited_fd_that_is_not_datagram():
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        with pytest.raises(BindFailed, match="not a datagram"):
+            create_datagram_socket(Bind("fd", fd=tcp.fileno()))
+        assert tcp.fileno() != -1  # the descriptor still belongs to its owner
+    finally:
+        tcp.close()

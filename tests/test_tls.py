@@ -182,6 +182,29 @@ def test_key_inside_certfile(pki: Pki) -> None:
     assert server.version() in ("TLSv1.2", "TLSv1.3")
 
 
+@dataclass(frozen=True)
+class PlainSettings:
+    """Not a Config: net.tls needs only the TLS settings, whatever object carries them."""
+
+    certfile: str | None
+    keyfile: str | None = None
+    keyfile_password: str | None = None
+    ca_certs: str | None = None
+    verify_mode: str = "none"
+    ciphers: str = "ECDHE+AESGCM:ECDHE+CHACHA20"
+    alpn_protocols: tuple[str, ...] = ("http/1.1",)
+
+
+def test_any_object_with_the_tls_settings_will_do(pki: Pki) -> None:
+    settings = PlainSettings(certfile=pki.cert_file, keyfile=pki.key_file)
+    context = create_ssl_context(settings)
+    assert context is not None
+    server, _ = handshake(context, client_context(pki, alpn=["http/1.1"]))
+    info = TLSInfoFactory.from_config(context, settings).from_ssl_object(server)
+    assert info.alpn == "http/1.1"
+    assert info.server_cert == pki.server_pem
+
+
 # --- TLSInfo from real handshakes -------------------------------------------------------------
 
 

@@ -30,17 +30,18 @@ from multicorn.protocol.http2 import HTTP2Limits
 from multicorn.protocol.http11 import HTTP11Limits
 from multicorn.protocol.http11_parsers import httptools_available
 from multicorn.protocol.negotiate import ProtocolLimits, for_connection
+from multicorn.runtime.base import ServerTLS
 
 if TYPE_CHECKING:
+    import logging
     import socket
-    import ssl
     from types import TracebackType
 
-    from multicorn.runtime.base import Runtime, Transport
+    from multicorn.runtime.base import Backend, ConnectionDetails, Runtime, Transport
     from multicorn.typing import ASGIApp
 
 
-def _backend(config: Config, logger: Any) -> Any:
+def _backend(config: Config, logger: logging.Logger) -> Backend:
     library = sniffio.current_async_library()
     if library == "trio":
         from multicorn.runtime.trio.serve import TrioBackend
@@ -49,7 +50,7 @@ def _backend(config: Config, logger: Any) -> Any:
     if library == "asyncio":
         from multicorn.runtime.asyncio.serve import AsyncioBackend
 
-        return AsyncioBackend()
+        return AsyncioBackend(logger)
     raise RuntimeError(f"multicorn runs on asyncio or trio, not {library}")
 
 
@@ -128,17 +129,24 @@ class Server:
             raise
         return self
 
-    async def _start(self, backend: Any) -> None:
+    async def _start(self, backend: Backend) -> None:
         config = self.config
         ssl_context = create_ssl_context(config)
         tls_info = TLSInfoFactory.from_config(ssl_context, config) if ssl_context else None
+        server_tls = None
+        if ssl_context is not None and tls_info is not None:
+            server_tls = ServerTLS(
+                context=ssl_context,
+                handshake_timeout=config.ssl_handshake_timeout,
+                describe=tls_info.from_ssl_object,
+            )
         # With a certificate, `bind` speaks TLS and `insecure_bind` cleartext (as Hypercorn).
-        groups = [(config.bind, ssl_context), (config.insecure_bind, None)]
+        groups = [(config.bind, server_tls), (config.insecure_bind, None)]
         binds = []
-        for texts, group_ssl in groups:
+        for texts, group_tls in groups:
             for text in texts:
                 bind = parse_bind(text)
-                binds.append((bind, group_ssl))
+                binds.append((bind, group_tls))
                 self._sockets.append(create_socket(bind, backlog=config.backlog))
                 if bind.kind == "unix":
                     self._unix_paths.append(bind.path)
@@ -161,27 +169,21 @@ class Server:
         self._registry = registry
 
         def new_connection(
-            transport: Transport,
-            conn_runtime: Runtime,
-            peername: Any,
-            sockname: Any,
-            ssl_object: ssl.SSLObject | None,
+            transport: Transport, conn_runtime: Runtime, details: ConnectionDetails
         ) -> ConnectionHandler:
-            server = _address(sockname)
-            tls = None
-            alpn = None
-            if ssl_object is not None and tls_info is not None:
-                details = tls_info.from_ssl_object(ssl_object)
-                tls = details.as_extension()
-                alpn = details.alpn
+            server = _address(details.sockname)
+            tls = details.tls
             info = ConnectionInfo(
-                client=_address(peername),
-                server=server if server is not None else (str(sockname), None),
+                client=_address(details.peername),
+                server=server if server is not None else (str(details.sockname), None),
                 scheme="https" if tls is not None else "http",
-                tls=tls,
+                tls=None if tls is None else tls.as_extension(),
             )
             protocol = for_connection(
-                context.protocol_limits, alpn=alpn, tls=tls is not None, now=conn_runtime.now()
+                context.protocol_limits,
+                alpn=None if tls is None else tls.alpn,
+                tls=tls is not None,
+                now=conn_runtime.now(),
             )
             return ConnectionHandler(
                 protocol=protocol,
@@ -192,16 +194,10 @@ class Server:
                 registry=registry,
             )
 
-        for (bind, bind_ssl), sock in zip(binds, self._sockets, strict=True):
-            await backend.start_listener(
-                sock,
-                new_connection,
-                backlog=config.backlog,
-                ssl_context=bind_ssl,
-                handshake_timeout=config.ssl_handshake_timeout,
-            )
+        for (bind, bind_tls), sock in zip(binds, self._sockets, strict=True):
+            await backend.start_listener(sock, new_connection, backlog=config.backlog, tls=bind_tls)
             url = format_url(
-                sock.getsockname(), kind=bind.kind, scheme="https" if bind_ssl else "http"
+                sock.getsockname(), kind=bind.kind, scheme="https" if bind_tls else "http"
             )
             self.bound_addresses.append(url)
             self._loggers.error.info("Running on %s (CTRL + C to quit)", url)

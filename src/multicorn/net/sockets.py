@@ -1,8 +1,8 @@
-"""Opening listening sockets for `Bind`s, and describing them once bound.
+"""Opening listening (TCP, unix) and bound datagram (UDP) sockets for `Bind`s, and naming them.
 
 Owns socket options (SO_REUSEADDR, IPV6_V6ONLY), stale unix socket cleanup, adopting
 inherited descriptors, and turning OS errors into `BindFailed` messages a user can act on.
-Sockets come back non-blocking and listening, ready for any event loop.
+Sockets come back non-blocking (and stream sockets listening), ready for any event loop.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import errno
 import os
 import socket
 import stat
+from typing import Any
 
 from multicorn.net.binds import Bind, format_url
 
@@ -56,23 +57,55 @@ def create_socket(bind: Bind, *, backlog: int) -> socket.socket:
     return _tcp_socket(bind, backlog)
 
 
-def _tcp_socket(bind: Bind, backlog: int) -> socket.socket:
-    try:
-        infos = socket.getaddrinfo(
-            bind.host, bind.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+def create_datagram_socket(bind: Bind) -> socket.socket:
+    """Return a bound, non-blocking UDP socket for `bind` (HOST:PORT or an inherited UDP
+    fd://N), or raise BindFailed. Port 0 asks the OS for a free port."""
+    if bind.kind == "unix":
+        raise BindFailed(
+            bind, "datagram (UDP, QUIC) binds need HOST:PORT, e.g. 0.0.0.0:443, not unix:PATH"
         )
+    if bind.kind == "fd":
+        return _fd_datagram_socket(bind)
+    family, type_, proto, sockaddr = _resolve(bind, socket.SOCK_DGRAM)
+    sock = socket.socket(family, type_, proto)
+    try:
+        # No SO_REUSEADDR: on UDP it would let a second server bind the same port and
+        # silently take a share of its datagrams, instead of failing with "in use".
+        _ipv6_only(sock, family)
+        sock.bind(sockaddr)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise BindFailed(bind, _reason(exc), errno_code=exc.errno) from exc
+    return sock
+
+
+def _resolve(
+    bind: Bind, type_: socket.SocketKind
+) -> tuple[socket.AddressFamily, socket.SocketKind, int, tuple[Any, ...]]:
+    try:
+        infos = socket.getaddrinfo(bind.host, bind.port, type=type_, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise BindFailed(bind, f"cannot resolve host {bind.host!r} ({exc.strerror})") from exc
-    family, type_, proto, _, sockaddr = infos[0]
+    family, kind, proto, _, sockaddr = infos[0]
+    return family, kind, proto, sockaddr
+
+
+def _ipv6_only(sock: socket.socket, family: socket.AddressFamily) -> None:
+    if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+        # "[::]" should mean IPv6 only, so a separate 0.0.0.0 bind does not collide.
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+
+
+def _tcp_socket(bind: Bind, backlog: int) -> socket.socket:
+    family, type_, proto, sockaddr = _resolve(bind, socket.SOCK_STREAM)
     sock = socket.socket(family, type_, proto)
     try:
         if os.name != "nt":
             # Lets a restarted server reuse the port while old connections sit in TIME_WAIT.
             # On Windows the same option would let two servers share a port, so skip it.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
-            # "[::]" should mean IPv6 only, so a separate 0.0.0.0 bind does not collide.
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        _ipv6_only(sock, family)
         sock.bind(sockaddr)
         sock.listen(backlog)
         sock.setblocking(False)
@@ -145,6 +178,18 @@ def _fd_socket(bind: Bind, backlog: int) -> socket.socket:
     except OSError as exc:
         sock.detach()
         raise BindFailed(bind, _reason(exc), errno_code=exc.errno) from exc
+    return sock
+
+
+def _fd_datagram_socket(bind: Bind) -> socket.socket:
+    try:
+        sock = socket.socket(fileno=bind.fd)
+    except OSError as exc:
+        raise BindFailed(bind, _reason(exc), errno_code=exc.errno) from exc
+    if sock.type != socket.SOCK_DGRAM:
+        sock.detach()  # the descriptor belongs to whoever passed it; do not close it
+        raise BindFailed(bind, "the file descriptor is not a datagram (UDP) socket")
+    sock.setblocking(False)
     return sock
 
 

@@ -6,7 +6,10 @@ into `TLSConfigError` messages a user can act on, and describing one established
 as a `TLSInfo` (the ASGI TLS extension, spec version 0.2, plus the negotiated ALPN protocol).
 
 Runtime-neutral: it works on `ssl.SSLObject` (memory BIOs, as asyncio and trio use) and
-`ssl.SSLSocket` alike, and imports no event loop library.
+`ssl.SSLSocket` alike, and imports no event loop library. It reads its settings through the
+`TLSSettings` shape rather than importing `multicorn.config`: `TLSInfo` is the record every layer
+may see (the runtime fills it, app/ reports it), so this module must not drag the configuration
+in behind it.
 """
 
 from __future__ import annotations
@@ -14,18 +17,16 @@ from __future__ import annotations
 import re
 import ssl
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Final, cast
-
-if TYPE_CHECKING:
-    from multicorn.config import Config
+from typing import Final, Protocol, cast
 
 __all__ = [
     "TLSConfigError",
     "TLSInfo",
     "TLSInfoFactory",
+    "TLSSettings",
     "create_ssl_context",
     "read_certificates",
     "rfc4514_name",
@@ -79,6 +80,25 @@ _ATTRIBUTE_OIDS: Final[Mapping[str, str]] = MappingProxyType(
     }
 )
 _RFC4514_ESCAPED: Final = frozenset(',+"\\<>;')
+
+
+class TLSSettings(Protocol):
+    """The settings TLS is built from; `multicorn.config.Config` has all of them."""
+
+    @property
+    def certfile(self) -> str | None: ...
+    @property
+    def keyfile(self) -> str | None: ...
+    @property
+    def keyfile_password(self) -> str | None: ...
+    @property
+    def ca_certs(self) -> str | None: ...
+    @property
+    def verify_mode(self) -> str: ...
+    @property
+    def ciphers(self) -> str: ...
+    @property
+    def alpn_protocols(self) -> Sequence[str]: ...
 
 
 class TLSConfigError(ValueError):
@@ -152,7 +172,7 @@ def read_certificates(path: str, setting: str = "certfile") -> list[str]:
     return [ssl.DER_cert_to_PEM_cert(der) for der in ders]
 
 
-def create_ssl_context(config: Config) -> ssl.SSLContext | None:
+def create_ssl_context(config: TLSSettings) -> ssl.SSLContext | None:
     """Build the server-side SSLContext `config` describes, or None when TLS is off.
 
     TLS is on when `config.certfile` is set. Raises TLSConfigError naming the file and the fix
@@ -336,7 +356,7 @@ class TLSInfoFactory:
         )
 
     @classmethod
-    def from_config(cls, context: ssl.SSLContext, config: Config) -> TLSInfoFactory:
+    def from_config(cls, context: ssl.SSLContext, config: TLSSettings) -> TLSInfoFactory:
         """A factory for `context`, with the first certificate in `config.certfile`.
 
         Raises TLSConfigError when the certificate file cannot be read.

@@ -1,18 +1,51 @@
-"""The small interface the ASGI layer (app/) and the shared server code use to reach a runtime.
+"""The typed interface between a runtime backend and everything above it.
 
-Each backend (asyncio, trio) implements these shapes; app/ only ever sees them, so the same
-ASGI and connection logic runs on both. Waiters have a synchronous `set()` so protocol callbacks
-can wake an application task without being async themselves.
+app/ (the ASGI layer) reaches a runtime only through `Runtime`, `Transport` and `Waiter`;
+serve.py drives a whole backend through `Backend`. Each backend (asyncio and uvloop, trio)
+satisfies these `typing.Protocol` classes, and tests/runtime/ is the contract suite that checks
+it behaves as documented here. Two kinds of endpoint exist side by side: stream connections
+(TCP or unix, optionally TLS) driven through `Transport`/`Handler`, and datagram endpoints (UDP,
+for QUIC) driven through `DatagramTransport`/`DatagramHandler`.
+
+A backend only moves bytes and keeps time: it never interprets what it carries. The one thing it
+learns about a connection beyond its addresses is the TLS handshake's outcome, and it hands that
+over as a neutral `TLSInfo` (made by the `describe` function serve.py gives it), so nothing above
+the runtime ever sees an `ssl.SSLObject`. Waiters have a synchronous `set()` so protocol
+callbacks can wake an application task without being async themselves.
+
+The dataclasses at the end are plain records; everything else here is a Protocol, no code.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+
+if TYPE_CHECKING:
+    import socket
+    import ssl
+    from contextlib import AbstractAsyncContextManager
+
+    from multicorn.net.binds import SockName
+    from multicorn.net.tls import TLSInfo
+
+# A datagram peer as the socket module reports it: (host, port) for IPv4, (host, port, flowinfo,
+# scope_id) for IPv6. `sendto` takes back exactly what `datagram_received` was given.
+DatagramAddress: TypeAlias = tuple[Any, ...]
 
 
 class TaskHandle(Protocol):
+    """A task started by `Runtime.spawn`; `cancel()` is the only way its lifetime is cut short."""
+
     def cancel(self) -> object: ...
+
+
+class TimerHandle(Protocol):
+    """A callback scheduled by `Runtime.call_at`."""
+
+    def cancel(self) -> None:
+        """Make sure the callback does not run (a no-op once it has run)."""
 
 
 class Waiter(Protocol):
@@ -25,53 +58,162 @@ class Waiter(Protocol):
 
 
 class Runtime(Protocol):
+    """Clock, tasks, callbacks and waiters: what app/ (and a datagram handler) may use."""
+
     def now(self) -> float:
         """Monotonic seconds, the clock every deadline is measured on."""
+        ...
 
-    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> TaskHandle: ...
+    def spawn(self, fn: Callable[..., Awaitable[object]], *args: object) -> TaskHandle:
+        """Start `fn(*args)` as a task. It runs until it returns or is cancelled through the
+        handle (or the backend's session ends); closing or aborting a connection never ends it."""
+        ...
 
     def waiter(self) -> Waiter: ...
 
     def call_soon(self, fn: Callable[[], object]) -> None:
-        """Run `fn` once the tasks ready now have run (to batch their writes into one)."""
+        """Run `fn` later in this loop, once the tasks ready now have run (to batch their
+        writes into one). Never runs `fn` before returning."""
+
+    def call_at(self, when: float, fn: Callable[[], object]) -> TimerHandle:
+        """Run `fn` once at `when` (the `now()` clock); a datagram protocol keeps one per
+        connection. An exception from `fn` is logged and does not stop the runtime."""
+        ...
 
     async def wait_for(self, waiter: Waiter, timeout: float | None) -> bool:
         """Wait until `waiter` is set or `timeout` passes; True if it was set."""
+        ...
 
 
 class Transport(Protocol):
-    """What a connection handler needs from the backend's socket for one connection."""
+    """What a connection handler needs from the backend's socket for one stream connection."""
 
     # True when close() completes without any task of ours (asyncio's transports flush and
     # close inside the loop); False when the backend's own writer must still run (trio).
-    closes_by_itself: bool
+    @property
+    def closes_by_itself(self) -> bool: ...
 
     def write(self, data: bytes) -> None:
-        """Queue bytes; never blocks (the backend calls pause_writing on the handler)."""
+        """Queue bytes; never blocks (above the high-water mark the backend calls the handler's
+        `pause_writing`, and `resume_writing` once the buffer has drained below it)."""
 
     def close(self) -> None:
-        """Close after everything written so far has been sent."""
+        """Close after everything written so far has been sent (TLS: with close_notify).
+
+        Reading stops at once. The handler writes nothing after close() or abort()."""
 
     def abort(self) -> None:
-        """Close now, dropping unsent data and cancelling the connection's tasks."""
+        """Drop the socket now, discarding unsent data; nothing else. Tasks spawned for the
+        connection keep running: a handler that wants them gone cancels their `TaskHandle`s.
+        The handler's `connection_lost()` follows, once, later in the loop."""
 
-    def set_reading(self, enabled: bool) -> None: ...
+    def set_reading(self, enabled: bool) -> None:
+        """Stop (False) or resume (True) calling `data_received`; the kernel buffers meanwhile."""
 
     def set_deadline(self, deadline: float | None) -> None:
-        """Call the handler's `deadline_reached()` at `deadline` (runtime clock); None disarms."""
+        """Call the handler's `deadline_reached()` once at `deadline` (runtime clock),
+        replacing any earlier deadline; None disarms."""
 
 
 class Handler(Protocol):
-    """The runtime-neutral connection handler, as a backend drives it (app.connection)."""
+    """The runtime-neutral stream connection handler, as a backend drives it (app.connection)."""
 
     def data_received(self, data: bytes) -> None: ...
-    def eof_received(self) -> None: ...
+
+    def eof_received(self) -> None:
+        """The peer shut down its sending side; the transport stays writable until closed."""
+
     def deadline_reached(self) -> None: ...
     def pause_writing(self) -> None: ...
     def resume_writing(self) -> None: ...
-    def connection_lost(self) -> None: ...
+
+    def connection_lost(self) -> None:
+        """The socket is gone (closed, aborted or broken); called exactly once."""
 
 
-# Called by a backend for each accepted connection:
-# (transport, runtime, peername, sockname, ssl object or None once the TLS handshake is done).
-HandlerFactory = Callable[[Transport, Runtime, Any, Any, Any], Handler]
+class DatagramTransport(Protocol):
+    """One bound datagram (UDP) socket, shared by every peer that sends to it."""
+
+    def sendto(self, data: bytes, addr: DatagramAddress) -> None:
+        """Send one datagram; never blocks. If the kernel has no room it may be dropped, as
+        the network may drop it (QUIC retransmits)."""
+
+    def close(self) -> None:
+        """Close the socket; the handler's `connection_lost()` follows, once."""
+
+
+class DatagramHandler(Protocol):
+    """What a backend drives for one datagram endpoint (the QUIC endpoint, later)."""
+
+    def datagram_received(self, data: bytes, addr: DatagramAddress) -> None: ...
+
+    def connection_lost(self) -> None:
+        """The endpoint was closed (by `close()`, `stop_listeners()` or the session's end)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionDetails:
+    """What a backend knows of a stream connection when it hands it to the handler factory.
+
+    `peername` and `sockname` are what the socket reports (a (host, port, ...) tuple for TCP, a
+    path for unix sockets); `tls` is None in cleartext.
+    """
+
+    peername: SockName | None
+    sockname: SockName | None
+    tls: TLSInfo | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerTLS:
+    """TLS for one stream listener: the context, the handshake deadline, and the function that
+    describes an established connection (the only place an `ssl.SSLObject` is read)."""
+
+    context: ssl.SSLContext
+    handshake_timeout: float
+    describe: Callable[[ssl.SSLObject], TLSInfo]
+
+
+# Called by a backend for each accepted connection, after the TLS handshake if there is one.
+HandlerFactory: TypeAlias = Callable[[Transport, Runtime, ConnectionDetails], Handler]
+
+# Called by a backend once for each datagram endpoint, when it starts.
+DatagramHandlerFactory: TypeAlias = Callable[[DatagramTransport, Runtime], DatagramHandler]
+
+
+class Backend(Protocol):
+    """One runtime's listeners, signals and task primitives, as serve.py drives them.
+
+    Everything happens inside `session()`. When it ends, whatever is still open is closed
+    (listeners, datagram endpoints, connections: their handlers hear `connection_lost()`) and
+    every task spawned in it is cancelled; serve.py drains connections gracefully before that.
+    """
+
+    @property
+    def runtime(self) -> Runtime:
+        """The runtime for server-wide work (lifespan, the registry); valid inside `session()`."""
+        ...
+
+    def session(self) -> AbstractAsyncContextManager[None]: ...
+
+    async def start_listener(
+        self,
+        sock: socket.socket,
+        factory: HandlerFactory,
+        *,
+        backlog: int,
+        tls: ServerTLS | None,
+    ) -> None:
+        """Accept stream connections on the listening `sock` until `stop_listeners()`."""
+
+    async def start_datagram_endpoint(
+        self, sock: socket.socket, factory: DatagramHandlerFactory
+    ) -> None:
+        """Deliver the datagrams arriving on the bound `sock` to `factory`'s handler until
+        `stop_listeners()` or the session's end."""
+
+    def stop_listeners(self) -> None:
+        """Stop accepting connections and close datagram endpoints; open connections stay."""
+
+    async def wait_for_signal(self) -> None:
+        """Return on SIGINT or SIGTERM (main thread only; elsewhere wait until cancelled)."""

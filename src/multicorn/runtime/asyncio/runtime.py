@@ -1,20 +1,33 @@
-"""asyncio's side of the runtime interface: clock, tasks, waiters."""
+"""asyncio's side of the runtime interface: clock, tasks, callbacks, timers, waiters.
+
+uvloop runs this same code; every primitive here is the loop's own.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    import logging
+
+    from multicorn.runtime.base import Waiter
 
 
 class AsyncioRuntime:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self.now = loop.time
-        self._tasks: set[asyncio.Task[Any]] = set()
+    """The `Runtime` for one event loop, shared by every connection the loop serves."""
 
-    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = self._loop.create_task(fn(*args))  # type: ignore[arg-type]
+    def __init__(self, loop: asyncio.AbstractEventLoop, logger: logging.Logger) -> None:
+        self._loop = loop
+        self._logger = logger
+        self.now = loop.time
+        self._tasks: set[asyncio.Task[object]] = set()
+
+    def spawn(self, fn: Callable[..., Awaitable[object]], *args: object) -> asyncio.Task[object]:
+        # Our callers pass coroutine functions; create_task wants the coroutine type itself.
+        coro = cast("Coroutine[Any, Any, object]", fn(*args))
+        task = self._loop.create_task(coro)
         # The loop keeps only weak references to tasks.
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -24,9 +37,20 @@ class AsyncioRuntime:
         return asyncio.Event()
 
     def call_soon(self, fn: Callable[[], object]) -> None:
-        self._loop.call_soon(fn)
+        self._loop.call_soon(self._run_callback, fn)
 
-    async def wait_for(self, waiter: Any, timeout: float | None) -> bool:
+    def call_at(self, when: float, fn: Callable[[], object]) -> asyncio.TimerHandle:
+        return self._loop.call_at(when, self._run_callback, fn)
+
+    def _run_callback(self, fn: Callable[[], object]) -> None:
+        # Logged here rather than by the loop's exception handler, so a failing callback reads
+        # the same on every runtime (and an embedding application's handler never sees ours).
+        try:
+            fn()
+        except Exception:
+            self._logger.exception("exception in callback %r", fn)
+
+    async def wait_for(self, waiter: Waiter, timeout: float | None) -> bool:
         if waiter.is_set():
             return True
         try:
@@ -36,6 +60,7 @@ class AsyncioRuntime:
         return True
 
     async def cancel_all(self) -> None:
+        """Cancel every task still running (the session is over) and let them unwind briefly."""
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

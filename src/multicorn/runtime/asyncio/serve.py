@@ -1,4 +1,4 @@
-"""asyncio listeners and signals: what the shared server needs from this runtime."""
+"""asyncio's `Backend`: listeners, datagram endpoints, signals and the session they live in."""
 
 from __future__ import annotations
 
@@ -10,26 +10,42 @@ from typing import TYPE_CHECKING
 
 from multicorn.runtime.asyncio.runtime import AsyncioRuntime
 from multicorn.runtime.asyncio.tcp import AsyncioConnection
+from multicorn.runtime.asyncio.udp import AsyncioDatagramEndpoint
 
 if TYPE_CHECKING:
+    import logging
     import socket
-    import ssl
     from collections.abc import AsyncIterator
 
-    from multicorn.runtime.base import HandlerFactory
+    from multicorn.runtime.base import DatagramHandlerFactory, HandlerFactory, ServerTLS
 
 
 class AsyncioBackend:
-    def __init__(self) -> None:
-        self.runtime = AsyncioRuntime(asyncio.get_running_loop())
+    """The asyncio (and uvloop) backend; create it inside the running loop."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._runtime = AsyncioRuntime(asyncio.get_running_loop(), logger)
         self._servers: list[asyncio.Server] = []
+        self._endpoints: list[AsyncioDatagramEndpoint] = []
+        self._connections: set[AsyncioConnection] = set()
+
+    @property
+    def runtime(self) -> AsyncioRuntime:
+        return self._runtime
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            await self.runtime.cancel_all()
+            self.stop_listeners()
+            # What serve.py's graceful drain left open goes now, as on trio: asyncio.Server
+            # would otherwise leave the sockets to the garbage collector.
+            for connection in list(self._connections):
+                connection.abort()
+            await self._runtime.cancel_all()
+            await asyncio.sleep(0)  # let the loop deliver the connection_lost() calls
 
     async def start_listener(
         self,
@@ -37,25 +53,36 @@ class AsyncioBackend:
         factory: HandlerFactory,
         *,
         backlog: int,
-        ssl_context: ssl.SSLContext | None,
-        handshake_timeout: float,
+        tls: ServerTLS | None,
     ) -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: AsyncioConnection(factory, self.runtime),
+            lambda: AsyncioConnection(factory, self._runtime, tls, self._connections),
             sock=sock,
             backlog=backlog,
-            ssl=ssl_context,
+            ssl=None if tls is None else tls.context,
             # A failed or slow handshake is logged by asyncio at debug level only.
-            ssl_handshake_timeout=handshake_timeout if ssl_context is not None else None,
+            ssl_handshake_timeout=None if tls is None else tls.handshake_timeout,
         )
         self._servers.append(server)
+
+    async def start_datagram_endpoint(
+        self, sock: socket.socket, factory: DatagramHandlerFactory
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        endpoint = AsyncioDatagramEndpoint(factory, self._runtime, self._logger)
+        await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
+        self._endpoints.append(endpoint)
 
     def stop_listeners(self) -> None:
         # Server.close() stops accepting; its wait_closed() is not awaited because on 3.12+ it
         # also waits for every open connection, which would defeat the graceful timeout.
         for server in self._servers:
             server.close()
+        self._servers.clear()
+        for endpoint in self._endpoints:
+            endpoint.close()
+        self._endpoints.clear()
 
     async def wait_for_signal(self) -> None:
         loop = asyncio.get_running_loop()

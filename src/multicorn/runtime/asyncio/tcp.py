@@ -1,4 +1,4 @@
-"""A TCP (or Unix) connection on asyncio: an asyncio.Protocol that feeds the shared handler.
+"""A TCP (or unix) connection on asyncio: an asyncio.Protocol that feeds the shared handler.
 
 Everything is synchronous here: `data_received` runs the protocol core in place, writes go
 straight to the transport, and the one deadline is a `loop.call_at` handle.
@@ -9,22 +9,43 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, cast
 
+from multicorn.runtime.base import ConnectionDetails
+
 if TYPE_CHECKING:
     from multicorn.runtime.asyncio.runtime import AsyncioRuntime
-    from multicorn.runtime.base import Handler, HandlerFactory
+    from multicorn.runtime.base import Handler, HandlerFactory, ServerTLS
 
 # asyncio's default high-water mark is 64 KiB; send() waits above it.
 _HIGH_WATER = 64 * 1024
 
 
 class AsyncioConnection(asyncio.Protocol):
-    __slots__ = ("_factory", "_handler", "_loop", "_runtime", "_timer", "_transport")
+    """The asyncio protocol for one connection, and the handler's `Transport` for it."""
+
+    __slots__ = (
+        "_factory",
+        "_handler",
+        "_loop",
+        "_open",
+        "_runtime",
+        "_timer",
+        "_tls",
+        "_transport",
+    )
 
     closes_by_itself = True
 
-    def __init__(self, factory: HandlerFactory, runtime: AsyncioRuntime) -> None:
+    def __init__(
+        self,
+        factory: HandlerFactory,
+        runtime: AsyncioRuntime,
+        tls: ServerTLS | None,
+        open_connections: set[AsyncioConnection],
+    ) -> None:
         self._factory = factory
         self._runtime = runtime
+        self._tls = tls
+        self._open = open_connections  # the backend's, so its session's end can abort us
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
         self._transport: asyncio.Transport
@@ -34,23 +55,27 @@ class AsyncioConnection(asyncio.Protocol):
         # uvloop's transports quack like asyncio.Transport without subclassing it.
         self._transport = cast("asyncio.Transport", transport)
         self._transport.set_write_buffer_limits(high=_HIGH_WATER)
-        self._handler = self._factory(
-            self,
-            self._runtime,
-            transport.get_extra_info("peername"),
-            transport.get_extra_info("sockname"),
-            transport.get_extra_info("ssl_object"),
+        # asyncio calls this only once the TLS handshake has completed.
+        ssl_object = transport.get_extra_info("ssl_object")
+        details = ConnectionDetails(
+            peername=transport.get_extra_info("peername"),
+            sockname=transport.get_extra_info("sockname"),
+            tls=None if self._tls is None or ssl_object is None else self._tls.describe(ssl_object),
         )
+        self._handler = self._factory(self, self._runtime, details)
+        self._open.add(self)
 
     def data_received(self, data: bytes) -> None:
         self._handler.data_received(data)
 
     def eof_received(self) -> bool | None:
         self._handler.eof_received()
-        # Half-close: the handler decides when to close (TLS transports cannot half-close).
-        return self._transport.get_extra_info("ssl_object") is None
+        # Half-close: keep the transport open for the handler to close (TLS transports cannot
+        # stay half-open, so there asyncio closes it).
+        return self._tls is None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._open.discard(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -75,6 +100,8 @@ class AsyncioConnection(asyncio.Protocol):
         self._transport.close()
 
     def abort(self) -> None:
+        # asyncio's abort() only closes the socket; our tasks are the runtime's, not the
+        # transport's, so they keep running, as the interface asks.
         self._transport.abort()
 
     def set_reading(self, enabled: bool) -> None:

@@ -1,4 +1,4 @@
-"""trio listeners and signals: what the shared server needs from this runtime."""
+"""trio's `Backend`: listeners, datagram endpoints, signals and the session nursery they live in."""
 
 from __future__ import annotations
 
@@ -12,36 +12,60 @@ import trio
 
 from multicorn.runtime.trio.runtime import TrioRuntime
 from multicorn.runtime.trio.tcp import serve_connection
+from multicorn.runtime.trio.udp import TrioDatagramEndpoint
 
 if TYPE_CHECKING:
     import logging
     import socket
-    import ssl
     from collections.abc import AsyncIterator
 
-    from multicorn.runtime.base import HandlerFactory
+    from multicorn.runtime.base import DatagramHandlerFactory, HandlerFactory, ServerTLS
 
 # Out of file descriptors or memory: back off instead of spinning on accept().
 _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _ACCEPT_BATCH = 1024
 
 
+class SessionNotStarted(RuntimeError):
+    """The backend was used outside `session()`, which owns every task it starts."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"TrioBackend.{what} needs a running session: use `async with backend.session():` first"
+        )
+
+
 class TrioBackend:
+    """The trio backend; everything it starts runs in the nursery `session()` opens."""
+
     def __init__(self, logger: logging.Logger) -> None:
         self._logger = logger
         self._accepting: list[trio.CancelScope] = []
         self._listening: list[socket.socket] = []
-        self._nursery: trio.Nursery
-        self.runtime: TrioRuntime
+        self._endpoints: list[TrioDatagramEndpoint] = []
+        self._nursery: trio.Nursery | None = None
+        self._runtime: TrioRuntime | None = None
+
+    @property
+    def runtime(self) -> TrioRuntime:
+        if self._runtime is None:
+            raise SessionNotStarted("runtime")
+        return self._runtime
+
+    def _session_nursery(self, what: str) -> trio.Nursery:
+        if self._nursery is None:
+            raise SessionNotStarted(what)
+        return self._nursery
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[None]:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            self.runtime = TrioRuntime(nursery)
+            self._runtime = TrioRuntime(nursery, self._logger)
             try:
                 yield
             finally:
+                self.stop_listeners()
                 nursery.cancel_scope.cancel()
 
     async def start_listener(
@@ -50,24 +74,24 @@ class TrioBackend:
         factory: HandlerFactory,
         *,
         backlog: int,
-        ssl_context: ssl.SSLContext | None,
-        handshake_timeout: float,
+        tls: ServerTLS | None,
     ) -> None:
+        nursery = self._session_nursery("start_listener")
         sock.listen(backlog)
         sock.setblocking(False)
         # The scope exists before the task starts, so stop_listeners() can never miss it.
         scope = trio.CancelScope()
         self._accepting.append(scope)
         self._listening.append(sock)
-        tls = None if ssl_context is None else (ssl_context, handshake_timeout)
-        self._nursery.start_soon(self._accept_loop, sock, factory, scope, tls)
+        nursery.start_soon(self._accept_loop, nursery, sock, factory, scope, tls)
 
     async def _accept_loop(
         self,
+        nursery: trio.Nursery,
         sock: socket.socket,
         factory: HandlerFactory,
         scope: trio.CancelScope,
-        tls: tuple[ssl.SSLContext, float] | None,
+        tls: ServerTLS | None,
     ) -> None:
         # Accept every pending connection per wake-up, as asyncio does: one accept per scheduler
         # turn (trio's SocketListener) leaves a burst of new clients queued behind busy ones for
@@ -90,18 +114,31 @@ class TrioBackend:
                         await trio.sleep(0.1)
                         break
                     stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
-                    self._nursery.start_soon(serve_connection, stream, factory, self._logger, tls)
+                    nursery.start_soon(serve_connection, stream, factory, self._logger, tls)
+
+    async def start_datagram_endpoint(
+        self, sock: socket.socket, factory: DatagramHandlerFactory
+    ) -> None:
+        nursery = self._session_nursery("start_datagram_endpoint")
+        endpoint = TrioDatagramEndpoint(sock, self._logger)
+        endpoint.start(factory, self.runtime, nursery)
+        self._endpoints.append(endpoint)
 
     def stop_listeners(self) -> None:
         for scope in self._accepting:
             scope.cancel()
+        self._accepting.clear()
         for sock in self._listening:
             # trio must hear of the close before the fd goes, or a waiting task never wakes.
             trio.lowlevel.notify_closing(sock)
+        self._listening.clear()
+        for endpoint in self._endpoints:
+            endpoint.close()
+        self._endpoints.clear()
 
     async def wait_for_signal(self) -> None:
         if threading.current_thread() is not threading.main_thread():
-            await trio.sleep_forever()
+            await trio.sleep_forever()  # no signals off the main thread: wait to be cancelled
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
                 return

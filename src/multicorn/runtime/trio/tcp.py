@@ -1,115 +1,139 @@
-"""A TCP (or Unix) connection on trio: a reader, a writer and a timer in one nursery.
+"""A TCP (or unix) connection on trio: a reader, a writer and a timer under one cancel scope.
 
-The handler's writes are synchronous (they append to a buffer and wake the writer task); the
-handler's `pause_writing` is called when that buffer passes the high-water mark, exactly as
-asyncio's transport would. Application tasks run in the same nursery, so a connection's scope
-owns everything it started.
+The handler's writes are synchronous: they append to a queue and wake the writer task, which
+takes the whole queue into one `send_all`. The handler's `pause_writing` is called when the queue
+(what has not yet been handed to the socket) passes the high-water mark, and `resume_writing`
+once a send has completed and the queue is back under it: paused means the kernel is not taking
+our bytes as fast as they come, as with asyncio's transport. Counting the bytes of a send still in
+progress would pause on every burst, since `send_all` always yields, even when the kernel takes
+everything at once.
+
+Two scopes, two lifetimes. The I/O scope holds the reader, writer and timer: it ends when the
+socket is closed, broken or aborted, and then the handler hears `connection_lost()`. The
+connection's nursery, around it, also holds the application tasks the handler spawned: they may
+outlive the socket (an app finishing its cleanup after a disconnect) and end on their own or
+when the handler cancels them; trio waits for them before the connection's task returns.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import TYPE_CHECKING
 
 import trio
 
+from multicorn.runtime.base import ConnectionDetails
 from multicorn.runtime.trio.runtime import TrioRuntime, TrioWaiter
 
 if TYPE_CHECKING:
     import logging
-    import ssl
 
-    from multicorn.runtime.base import Handler, HandlerFactory
+    from multicorn.runtime.base import Handler, HandlerFactory, ServerTLS
 
 _HIGH_WATER = 64 * 1024
 _READ_SIZE = 64 * 1024
 
+# What a stream raises once its socket is closed, reset or otherwise unusable.
+_BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
 
 class TrioConnection:
+    """The I/O tasks of one connection, and the handler's `Transport` for it."""
+
     closes_by_itself = False
 
-    def __init__(self, stream: trio.abc.Stream, nursery: trio.Nursery) -> None:
+    def __init__(
+        self, stream: trio.abc.Stream, sock: trio.socket.SocketType, runtime: TrioRuntime
+    ) -> None:
         self._stream = stream
-        self._nursery = nursery
-        self._pending: list[bytes] = []
-        self._pending_size = 0
+        self._sock = sock  # under `stream` (and under TLS): what abort() closes
+        self._runtime = runtime
+        self._queue: list[bytes] = []
+        self._queued = 0
+        self._paused = False
         self._has_output = TrioWaiter()
         self._can_read = TrioWaiter()
         self._can_read.set()
         self._closing = False
         self._lost = False
+        # Created up front so an abort() from the handler factory is not missed.
+        self._io = trio.CancelScope()
         self._timer_scope = trio.CancelScope()
         self._deadline = math.inf
         self._handler: Handler
 
-    async def run(
-        self, factory: HandlerFactory, peername: object, sockname: object, ssl_object: object
-    ) -> None:
-        self._handler = factory(self, TrioRuntime(self._nursery), peername, sockname, ssl_object)
-        self._nursery.start_soon(self._writer)
-        self._nursery.start_soon(self._timer)
-        await self._reader()
+    async def run(self, factory: HandlerFactory, details: ConnectionDetails) -> None:
+        self._handler = factory(self, self._runtime, details)
+        try:
+            with self._io:
+                async with trio.open_nursery() as io:
+                    io.start_soon(self._writer)
+                    io.start_soon(self._timer)
+                    await self._reader()
+        finally:
+            # Also when the session's end cancels us: the handler always hears, exactly once.
+            self._lost = True
+            self._handler.connection_lost()
 
     async def _reader(self) -> None:
-        while not self._lost and not self._closing:
+        while not self._closing:
             if not self._can_read.is_set():
                 await self._can_read.wait()
                 continue
             try:
                 data = await self._stream.receive_some(_READ_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                self._connection_lost()
+            except _BROKEN:
+                self._io.cancel()
                 return
+            if self._closing:
+                return  # close() stops reading at once, as asyncio's does
             if not data:
                 self._handler.eof_received()
                 return  # half-closed: the writer keeps going until the handler closes
-            self._handler.data_received(data)  # type: ignore[arg-type]  # bytes at runtime
+            self._handler.data_received(bytes(data))
 
     async def _writer(self) -> None:
         while True:
             await self._has_output.wait()
             self._has_output.clear()
-            if self._pending:
-                data = b"".join(self._pending)
-                self._pending.clear()
+            if self._queue:
+                data = b"".join(self._queue)
+                self._queue.clear()
+                self._queued = 0
                 try:
                     await self._stream.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    self._connection_lost()
+                except _BROKEN:
+                    self._io.cancel()
                     return
-                self._pending_size -= len(data)
-                if self._pending_size <= _HIGH_WATER:
+                if self._paused and self._queued <= _HIGH_WATER:
+                    self._paused = False
                     self._handler.resume_writing()
-            if self._closing and not self._pending:
-                await self._stream.aclose()
-                self._connection_lost()
+            if self._closing and not self._queue:
+                with contextlib.suppress(*_BROKEN):  # gone already: closed is what we wanted
+                    await self._stream.aclose()
+                self._io.cancel()  # the reader and the timer end with the socket
                 return
 
     async def _timer(self) -> None:
-        while not self._lost:
+        while True:
             with trio.CancelScope(deadline=self._deadline) as self._timer_scope:
                 await trio.sleep_forever()
-            if self._lost:
-                return
+            # Only our own scope's deadline gets here: the I/O scope's cancel propagates.
             if trio.current_time() >= self._deadline:
                 self._deadline = math.inf
                 self._handler.deadline_reached()
 
-    def _connection_lost(self) -> None:
-        if self._lost:
-            return
-        self._lost = True
-        self._timer_scope.cancel()
-        self._can_read.set()
-        self._handler.connection_lost()
-
     # ---- the Transport interface, for the handler -----------------------------------------
 
     def write(self, data: bytes) -> None:
-        self._pending.append(data)
-        self._pending_size += len(data)
+        if self._closing or self._lost:
+            return
+        self._queue.append(data)
+        self._queued += len(data)
         self._has_output.set()
-        if self._pending_size > _HIGH_WATER:
+        if not self._paused and self._queued > _HIGH_WATER:
+            self._paused = True
             self._handler.pause_writing()
 
     def close(self) -> None:
@@ -118,9 +142,13 @@ class TrioConnection:
         self._can_read.set()
 
     def abort(self) -> None:
+        # Drop the socket, stop our own I/O tasks, and nothing else: the application tasks live
+        # in the connection's nursery, outside the I/O scope, and the handler decides their fate.
         self._closing = True
-        self._nursery.cancel_scope.cancel()
-        self._connection_lost()
+        self._queue.clear()
+        self._io.cancel()
+        # trio's close() tells tasks waiting on the fd first, so none of them is left hanging.
+        self._sock.close()
 
     def set_reading(self, enabled: bool) -> None:
         if enabled:
@@ -137,18 +165,20 @@ async def serve_connection(
     stream: trio.SocketStream,
     factory: HandlerFactory,
     logger: logging.Logger,
-    tls: tuple[ssl.SSLContext, float] | None,
+    tls: ServerTLS | None,
 ) -> None:
+    """Run one accepted connection to its end: TLS handshake, then the handler's I/O and the
+    tasks it spawned. An exception costs this connection only, never the server."""
     try:
         peername = stream.socket.getpeername()
         sockname = stream.socket.getsockname()
     except OSError:
         return  # already gone
     conn_stream: trio.abc.Stream = stream
-    ssl_object = None
+    ssl_stream: trio.SSLStream[trio.SocketStream] | None = None
     if tls is not None:
-        ssl_stream = trio.SSLStream(stream, tls[0], server_side=True)
-        with trio.move_on_after(tls[1]) as handshake:
+        ssl_stream = trio.SSLStream(stream, tls.context, server_side=True)
+        with trio.move_on_after(tls.handshake_timeout) as handshake:
             try:
                 await ssl_stream.do_handshake()
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -160,11 +190,16 @@ async def serve_connection(
             await stream.aclose()
             return
         conn_stream = ssl_stream
-        # The SSLObject itself: trio forwards only some of its methods (not the 3.13 chains).
-        ssl_object = getattr(ssl_stream, "_ssl_object", None)
     try:
+        details = ConnectionDetails(
+            peername=peername,
+            sockname=sockname,
+            # The SSLObject itself: trio forwards only some of its methods (not 3.13's chains).
+            tls=None if tls is None or ssl_stream is None else tls.describe(ssl_stream._ssl_object),
+        )
         async with trio.open_nursery() as nursery:
-            await TrioConnection(conn_stream, nursery).run(factory, peername, sockname, ssl_object)
+            connection = TrioConnection(conn_stream, stream.socket, TrioRuntime(nursery, logger))
+            await connection.run(factory, details)
     except Exception:
         # A bug here must cost one connection, never the server's nursery and every other one.
         logger.exception("connection handler failed; connection dropped")

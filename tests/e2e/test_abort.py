@@ -74,12 +74,6 @@ async def test_app_cleanup_after_slow_read_cut_off_runs_to_completion_over_http2
     assert events == ["disconnect seen", "cleanup finished"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HTTP/2 output is flushed by call_soon once per loop turn, and send() waits only on "
-    "the transport and on flow control: an app that never yields buffers everything in the "
-    "protocol (app/connection.py should flush at once past the high-water mark)",
-)
 async def test_http2_backpressure_holds_an_app_that_never_yields():
     sent: list[int] = []
 

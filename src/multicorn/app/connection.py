@@ -88,6 +88,7 @@ class ConnectionHandler:
         self._transport_closed = False
         self._lost = False
         self._flush_scheduled = False
+        self._unflushed = 0  # body bytes sent to a multiplexed protocol since the last write
         registry.add(self)
         self._upkeep()
 
@@ -177,8 +178,15 @@ class ConnectionHandler:
         for command in commands:
             self._dispatch(protocol.send(command, now))
         if protocol.multiplexed:
-            # Many streams answer in the same loop turn: write once for all of them.
-            if not self._flush_scheduled:
+            for command in commands:
+                if type(command) is SendData:
+                    self._unflushed += len(command.data)
+            if self._unflushed > _STREAM_BACKLOG:
+                # Past the transport's high-water mark: write now, so that the transport can
+                # push back (pause_writing) before an app that never yields queues it all here.
+                self._upkeep()
+            elif not self._flush_scheduled:
+                # Many streams answer in the same loop turn: write once for all of them.
                 self._flush_scheduled = True
                 self.runtime.call_soon(self._deferred_upkeep)
         else:
@@ -369,6 +377,7 @@ class ConnectionHandler:
         if self._transport_closed:
             return
         protocol = self.protocol
+        self._unflushed = 0
         data = protocol.data_to_send()
         if data:
             self.transport.write(data)

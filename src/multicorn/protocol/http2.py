@@ -256,12 +256,11 @@ class HTTP2Protocol:
         )
         self._streams: dict[int, _Stream] = {}
         self._ready: list[int] = []  # streams with queued output, in arrival order
-        self._out: list[bytes] = []
+        self._out: list[bytes] = []  # output in order; see _emit
         self._phase = _Phase.OPEN
         self._last_stream_id = 0
         self._drain_started = 0.0
         self._idle_since: float | None = now
-        self._closing_when_idle = False
 
     # ---- inbound --------------------------------------------------------------------------
 
@@ -616,27 +615,39 @@ class HTTP2Protocol:
         return 0 if stream is None else stream.out_size
 
     def data_to_send(self) -> bytes:
-        data = self._h2.data_to_send()
-        if self._out:
-            data = b"".join([data, *self._out])
-            self._out.clear()
+        pending = self._h2.data_to_send()
+        if not self._out:
+            return pending  # the common case: everything came from h2, already in order
+        if pending:
+            self._out.append(pending)
+        data = b"".join(self._out)
+        self._out.clear()
         return data
+
+    def _emit(self, frames: bytes) -> None:
+        """Queue frames built here (GOAWAY, the drain PING) behind everything h2 produced so far.
+
+        One FIFO for the connection: h2's bytes are moved into it before each frame of ours, so
+        the output leaves in the order it was produced. Reordering would put DATA before its
+        HEADERS, or a header block before one encoded earlier (HPACK state is shared, RFC 7541
+        2.3.2).
+        """
+        pending = self._h2.data_to_send()
+        if pending:
+            self._out.append(pending)
+        self._out.append(frames)
 
     # ---- connection lifetime --------------------------------------------------------------
 
     def _start_drain(self, now: float) -> None:
         if self._phase is not _Phase.OPEN:
             return
-        self._out.append(
-            self._h2.data_to_send()
-            + _goaway(_MAX_STREAM_ID, 0)
-            + PingFrame(0, _GOAWAY_PING).serialize()
-        )
+        self._emit(_goaway(_MAX_STREAM_ID, 0) + PingFrame(0, _GOAWAY_PING).serialize())
         self._phase = _Phase.DRAINING
         self._drain_started = now
 
     def _final_goaway(self) -> None:
-        self._out.append(self._h2.data_to_send() + _goaway(self._last_stream_id, 0))
+        self._emit(_goaway(self._last_stream_id, 0))
         self._phase = _Phase.DRAINED
 
     def _check_done(self, now: float) -> None:
@@ -652,17 +663,11 @@ class HTTP2Protocol:
             self._idle_since = now
 
     def _protocol_error(self, reason: str) -> list[Event]:
-        self._out.append(
-            self._h2.data_to_send()
-            + _goaway(self._last_stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
-        )
+        self._emit(_goaway(self._last_stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR))
         return self._terminate(RemoteProtocolError(f"HTTP/2 protocol error: {reason}"))
 
     def _calm(self, reason: str) -> list[Event]:
-        self._out.append(
-            self._h2.data_to_send()
-            + _goaway(self._last_stream_id, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
-        )
+        self._emit(_goaway(self._last_stream_id, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM))
         return self._terminate(PeerAbuse(reason))
 
     def _terminate(self, error: RemoteProtocolError | None = None) -> list[Event]:
@@ -705,7 +710,7 @@ class HTTP2Protocol:
             and not self._streams
             and now >= self._idle_since + self._limits.keep_alive_timeout
         ):
-            self._out.append(self._h2.data_to_send() + _goaway(self._last_stream_id, 0))
+            self._emit(_goaway(self._last_stream_id, 0))
             self._phase = _Phase.CLOSED
             events.append(ConnectionClosed())
             return events

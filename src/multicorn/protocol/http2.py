@@ -46,15 +46,18 @@ from multicorn.protocol.events import (
     Headers,
     PushPromise,
     RequestReceived,
+    RequestRejected,
     ResetStream,
     SendData,
     SendInformational,
     SendResponse,
     SendTrailers,
     StreamEnded,
+    StreamKind,
     StreamReset,
 )
 from multicorn.protocol.headers import validate_response_headers
+from multicorn.protocol.request_head import MalformedHead, check_request_head
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -84,6 +87,9 @@ class HTTP2Limits:
     # Token buckets: (burst, refill per second).
     control_frame_budget: tuple[float, float] = (200.0, 50.0)
     reset_budget: tuple[float, float] = (200.0, 100.0)
+    # RFC 8441: advertise SETTINGS_ENABLE_CONNECT_PROTOCOL and accept extended CONNECT (the
+    # WebSocket bootstrap over HTTP/2). Off until a WebSocket bridge sits above this core.
+    extended_connect: bool = False
 
 
 class _Bucket:
@@ -195,6 +201,7 @@ class _Stream:
     urgency: int = 3  # RFC 9218 defaults
     incremental: bool = False
     request_done: bool = False
+    rejected: bool = False  # answered by the connection driver (RequestRejected), body dropped
     response_done: bool = False  # END_STREAM queued or sent
     out: deque[bytes] = field(default_factory=deque)
     out_size: int = 0
@@ -228,15 +235,16 @@ class HTTP2Protocol:
             normalize_outbound_headers=False,
         )
         self._h2 = h2.connection.H2Connection(config=config)
-        self._h2.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
-                h2.settings.SettingCodes.MAX_FRAME_SIZE: limits.max_inbound_frame_size,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.initial_window_size,
-            },
-        )
+        codes = h2.settings.SettingCodes
+        settings = {
+            codes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
+            codes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
+            codes.MAX_FRAME_SIZE: limits.max_inbound_frame_size,
+            codes.INITIAL_WINDOW_SIZE: limits.initial_window_size,
+        }
+        if limits.extended_connect:
+            settings[codes.ENABLE_CONNECT_PROTOCOL] = 1  # RFC 8441 3
+        self._h2.local_settings = h2.settings.Settings(client=False, initial_values=settings)
         self._h2.max_inbound_frame_size = limits.max_inbound_frame_size
         # Enforced from the first frame, not only once the peer acknowledges our SETTINGS.
         self._h2.decoder.max_header_list_size = limits.max_header_list_size
@@ -290,13 +298,15 @@ class HTTP2Protocol:
             if isinstance(event, h2.events.DataReceived):
                 self._on_data(event, events)
             elif isinstance(event, h2.events.RequestReceived):
-                self._on_request(event, events, now)
+                if self._on_request(event, events, now):
+                    return [*events, *self._calm("too many malformed requests")]
             elif isinstance(event, h2.events.StreamEnded):
                 stream = self._streams.get(event.stream_id)
                 # A bodyless request already ended with its RequestReceived.
                 if stream is not None and not stream.request_done:
                     stream.request_done = True
-                    events.append(StreamEnded(stream_id=event.stream_id))
+                    if not stream.rejected:
+                        events.append(StreamEnded(stream_id=event.stream_id))
                     self._stream_output_done(event.stream_id)
             elif isinstance(event, h2.events.StreamReset):
                 if self._on_reset(event.stream_id, events, now):
@@ -314,16 +324,16 @@ class HTTP2Protocol:
 
     def _on_request(
         self, event: h2.events.RequestReceived, events: list[Event], now: float
-    ) -> None:
+    ) -> bool:
+        """Admit, reject or reset a new stream; True when the peer overspent its reset budget."""
         stream_id = event.stream_id
         if self._phase is _Phase.DRAINED and stream_id > self._last_stream_id:
             self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
-            return
+            return False
         self._last_stream_id = max(self._last_stream_id, stream_id)
-        method = path = authority = b""
-        scheme = self._scheme
+        method = path = authority = scheme = protocol = None
         headers: Headers = []
-        stream = _Stream(scheme=scheme, authority=b"")
+        urgency, incremental = 3, False  # RFC 9218 defaults
         for name, value in event.headers:
             if name[:1] == b":":
                 if name == b":method":
@@ -334,39 +344,101 @@ class HTTP2Protocol:
                     authority = value
                 elif name == b":scheme":
                     scheme = value
+                elif name == b":protocol":
+                    protocol = value
             elif name != b"host" or not authority:
                 if name == b"priority":
-                    stream.urgency, stream.incremental = parse_priority(value)
+                    urgency, incremental = parse_priority(value)
                 headers.append((name, value))
         if authority:
             # ASGI: :authority becomes the host header, first, replacing any other.
             headers = [(b"host", authority), *(h for h in headers if h[0] != b"host")]
-        stream.scheme = scheme
-        stream.authority = authority
+        stream = _Stream(
+            scheme=self._scheme if scheme is None else scheme,
+            authority=authority or b"",
+            urgency=urgency,
+            incremental=incremental,
+            request_done=event.stream_ended is not None,
+        )
+        try:
+            kind = self._check_head(method, scheme, path, authority, protocol, headers)
+        except MalformedHead:
+            # RFC 9113 8.1.1: "Malformed requests or responses that are detected MUST be
+            # treated as a stream error (Section 5.4.2) of type PROTOCOL_ERROR." The
+            # application never hears of it. Each one costs a reset from the rapid-reset budget:
+            # a stream of malformed heads is as cheap to send as a stream of RST_STREAMs.
+            self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            return not self._resets.take(now)
+        except RemoteProtocolError as exc:
+            # Well-formed, but not a request this server serves: the connection driver answers
+            # it (SendResponse, SendData) on this stream, so the stream stays; a body the
+            # client still sends is dropped and its window handed straight back.
+            stream.rejected = True
+            self._streams[stream_id] = stream
+            self._idle_since = None
+            events.append(RequestRejected(stream_id=stream_id, error=exc))
+            return False
+        # The head passed: `method` is a token, and `path` is set (only a plain CONNECT lacks
+        # one, and that is always rejected).
         self._streams[stream_id] = stream
         self._idle_since = None
         events.append(
             RequestReceived(
                 stream_id=stream_id,
-                method=method,
-                target=path,
+                method=method or b"",
+                target=path or b"",
                 http_version="2",
                 headers=headers,
                 expects_continue=(
                     event.stream_ended is None
                     and any(n == b"expect" and v.lower() == b"100-continue" for n, v in headers)
                 ),
+                kind=kind,
             )
         )
         if event.stream_ended is not None:
-            stream.request_done = True
             events.append(StreamEnded(stream_id=stream_id))
+        return False
+
+    def _check_head(
+        self,
+        method: bytes | None,
+        scheme: bytes | None,
+        path: bytes | None,
+        authority: bytes | None,
+        protocol: bytes | None,
+        headers: Headers,
+    ) -> StreamKind:
+        """What only HTTP/2 has (pseudo-header structure), then the rules every version shares."""
+        # h2 checks most of this structure already (as a connection error); the checks here do
+        # not depend on that, and cost a stream only.
+        # RFC 9113 8.3.1: "All HTTP/2 requests MUST include exactly one valid value for the
+        # ':method', ':scheme', and ':path' pseudo-header fields, unless they are CONNECT
+        # requests (Section 8.5). An HTTP request that omits mandatory pseudo-header fields is
+        # malformed."
+        if method is None:
+            raise MalformedHead("request without :method")
+        if protocol is not None:
+            # RFC 8441 3: a client uses :protocol only once the server has sent
+            # SETTINGS_ENABLE_CONNECT_PROTOCOL = 1; without it the request is not one we know.
+            if not self._limits.extended_connect:
+                raise MalformedHead(":protocol without SETTINGS_ENABLE_CONNECT_PROTOCOL")
+            # RFC 8441 4: "On requests bearing the :protocol pseudo-header, the :scheme and
+            # :path pseudo-header fields MUST be included." and ":authority ... MUST be
+            # included" (RFC 9113 8.5 for CONNECT, which RFC 8441 4 keeps).
+            if method == b"CONNECT" and (scheme is None or path is None or authority is None):
+                raise MalformedHead("extended CONNECT without :scheme, :path or :authority")
+        elif method != b"CONNECT" and (scheme is None or path is None):
+            raise MalformedHead("request without :scheme or :path")
+        return check_request_head(method, path or b"", headers, multiplexed=True, protocol=protocol)
 
     def _on_data(self, event: h2.events.DataReceived, events: list[Event]) -> None:
         stream_id = event.stream_id
         padding = event.flow_controlled_length - len(event.data)
-        if stream_id not in self._streams:
-            # The app has finished with this stream; give the window straight back.
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.rejected:
+            # No application reads this body (it has finished with the stream, or the request
+            # was rejected before it reached one): give the window straight back.
             self._ack(stream_id, event.flow_controlled_length)
             return
         if padding:

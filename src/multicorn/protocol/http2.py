@@ -9,9 +9,19 @@ Theory of operation. h2 parses frames, keeps stream states and HPACK tables. Thi
   a second bucket (CVE-2023-44487);
 - inbound flow control granted only as the application consumes the body (AcknowledgeData), so
   a slow reader cannot make the server buffer more than one window per stream;
+- request heads checked by the rule every HTTP version shares (request_head.py) plus the
+  pseudo-header structure only HTTP/2 has: a malformed head costs its stream (RST_STREAM
+  PROTOCOL_ERROR), a well-formed one the server will not serve becomes RequestRejected and is
+  answered on its stream; extended CONNECT (RFC 8441) opens WebSocket streams when enabled;
 - outbound scheduling: each stream's body waits in its own queue and is framed as the peer's
-  windows allow, lowest RFC 9218 urgency first and round-robin within an urgency, so one busy
-  stream cannot starve the others; a stream whose data cannot move for `send_timeout` is reset;
+  windows allow, lowest RFC 9218 urgency first; within an urgency, non-incremental streams go
+  one at a time in stream-id order and incremental ones share round-robin (RFC 9218 10), and a
+  stream held by flow control lets the others through; a stream whose data cannot move for
+  `send_timeout` is reset;
+- one ordered output queue: frames built here (GOAWAY, the drain PING) join h2's bytes in the
+  order they were produced, never ahead of them (see `_emit`);
+- fault containment: whatever raises while one stream's frame or command is handled resets
+  that stream (RST_STREAM INTERNAL_ERROR) and leaves the others alone;
 - graceful shutdown in two steps (RFC 9113 6.8): GOAWAY with the maximum stream id and a PING;
   when the PING comes back (or after a second), GOAWAY with the last stream really accepted.
   The GOAWAY frames are written here, not through h2, because h2 refuses to send anything after
@@ -22,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import contextlib
 import enum
 from collections import deque
@@ -35,7 +46,12 @@ import h2.exceptions
 import h2.settings
 from hyperframe.frame import GoAwayFrame, PingFrame
 
-from multicorn.protocol.errors import LocalProtocolError, PeerAbuse, RemoteProtocolError
+from multicorn.protocol.errors import (
+    LocalProtocolError,
+    PeerAbuse,
+    ProtocolError,
+    RemoteProtocolError,
+)
 from multicorn.protocol.events import (
     AcknowledgeData,
     CloseConnection,
@@ -203,11 +219,20 @@ class _Stream:
     request_done: bool = False
     rejected: bool = False  # answered by the connection driver (RequestRejected), body dropped
     response_done: bool = False  # END_STREAM queued or sent
+    ready: bool = False  # queued in HTTP2Protocol._levels, with output to frame
     out: deque[bytes] = field(default_factory=deque)
     out_size: int = 0
     end_after_out: bool = False
     trailers: Headers | None = None
     blocked_since: float | None = None
+
+
+@dataclass(slots=True)
+class _Level:
+    """The streams of one urgency with output waiting."""
+
+    sequential: list[int] = field(default_factory=list)  # non-incremental, by stream id
+    incremental: deque[int] = field(default_factory=deque)  # in round-robin order
 
 
 class HTTP2Protocol:
@@ -263,7 +288,9 @@ class HTTP2Protocol:
             preface=expect_preface,
         )
         self._streams: dict[int, _Stream] = {}
-        self._ready: list[int] = []  # streams with queued output, in arrival order
+        # Streams with output waiting, by RFC 9218 urgency (0 most urgent); see _flush.
+        self._levels = tuple(_Level() for _ in range(8))
+        self._waiting = 0  # streams in self._levels
         self._out: list[bytes] = []  # output in order; see _emit
         self._phase = _Phase.OPEN
         self._last_stream_id = 0
@@ -295,32 +322,49 @@ class HTTP2Protocol:
             return self._terminate(RemoteProtocolError(f"HTTP/2 protocol error: {exc}"))
         events: list[Event] = []
         for event in h2_events:
-            if isinstance(event, h2.events.DataReceived):
-                self._on_data(event, events)
-            elif isinstance(event, h2.events.RequestReceived):
-                if self._on_request(event, events, now):
-                    return [*events, *self._calm("too many malformed requests")]
-            elif isinstance(event, h2.events.StreamEnded):
-                stream = self._streams.get(event.stream_id)
-                # A bodyless request already ended with its RequestReceived.
-                if stream is not None and not stream.request_done:
-                    stream.request_done = True
-                    if not stream.rejected:
-                        events.append(StreamEnded(stream_id=event.stream_id))
-                    self._stream_output_done(event.stream_id)
-            elif isinstance(event, h2.events.StreamReset):
-                if self._on_reset(event.stream_id, events, now):
-                    return [*events, *self._calm("too many streams reset (rapid reset)")]
-            elif isinstance(event, h2.events.PingAckReceived):
-                if event.ping_data == _GOAWAY_PING and self._phase is _Phase.DRAINING:
-                    self._final_goaway()
-            elif isinstance(event, h2.events.UnknownFrameReceived):
-                self._on_unknown_frame(event.frame)
-            elif isinstance(event, h2.events.ConnectionTerminated):
-                return [*events, *self._terminate()]
-        self._flush(now)
+            try:
+                final = self._on_event(event, events, now)
+            except Exception as exc:  # see _fail: a fault in one stream costs that stream only
+                stream_id: int | None = getattr(event, "stream_id", None)
+                if not stream_id:
+                    final = self._internal_error(exc)
+                else:
+                    self._fail(stream_id, events)
+                    continue
+            if final is not None:
+                return [*events, *final]
+        self._flush(now, events)
         self._check_done(now)
         return events
+
+    def _on_event(
+        self, event: h2.events.Event, events: list[Event], now: float
+    ) -> list[Event] | None:
+        """Handle one of h2's events; the connection's last events when it ends here."""
+        if isinstance(event, h2.events.DataReceived):
+            self._on_data(event, events)
+        elif isinstance(event, h2.events.RequestReceived):
+            if self._on_request(event, events, now):
+                return self._calm("too many malformed requests")
+        elif isinstance(event, h2.events.StreamEnded):
+            stream = self._streams.get(event.stream_id)
+            # A bodyless request already ended with its RequestReceived.
+            if stream is not None and not stream.request_done:
+                stream.request_done = True
+                if not stream.rejected:
+                    events.append(StreamEnded(stream_id=event.stream_id))
+                self._stream_output_done(event.stream_id)
+        elif isinstance(event, h2.events.StreamReset):
+            if self._on_reset(event.stream_id, events, now):
+                return self._calm("too many streams reset (rapid reset)")
+        elif isinstance(event, h2.events.PingAckReceived):
+            if event.ping_data == _GOAWAY_PING and self._phase is _Phase.DRAINING:
+                self._final_goaway()
+        elif isinstance(event, h2.events.UnknownFrameReceived):
+            self._on_unknown_frame(event.frame)
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            return self._terminate()
+        return None
 
     def _on_request(
         self, event: h2.events.RequestReceived, events: list[Event], now: float
@@ -448,10 +492,9 @@ class HTTP2Protocol:
 
     def _on_reset(self, stream_id: int, events: list[Event], now: float) -> bool:
         """Returns True when the peer has reset too many live streams."""
-        stream = self._streams.pop(stream_id, None)
+        stream = self._drop(stream_id)
         if stream is None:
             return False
-        self._forget_output(stream_id)
         events.append(StreamReset(stream_id=stream_id))
         return not stream.response_done and not self._resets.take(now)
 
@@ -465,38 +508,45 @@ class HTTP2Protocol:
         target = int.from_bytes(body[:4], "big") & _MAX_STREAM_ID
         stream = self._streams.get(target)
         if stream is not None:
+            # A stream waiting to send moves to its new place in the queues.
+            ready = stream.ready
+            self._unready(target, stream)
             stream.urgency, stream.incremental = parse_priority(body[4:])
+            if ready:
+                self._mark_ready(target, stream)
 
     # ---- outbound -------------------------------------------------------------------------
 
     def send(self, command: Command, now: float) -> list[Event]:
         if self._phase is _Phase.CLOSED:
             return []
+        events: list[Event] = []
         if isinstance(command, SendData):
             stream = self._streams.get(command.stream_id)
             if stream is None or stream.response_done:
-                return []
+                return events
             if command.data:
                 stream.out.append(command.data)
                 stream.out_size += len(command.data)
             if command.end_stream:
                 stream.response_done = True
                 stream.end_after_out = True
-            self._mark_ready(command.stream_id)
-            self._flush(now)
+            if command.data or command.end_stream:
+                self._mark_ready(command.stream_id, stream)
+                self._flush(now, events)
             self._check_done(now)
-            return []
+            return events
         if isinstance(command, AcknowledgeData):
             # Even for a finished stream: the connection window still needs the bytes back.
             self._ack(command.stream_id, command.amount)
-            return []
+            return events
         if isinstance(command, CloseConnection):
             self._start_drain(now)
             self._check_done(now)
-            return []
+            return events
         stream = self._streams.get(command.stream_id)
         if stream is None:
-            return []
+            return events
         try:
             if isinstance(command, SendResponse):
                 validate_response_headers(command.headers)
@@ -516,25 +566,27 @@ class HTTP2Protocol:
                 stream.response_done = True
                 stream.trailers = [h for h in command.headers if h[0] not in _CONNECTION_HEADERS]
                 stream.end_after_out = True
-                self._mark_ready(command.stream_id)
-                self._flush(now)
+                self._mark_ready(command.stream_id, stream)
+                self._flush(now, events)
             elif isinstance(command, PushPromise):
                 validate_response_headers(command.headers)
                 return self._push(command, stream)
             elif isinstance(command, ResetStream):
-                self._streams.pop(command.stream_id, None)
-                self._forget_output(command.stream_id)
+                self._drop(command.stream_id)
                 self._h2.reset_stream(command.stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        except LocalProtocolError:
+            raise  # the application asked for something invalid: its layer answers 500
         except (h2.exceptions.StreamClosedError, h2.exceptions.StreamIDTooLowError):
             # The peer reset the stream in the meantime; its StreamReset is on the way.
-            self._streams.pop(command.stream_id, None)
-            self._forget_output(command.stream_id)
+            self._drop(command.stream_id)
         except h2.exceptions.ProtocolError as exc:
             if isinstance(command, (SendInformational, PushPromise)):
-                return []  # optional extras that no longer fit the stream's state
+                return events  # optional extras that no longer fit the stream's state
             raise LocalProtocolError(f"HTTP/2 refused {type(command).__name__}: {exc}") from None
+        except Exception:  # a fault in one stream costs that stream only (see _fail)
+            self._fail(command.stream_id, events)
         self._check_done(now)
-        return []
+        return events
 
     def _push(self, command: PushPromise, parent: _Stream) -> list[Event]:
         remote = self._h2.remote_settings
@@ -596,60 +648,124 @@ class HTTP2Protocol:
         events.append(StreamEnded(stream_id=1))
         return events
 
-    def _mark_ready(self, stream_id: int) -> None:
-        if stream_id not in self._ready:
-            self._ready.append(stream_id)
+    def _mark_ready(self, stream_id: int, stream: _Stream) -> None:
+        if stream.ready:
+            return
+        stream.ready = True
+        self._waiting += 1
+        level = self._levels[stream.urgency]
+        if stream.incremental:
+            level.incremental.append(stream_id)
+        else:
+            bisect.insort(level.sequential, stream_id)  # nearly always an append
 
-    def _forget_output(self, stream_id: int) -> None:
-        if stream_id in self._ready:
-            self._ready.remove(stream_id)
+    def _unready(self, stream_id: int, stream: _Stream) -> None:
+        if not stream.ready:
+            return
+        stream.ready = False
+        self._waiting -= 1
+        level = self._levels[stream.urgency]
+        if stream.incremental:
+            level.incremental.remove(stream_id)
+        else:
+            level.sequential.remove(stream_id)
 
-    def _flush(self, now: float) -> None:
+    def _drop(self, stream_id: int) -> _Stream | None:
+        """Forget a stream and whatever output it still had queued."""
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None:
+            self._unready(stream_id, stream)
+        return stream
+
+    def _fail(self, stream_id: int, events: list[Event]) -> None:
+        """Something raised while one stream was handled: that stream is reset, nothing else.
+
+        The connection's other streams, and h2's connection state, are not touched: a fault
+        tied to one stream costs that stream (RST_STREAM INTERNAL_ERROR), never the connection.
+        """
+        known = self._drop(stream_id) is not None
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        if known:
+            events.append(StreamReset(stream_id=stream_id))
+
+    def _flush(self, now: float, events: list[Event]) -> None:
         """Frame queued bodies as windows allow.
 
-        Each round serves the most urgent level that can make progress, one frame per stream
-        (round-robin), then starts again from the top; a level blocked by flow control lets
-        the next one through rather than stalling the connection.
+        Each round serves the most urgent level that can make progress, then starts again from
+        the top; a level blocked by flow control lets the next one through rather than stalling
+        the connection. Within a level (RFC 9218 10): "Non-incremental responses of the same
+        urgency SHOULD be served by prioritizing bandwidth allocation in ascending order of the
+        stream ID" and "Incremental responses of the same urgency SHOULD be served by sharing
+        bandwidth among them": each round gives one frame to the lowest-id non-incremental
+        stream that can move, and one to each incremental stream (round-robin).
         """
-        while self._ready:
-            levels = sorted({self._streams[sid].urgency for sid in self._ready})
-            for urgency in levels:
-                at_level = [sid for sid in self._ready if self._streams[sid].urgency == urgency]
-                served = False
-                for stream_id in at_level:
-                    served = self._send_one(stream_id, now) or served
-                if served:
+        while self._waiting:
+            for level in self._levels:
+                if (level.sequential or level.incremental) and self._serve(level, now, events):
                     break
             else:
                 return  # nothing could move: every stream waits for a window
 
-    def _send_one(self, stream_id: int, now: float) -> bool:
-        """One step of one stream's output; True if anything was framed or settled."""
+    def _serve(self, level: _Level, now: float, events: list[Event]) -> bool:
+        served = False
+        sequential = level.sequential
+        for index, stream_id in enumerate(sequential):
+            stream = self._streams[stream_id]
+            if self._send_one(stream_id, stream, now, events):
+                if not stream.ready:
+                    del sequential[index]
+                served = True
+                break  # one at a time, each to completion; a stream held by its window
+                # lets the next one through meanwhile
+        incremental = level.incremental
+        held: list[int] = []
+        for _ in range(len(incremental)):
+            stream_id = incremental.popleft()
+            stream = self._streams[stream_id]
+            if not self._send_one(stream_id, stream, now, events):
+                held.append(stream_id)  # waits for a window, keeping its place in the line
+            else:
+                served = True
+                if stream.ready:
+                    incremental.append(stream_id)  # to the back of the line: round-robin
+        if held:
+            incremental.extendleft(reversed(held))
+        return served
+
+    def _send_one(self, stream_id: int, stream: _Stream, now: float, events: list[Event]) -> bool:
+        """One frame of one stream's output; True if anything was framed or settled.
+
+        The caller keeps the level's queues: a stream that has nothing left to frame comes out
+        of here with `ready` cleared.
+        """
         h2conn = self._h2
-        stream = self._streams[stream_id]
-        if stream.out:
-            window = h2conn.local_flow_control_window(stream_id)
-            if window <= 0:
-                if stream.blocked_since is None:
-                    stream.blocked_since = now
-                return False
-            stream.blocked_since = None
-            chunk = self._take(stream, min(window, h2conn.max_outbound_frame_size))
-            last = not stream.out and stream.end_after_out and stream.trailers is None
-            h2conn.send_data(stream_id, chunk, end_stream=last)
-            self._ready.remove(stream_id)
-            if last:
-                self._stream_output_done(stream_id)
-            else:
-                self._ready.append(stream_id)  # to the back of the line: round-robin
+        try:
+            if stream.out:
+                window = h2conn.local_flow_control_window(stream_id)
+                if window <= 0:
+                    if stream.blocked_since is None:
+                        stream.blocked_since = now
+                    return False
+                stream.blocked_since = None
+                chunk = self._take(stream, min(window, h2conn.max_outbound_frame_size))
+                last = not stream.out and stream.end_after_out and stream.trailers is None
+                h2conn.send_data(stream_id, chunk, end_stream=last)
+                if stream.out or (stream.end_after_out and not last):
+                    return True  # more to frame: still ready
+            elif stream.end_after_out:
+                if stream.trailers is not None:
+                    h2conn.send_headers(stream_id, stream.trailers, end_stream=True)
+                else:
+                    h2conn.end_stream(stream_id)
+        except Exception:  # a fault in one stream costs that stream only (see _fail)
+            stream.ready = False  # the caller takes it out of the level's queue
+            self._waiting -= 1
+            self._fail(stream_id, events)
             return True
-        self._ready.remove(stream_id)
-        if stream.end_after_out:
-            if stream.trailers is not None:
-                h2conn.send_headers(stream_id, stream.trailers, end_stream=True)
-            else:
-                h2conn.end_stream(stream_id)
-            self._stream_output_done(stream_id)
+        stream.ready = False
+        self._waiting -= 1
+        self._stream_output_done(stream_id)
         return True
 
     @staticmethod
@@ -666,12 +782,7 @@ class HTTP2Protocol:
     def _stream_output_done(self, stream_id: int) -> None:
         """Forget a stream once both directions are finished and nothing is left to frame."""
         stream = self._streams.get(stream_id)
-        if (
-            stream is not None
-            and stream.request_done
-            and stream.response_done
-            and stream_id not in self._ready
-        ):
+        if stream is not None and stream.request_done and stream.response_done and not stream.ready:
             del self._streams[stream_id]
 
     def _ack(self, stream_id: int, amount: int) -> None:
@@ -742,10 +853,18 @@ class HTTP2Protocol:
         self._emit(_goaway(self._last_stream_id, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM))
         return self._terminate(PeerAbuse(reason))
 
-    def _terminate(self, error: RemoteProtocolError | None = None) -> list[Event]:
+    def _internal_error(self, exc: Exception) -> list[Event]:
+        # A fault outside any stream: nothing narrower than the connection to give up.
+        self._emit(_goaway(self._last_stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR))
+        return self._terminate(LocalProtocolError(f"HTTP/2 internal error: {exc!r}"))
+
+    def _terminate(self, error: ProtocolError | None = None) -> list[Event]:
         events: list[Event] = [StreamReset(stream_id=sid) for sid in self._streams]
         self._streams.clear()
-        self._ready.clear()
+        for level in self._levels:
+            level.sequential.clear()
+            level.incremental.clear()
+        self._waiting = 0
         self._phase = _Phase.CLOSED
         events.append(ConnectionClosed(error=error))
         return events
@@ -773,8 +892,7 @@ class HTTP2Protocol:
         for stream_id, stream in list(self._streams.items()):
             if stream.blocked_since is not None and now >= stream.blocked_since + timeout:
                 # The peer has not opened its window for too long: give up on this stream.
-                del self._streams[stream_id]
-                self._forget_output(stream_id)
+                self._drop(stream_id)
                 self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
                 events.append(StreamReset(stream_id=stream_id))
         if (

@@ -35,6 +35,7 @@ import binascii
 import bisect
 import contextlib
 import enum
+import re
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -82,6 +83,9 @@ _GOAWAY_PING = b"mc-drain"
 _GOAWAY_PING_WAIT = 1.0  # seconds to wait for the drain PING before the final GOAWAY
 _PRIORITY_UPDATE = 0x10  # RFC 9218 frame type
 _UPGRADE_HEADERS = frozenset({b"connection", b"upgrade", b"http2-settings"})
+_REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path", b":protocol"})
+_SCHEME = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*")  # RFC 3986 3.1
+_UPPERCASE = re.compile(rb"[A-Z]")
 # Real header blocks need one or two CONTINUATIONs; dozens of tiny ones are a flood.
 _MAX_CONTINUATIONS = 32
 # HTTP/1.1 connection-specific fields that HTTP/2 forbids (RFC 9113 8.2.2); dropped from
@@ -258,6 +262,9 @@ class HTTP2Protocol:
             # h2 re-checking and re-normalising every field costs more than the encoding.
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
+            # Request heads are checked in _on_request, where a bad one costs its stream; h2
+            # would make it a connection error, taking every other stream with it.
+            validate_inbound_headers=False,
         )
         self._h2 = h2.connection.H2Connection(config=config)
         codes = h2.settings.SettingCodes
@@ -354,6 +361,11 @@ class HTTP2Protocol:
                 if not stream.rejected:
                     events.append(StreamEnded(stream_id=event.stream_id))
                 self._stream_output_done(event.stream_id)
+        elif isinstance(event, h2.events.TrailersReceived):
+            # Request trailers are not passed on (ASGI has no place for them), but RFC 9113
+            # 8.1: "Trailers MUST NOT include pseudo-header fields" (a malformed request).
+            if any(name[:1] == b":" for name, _ in event.headers):
+                self._fail(event.stream_id, events, h2.errors.ErrorCodes.PROTOCOL_ERROR)
         elif isinstance(event, h2.events.StreamReset):
             if self._on_reset(event.stream_id, events, now):
                 return self._calm("too many streams reset (rapid reset)")
@@ -375,37 +387,12 @@ class HTTP2Protocol:
             self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return False
         self._last_stream_id = max(self._last_stream_id, stream_id)
-        method = path = authority = scheme = protocol = None
-        headers: Headers = []
-        urgency, incremental = 3, False  # RFC 9218 defaults
-        for name, value in event.headers:
-            if name[:1] == b":":
-                if name == b":method":
-                    method = value
-                elif name == b":path":
-                    path = value
-                elif name == b":authority":
-                    authority = value
-                elif name == b":scheme":
-                    scheme = value
-                elif name == b":protocol":
-                    protocol = value
-            elif name != b"host" or not authority:
-                if name == b"priority":
-                    urgency, incremental = parse_priority(value)
-                headers.append((name, value))
-        if authority:
-            # ASGI: :authority becomes the host header, first, replacing any other.
-            headers = [(b"host", authority), *(h for h in headers if h[0] != b"host")]
-        stream = _Stream(
-            scheme=self._scheme if scheme is None else scheme,
-            authority=authority or b"",
-            urgency=urgency,
-            incremental=incremental,
-            request_done=event.stream_ended is not None,
-        )
+        ended = event.stream_ended is not None
         try:
-            kind = self._check_head(method, scheme, path, authority, protocol, headers)
+            pseudo, headers, priority = _split_head(event.headers)
+            authority = pseudo.get(b":authority")
+            scheme = pseudo.get(b":scheme")
+            kind = self._check_head(pseudo, headers)
         except MalformedHead:
             # RFC 9113 8.1.1: "Malformed requests or responses that are detected MUST be
             # treated as a stream error (Section 5.4.2) of type PROTOCOL_ERROR." The
@@ -417,51 +404,60 @@ class HTTP2Protocol:
             # Well-formed, but not a request this server serves: the connection driver answers
             # it (SendResponse, SendData) on this stream, so the stream stays; a body the
             # client still sends is dropped and its window handed straight back.
-            stream.rejected = True
-            self._streams[stream_id] = stream
+            self._streams[stream_id] = _Stream(
+                scheme=self._scheme, authority=b"", request_done=ended, rejected=True
+            )
             self._idle_since = None
             events.append(RequestRejected(stream_id=stream_id, error=exc))
             return False
-        # The head passed: `method` is a token, and `path` is set (only a plain CONNECT lacks
-        # one, and that is always rejected).
-        self._streams[stream_id] = stream
+        urgency, incremental = (3, False) if priority is None else parse_priority(priority)
+        self._streams[stream_id] = _Stream(
+            scheme=self._scheme if scheme is None else scheme,
+            authority=authority or b"",
+            urgency=urgency,
+            incremental=incremental,
+            request_done=ended,
+        )
         self._idle_since = None
+        # The head passed: `:method` is a token, and `:path` is set (only a plain CONNECT
+        # lacks one, and that is always rejected).
         events.append(
             RequestReceived(
                 stream_id=stream_id,
-                method=method or b"",
-                target=path or b"",
+                method=pseudo[b":method"],
+                target=pseudo[b":path"],
                 http_version="2",
                 headers=headers,
                 expects_continue=(
-                    event.stream_ended is None
+                    not ended
                     and any(n == b"expect" and v.lower() == b"100-continue" for n, v in headers)
                 ),
                 kind=kind,
             )
         )
-        if event.stream_ended is not None:
+        if ended:
             events.append(StreamEnded(stream_id=stream_id))
         return False
 
-    def _check_head(
-        self,
-        method: bytes | None,
-        scheme: bytes | None,
-        path: bytes | None,
-        authority: bytes | None,
-        protocol: bytes | None,
-        headers: Headers,
-    ) -> StreamKind:
-        """What only HTTP/2 has (pseudo-header structure), then the rules every version shares."""
-        # h2 checks most of this structure already (as a connection error); the checks here do
-        # not depend on that, and cost a stream only.
+    def _check_head(self, pseudo: dict[bytes, bytes], headers: Headers) -> StreamKind:
+        """What only HTTP/2 has (pseudo-header structure), then the rules every version shares.
+
+        h2's own header validation is off: it would make each of these a connection error,
+        where RFC 9113 8.1.1 asks for a stream error.
+        """
+        method = pseudo.get(b":method")
+        scheme = pseudo.get(b":scheme")
+        path = pseudo.get(b":path")
+        authority = pseudo.get(b":authority")
+        protocol = pseudo.get(b":protocol")
         # RFC 9113 8.3.1: "All HTTP/2 requests MUST include exactly one valid value for the
         # ':method', ':scheme', and ':path' pseudo-header fields, unless they are CONNECT
         # requests (Section 8.5). An HTTP request that omits mandatory pseudo-header fields is
         # malformed."
         if method is None:
             raise MalformedHead("request without :method")
+        if scheme is not None and _SCHEME.fullmatch(scheme) is None:
+            raise MalformedHead(f"invalid :scheme {scheme[:32]!r}")  # RFC 3986 3.1
         if protocol is not None:
             # RFC 8441 3: a client uses :protocol only once the server has sent
             # SETTINGS_ENABLE_CONNECT_PROTOCOL = 1; without it the request is not one we know.
@@ -472,9 +468,18 @@ class HTTP2Protocol:
             # included" (RFC 9113 8.5 for CONNECT, which RFC 8441 4 keeps).
             if method == b"CONNECT" and (scheme is None or path is None or authority is None):
                 raise MalformedHead("extended CONNECT without :scheme, :path or :authority")
-        elif method != b"CONNECT" and (scheme is None or path is None):
+        elif method == b"CONNECT":
+            # RFC 9113 8.5: "The :scheme and :path pseudo-header fields MUST be omitted."
+            if scheme is not None or path is not None:
+                raise MalformedHead("CONNECT with :scheme or :path")
+        elif scheme is None or path is None:
             raise MalformedHead("request without :scheme or :path")
-        return check_request_head(method, path or b"", headers, multiplexed=True, protocol=protocol)
+        kind = check_request_head(method, path or b"", headers, multiplexed=True, protocol=protocol)
+        if authority is None and not any(name == b"host" for name, _ in headers):
+            # RFC 9113 8.3.1 lets a request carry its authority in :authority or Host; one
+            # without either names no host, which HTTP/1.1 answers 400 (RFC 9112 3.2).
+            raise RemoteProtocolError("request without :authority or Host")
+        return kind
 
     def _on_data(self, event: h2.events.DataReceived, events: list[Event]) -> None:
         stream_id = event.stream_id
@@ -677,7 +682,12 @@ class HTTP2Protocol:
             self._unready(stream_id, stream)
         return stream
 
-    def _fail(self, stream_id: int, events: list[Event]) -> None:
+    def _fail(
+        self,
+        stream_id: int,
+        events: list[Event],
+        code: h2.errors.ErrorCodes = h2.errors.ErrorCodes.INTERNAL_ERROR,
+    ) -> None:
         """Something raised while one stream was handled: that stream is reset, nothing else.
 
         The connection's other streams, and h2's connection state, are not touched: a fault
@@ -685,7 +695,7 @@ class HTTP2Protocol:
         """
         known = self._drop(stream_id) is not None
         with contextlib.suppress(h2.exceptions.ProtocolError):
-            self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            self._h2.reset_stream(stream_id, code)
         if known:
             events.append(StreamReset(stream_id=stream_id))
 
@@ -915,6 +925,55 @@ class HTTP2Protocol:
     @property
     def closed(self) -> bool:
         return self._phase is _Phase.CLOSED
+
+
+def _split_head(raw: Headers) -> tuple[dict[bytes, bytes], Headers, bytes | None]:
+    """Pseudo-header fields, regular fields (with :authority as the first `host`), and the
+    Priority field of a request header block; MalformedHead for what RFC 9113 8 forbids."""
+    pseudo: dict[bytes, bytes] = {}
+    headers: Headers = []
+    priority = host = None
+    regular = False
+    for name, value in raw:
+        if name[:1] == b":":
+            # RFC 9113 8.3: "Pseudo-header fields MUST NOT appear in a trailer section", each
+            # appears once, "All pseudo-header fields MUST appear in a field block before all
+            # regular field lines", and only the defined ones: otherwise malformed.
+            if regular or name in pseudo or name not in _REQUEST_PSEUDO:
+                raise MalformedHead(f"misplaced, repeated or unknown {name[:32]!r}")
+            pseudo[name] = value
+            continue
+        regular = True
+        if name in _CONNECTION_HEADERS or (name == b"te" and value.lower() != b"trailers"):
+            # RFC 9113 8.2.2: "An endpoint MUST NOT generate an HTTP/2 message containing
+            # connection-specific header fields. [...] Any message containing
+            # connection-specific header fields MUST be treated as malformed." TE may only
+            # say "trailers".
+            raise MalformedHead(f"connection-specific field {name[:32]!r}")
+        if name == b"host":
+            if host is not None:
+                raise MalformedHead("more than one Host field")
+            host = value
+            authority = pseudo.get(b":authority")
+            if authority is not None:
+                # RFC 9113 8.3.1: "A server SHOULD treat a request as malformed if it contains
+                # a Host header field that identifies an entity that differs from the entity
+                # in the :authority pseudo-header field."
+                if value != authority:
+                    raise MalformedHead("Host differs from :authority")
+                continue  # the :authority copy goes first, below
+        elif name == b"priority":
+            priority = value
+        headers.append((name, value))
+    # RFC 9113 8.2.1: "A request or response containing uppercase characters in field names
+    # MUST be treated as malformed." One search over all names: this runs for every request.
+    if _UPPERCASE.search(b"".join(name for name, _ in headers)) is not None:
+        raise MalformedHead("uppercase characters in a field name")
+    authority = pseudo.get(b":authority")
+    if authority is not None:
+        # ASGI: :authority becomes the host header, first, replacing any other.
+        headers.insert(0, (b"host", authority))
+    return pseudo, headers, priority
 
 
 def _goaway(last_stream_id: int, error_code: int) -> bytes:

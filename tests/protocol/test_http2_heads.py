@@ -205,21 +205,24 @@ def test_unservable_request_is_rejected_on_its_stream(headers: Headers, status: 
     assert rejected.stream_id == 3
     assert rejected.error.error_status_hint == status
     assert not isinstance(rejected.error, MalformedHead)
+    # A body the client sends for the rejected stream is no application's: nothing is
+    # reported, and its window comes back.
+    window = p.client.outbound_flow_control_window
+    for _ in range(4):
+        p.client.send_data(3, b"x" * 15000)
+    assert p.to_server() == []
+    p.to_client()
+    # (h2 sends WINDOW_UPDATE once half the window is used; 60000 bytes kept would leave 5535.)
+    assert p.client.outbound_flow_control_window > window // 2
+    # The driver answers; once the answer is complete, the client is asked to stop sending
+    # (RFC 9113 8.1: RST_STREAM with NO_ERROR).
     answer(p, rejected)
     _, client_events = p.pump()
     response = of_type(client_events, h2.events.ResponseReceived)
     assert [(e.stream_id, e.headers[0]) for e in response] == [(3, (b":status", b"%d" % status))]
     assert client_body(client_events, 3) == b"no"
-    # A body the client still sends for the rejected stream is no application's: nothing is
-    # reported, and its window comes back.
-    window = p.client.outbound_flow_control_window
-    for _ in range(4):
-        p.client.send_data(3, b"x" * 15000)
-    p.client.end_stream(3)
-    events = p.to_server()
-    assert events == []
-    p.to_client()
-    assert p.client.outbound_flow_control_window > window // 2
+    client_resets = of_type(client_events, h2.events.StreamReset)
+    assert [(e.stream_id, e.error_code) for e in client_resets] == [(3, 0)]
     # The other stream carries on.
     p.client.send_data(1, b"body", end_stream=True)
     assert p.to_server() == [DataReceived(stream_id=1, data=b"body"), StreamEnded(stream_id=1)]
@@ -351,6 +354,10 @@ def test_extended_connect_with_an_unknown_protocol_is_rejected_501() -> None:
         b":status",
         b"501",
     )
+    # The client gets no tunnel, so the stream is reset after the answer (it would linger
+    # otherwise), and the connection, with no stream left, starts its idle clock.
+    assert of_type(client_events, h2.events.StreamReset)
+    assert p.server.next_deadline() is not None
 
 
 @pytest.mark.parametrize("missing", ["authority", "path", "scheme"])

@@ -792,8 +792,17 @@ class HTTP2Protocol:
     def _stream_output_done(self, stream_id: int) -> None:
         """Forget a stream once both directions are finished and nothing is left to frame."""
         stream = self._streams.get(stream_id)
-        if stream is not None and stream.request_done and stream.response_done and not stream.ready:
+        if stream is None or not stream.response_done or stream.ready:
+            return
+        if stream.request_done:
             del self._streams[stream_id]
+        elif stream.rejected:
+            # Nobody reads the rest of a rejected request. RFC 9113 8.1: "a server MAY request
+            # that the client abort transmission of a request without error by sending a
+            # RST_STREAM with an error code of NO_ERROR after sending a complete response".
+            del self._streams[stream_id]
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
 
     def _ack(self, stream_id: int, amount: int) -> None:
         if amount <= 0:

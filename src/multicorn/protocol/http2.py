@@ -389,10 +389,10 @@ class HTTP2Protocol:
         self._last_stream_id = max(self._last_stream_id, stream_id)
         ended = event.stream_ended is not None
         try:
-            pseudo, headers, priority = _split_head(event.headers)
+            pseudo, headers, priority, hosts = _split_head(event.headers)
             authority = pseudo.get(b":authority")
             scheme = pseudo.get(b":scheme")
-            kind = self._check_head(pseudo, headers)
+            kind = self._check_head(pseudo, headers, hosts)
         except MalformedHead:
             # RFC 9113 8.1.1: "Malformed requests or responses that are detected MUST be
             # treated as a stream error (Section 5.4.2) of type PROTOCOL_ERROR." The
@@ -439,7 +439,7 @@ class HTTP2Protocol:
             events.append(StreamEnded(stream_id=stream_id))
         return False
 
-    def _check_head(self, pseudo: dict[bytes, bytes], headers: Headers) -> StreamKind:
+    def _check_head(self, pseudo: dict[bytes, bytes], headers: Headers, hosts: int) -> StreamKind:
         """What only HTTP/2 has (pseudo-header structure), then the rules every version shares.
 
         h2's own header validation is off: it would make each of these a connection error,
@@ -463,9 +463,10 @@ class HTTP2Protocol:
             # SETTINGS_ENABLE_CONNECT_PROTOCOL = 1; without it the request is not one we know.
             if not self._limits.extended_connect:
                 raise MalformedHead(":protocol without SETTINGS_ENABLE_CONNECT_PROTOCOL")
-            # RFC 8441 4: "On requests bearing the :protocol pseudo-header, the :scheme and
-            # :path pseudo-header fields MUST be included." and ":authority ... MUST be
-            # included" (RFC 9113 8.5 for CONNECT, which RFC 8441 4 keeps).
+            # RFC 8441 4: "On requests that contain the :protocol pseudo-header field, the
+            # :scheme and :path pseudo-header fields of the target URI [...] MUST also be
+            # included." :authority stays as required as for any CONNECT (RFC 9113 8.5), only
+            # read as for other requests.
             if method == b"CONNECT" and (scheme is None or path is None or authority is None):
                 raise MalformedHead("extended CONNECT without :scheme, :path or :authority")
         elif method == b"CONNECT":
@@ -475,10 +476,12 @@ class HTTP2Protocol:
         elif scheme is None or path is None:
             raise MalformedHead("request without :scheme or :path")
         kind = check_request_head(method, path or b"", headers, multiplexed=True, protocol=protocol)
-        if authority is None and not any(name == b"host" for name, _ in headers):
-            # RFC 9113 8.3.1 lets a request carry its authority in :authority or Host; one
-            # without either names no host, which HTTP/1.1 answers 400 (RFC 9112 3.2).
-            raise RemoteProtocolError("request without :authority or Host")
+        if hosts > 1 or (authority is None and not hosts):
+            # RFC 9113 8.3.1 lets a request carry its authority in :authority or Host. RFC 9112
+            # 3.2: "A server MUST respond with a 400 (Bad Request) status code to any HTTP/1.1
+            # request message that lacks a Host header field and to any request message that
+            # contains more than one Host header field line".
+            raise RemoteProtocolError("request without one :authority or Host")
         return kind
 
     def _on_data(self, event: h2.events.DataReceived, events: list[Event]) -> None:
@@ -720,14 +723,15 @@ class HTTP2Protocol:
     def _serve(self, level: _Level, now: float, events: list[Event]) -> bool:
         served = False
         sequential = level.sequential
+        # Non-incremental streams one at a time, each to completion; while the first is held
+        # by its own window, the next one may use the connection's.
         for index, stream_id in enumerate(sequential):
             stream = self._streams[stream_id]
             if self._send_one(stream_id, stream, now, events):
                 if not stream.ready:
                     del sequential[index]
                 served = True
-                break  # one at a time, each to completion; a stream held by its window
-                # lets the next one through meanwhile
+                break
         incremental = level.incremental
         held: list[int] = []
         for _ in range(len(incremental)):
@@ -936,18 +940,21 @@ class HTTP2Protocol:
         return self._phase is _Phase.CLOSED
 
 
-def _split_head(raw: Headers) -> tuple[dict[bytes, bytes], Headers, bytes | None]:
-    """Pseudo-header fields, regular fields (with :authority as the first `host`), and the
-    Priority field of a request header block; MalformedHead for what RFC 9113 8 forbids."""
+def _split_head(raw: Headers) -> tuple[dict[bytes, bytes], Headers, bytes | None, int]:
+    """Pseudo-header fields, regular fields (with :authority as the first `host`), the
+    Priority field and the number of Host fields of a request header block; MalformedHead for
+    what RFC 9113 8 forbids."""
     pseudo: dict[bytes, bytes] = {}
     headers: Headers = []
-    priority = host = None
+    priority = None
+    hosts = 0
     regular = False
     for name, value in raw:
         if name[:1] == b":":
-            # RFC 9113 8.3: "Pseudo-header fields MUST NOT appear in a trailer section", each
-            # appears once, "All pseudo-header fields MUST appear in a field block before all
-            # regular field lines", and only the defined ones: otherwise malformed.
+            # RFC 9113 8.3: "Endpoints MUST treat a request or response that contains undefined
+            # or invalid pseudo-header fields as malformed" and "All pseudo-header fields MUST
+            # appear in a field block before all regular field lines"; 8.3.1: "exactly one
+            # valid value" of each.
             if regular or name in pseudo or name not in _REQUEST_PSEUDO:
                 raise MalformedHead(f"misplaced, repeated or unknown {name[:32]!r}")
             pseudo[name] = value
@@ -960,9 +967,7 @@ def _split_head(raw: Headers) -> tuple[dict[bytes, bytes], Headers, bytes | None
             # say "trailers".
             raise MalformedHead(f"connection-specific field {name[:32]!r}")
         if name == b"host":
-            if host is not None:
-                raise MalformedHead("more than one Host field")
-            host = value
+            hosts += 1
             authority = pseudo.get(b":authority")
             if authority is not None:
                 # RFC 9113 8.3.1: "A server SHOULD treat a request as malformed if it contains
@@ -982,7 +987,7 @@ def _split_head(raw: Headers) -> tuple[dict[bytes, bytes], Headers, bytes | None
     if authority is not None:
         # ASGI: :authority becomes the host header, first, replacing any other.
         headers.insert(0, (b"host", authority))
-    return pseudo, headers, priority
+    return pseudo, headers, priority, hosts
 
 
 def _goaway(last_stream_id: int, error_code: int) -> bytes:

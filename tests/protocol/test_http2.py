@@ -32,6 +32,7 @@ from multicorn.protocol.events import (
     Event,
     PushPromise,
     RequestReceived,
+    RequestRejected,
     ResetStream,
     SendData,
     SendInformational,
@@ -1142,7 +1143,17 @@ def test_random_input_after_the_preface_never_raises(data: bytes, chunk: int) ->
     for i in range(0, len(data), chunk):
         events += p.server.receive_data(data[i : i + chunk], 0.0)
     assert all(
-        isinstance(e, (RequestReceived, DataReceived, StreamEnded, StreamReset, ConnectionClosed))
+        isinstance(
+            e,
+            (
+                RequestReceived,
+                RequestRejected,
+                DataReceived,
+                StreamEnded,
+                StreamReset,
+                ConnectionClosed,
+            ),
+        )
         for e in events
     )
     closes = of_type(events, ConnectionClosed)

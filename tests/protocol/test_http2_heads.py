@@ -12,6 +12,8 @@ from __future__ import annotations
 import h2.events
 import pytest
 from h2.settings import SettingCodes
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from multicorn.protocol.events import (
     ConnectionClosed,
@@ -26,6 +28,7 @@ from multicorn.protocol.events import (
     StreamKind,
     StreamReset,
 )
+from multicorn.protocol.headers import TOKEN
 from multicorn.protocol.request_head import MalformedHead
 
 from .h2helpers import (
@@ -178,6 +181,71 @@ def test_non_token_method_never_reaches_the_application() -> None:
     events = send_head(p, 1, head(b"G\xffT"))
     assert not of_type(events, RequestReceived)
     assert not p.server.closed
+
+
+_names = st.sampled_from(
+    [
+        b":method",
+        b":path",
+        b":scheme",
+        b":authority",
+        b":protocol",
+        b":status",
+        b"host",
+        b"te",
+        b"connection",
+        b"x-a",
+        b"X-B",
+        b"x:c",
+        b"",
+        b"priority",
+        b"expect",
+    ]
+)
+_values = st.one_of(
+    st.sampled_from(
+        [b"GET", b"CONNECT", b"OPTIONS", b"/", b"*", b"https", b"example.com", b"trailers"]
+    ),
+    st.binary(max_size=12),
+)
+_fields = st.lists(st.tuples(_names, _values), max_size=8)
+# Random field lists, or a valid head (with a random method or path) followed by random fields.
+_heads = st.one_of(
+    _fields.filter(bool),
+    st.builds(
+        lambda method, path, fields: [*head(method, path), *fields],
+        st.one_of(st.sampled_from([b"GET", b"POST", b"OPTIONS", b"CONNECT"]), _values),
+        st.one_of(st.sampled_from([b"/", b"*", b"/a?b"]), _values),
+        st.lists(
+            st.tuples(st.sampled_from([b"x-a", b"priority", b"expect", b"te"]), _values),
+            max_size=3,
+        ),
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(heads=st.lists(_heads, min_size=1, max_size=6), connect=st.booleans())
+def test_random_heads_cost_at_most_their_stream(heads: list[Headers], connect: bool) -> None:
+    p = lax_pair(extended_connect=connect)
+    p.request(1, method=b"POST", end_stream=False)
+    for i, headers in enumerate(heads):
+        sid = 3 + 2 * i
+        events = send_head(p, sid, [*headers], end_stream=i % 2 == 0)
+        assert not of_type(events, ConnectionClosed), (headers, events)
+        for event in of_type(events, RequestReceived):
+            # What reaches the application passed the shared check.
+            assert TOKEN.fullmatch(event.method) is not None
+            assert event.target[:1] == b"/" or event.target == b"*"
+        for event in of_type(events, RequestRejected):
+            answer(p, event)
+        p.to_client()
+    assert not p.server.closed
+    p.client.send_data(1, b"still here", end_stream=True)
+    assert p.to_server() == [
+        DataReceived(stream_id=1, data=b"still here"),
+        StreamEnded(stream_id=1),
+    ]
 
 
 # ---- well-formed, but not served --------------------------------------------------------------

@@ -409,6 +409,36 @@ def test_send_timeout_restarts_while_data_moves() -> None:
     assert p.server.pending_send(1) == 800
 
 
+def test_send_timeout_spares_a_stream_waiting_its_turn_while_others_move() -> None:
+    # Stream 3 is held by the connection window, then waits behind stream 1 (non-incremental
+    # streams go one at a time, RFC 9218 10) while the client keeps reading, slowly. Waiting
+    # its turn is not a peer that stopped reading: it must not be reset.
+    p = Pair(client_settings={SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20}, send_timeout=10.0)
+    for sid in (1, 3, 5):
+        p.request(sid)
+    _queue_behind_an_exhausted_connection_window(p, 5)
+    for sid, size in ((1, 200 * KB), (3, 400 * KB)):
+        p.server.send(SendResponse(stream_id=sid, status=200, headers=[]), 0.0)
+        p.server.send(SendData(stream_id=sid, data=bytes([sid]) * size, end_stream=True), 0.0)
+    p.pump(now=0.0)
+    got = {1: 0, 3: 0}
+    for step in range(1, 30):
+        now = step * 3.0  # 16 KB every 3 seconds
+        events = p.server.handle_deadline(now)
+        assert events == [], (now, events)
+        p.client.increment_flow_control_window(16 * KB)
+        _, client_events = p.pump(now=now)
+        for sid in got:
+            got[sid] += len(client_body(client_events, sid))
+    assert got[1] == 200 * KB
+    assert got[3] > 0
+    assert not of_type(p.client_events, h2.events.StreamReset)
+    # A connection that stops moving altogether still times out.
+    deadline = p.server.next_deadline()
+    assert deadline is not None and deadline <= 29 * 3.0 + 10.0
+    assert p.server.handle_deadline(29 * 3.0 + 10.0) == [StreamReset(stream_id=3)]
+
+
 def _queue_behind_an_exhausted_connection_window(p: Pair, filler: int) -> None:
     """Use up the client's 65535-byte connection window with `filler`'s response."""
     p.server.send(SendResponse(stream_id=filler, status=200, headers=[]), 0.0)

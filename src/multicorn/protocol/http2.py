@@ -298,6 +298,7 @@ class HTTP2Protocol:
         # Streams with output waiting, by RFC 9218 urgency (0 most urgent); see _flush.
         self._levels = tuple(_Level() for _ in range(8))
         self._waiting = 0  # streams in self._levels
+        self._moved_at = now  # when DATA last went out (see handle_deadline)
         self._out: list[bytes] = []  # output in order; see _emit
         self._phase = _Phase.OPEN
         self._last_stream_id = 0
@@ -765,6 +766,7 @@ class HTTP2Protocol:
                 chunk = self._take(stream, min(window, h2conn.max_outbound_frame_size))
                 last = not stream.out and stream.end_after_out and stream.trailers is None
                 h2conn.send_data(stream_id, chunk, end_stream=last)
+                self._moved_at = now
                 if stream.out or (stream.end_after_out and not last):
                     return True  # more to frame: still ready
             elif stream.end_after_out:
@@ -913,11 +915,18 @@ class HTTP2Protocol:
             self._final_goaway()
         timeout = self._limits.send_timeout
         for stream_id, stream in list(self._streams.items()):
-            if stream.blocked_since is not None and now >= stream.blocked_since + timeout:
-                # The peer has not opened its window for too long: give up on this stream.
-                self._drop(stream_id)
-                self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
-                events.append(StreamReset(stream_id=stream_id))
+            if stream.blocked_since is None or now < stream.blocked_since + timeout:
+                continue
+            if now < self._moved_at + timeout and self._stream_window(stream_id) > 0:
+                # Its own window is open and other streams' data moves: it only waits its turn
+                # (behind more urgent or earlier streams, or for its share of the connection
+                # window). The peer is reading, so its clock restarts.
+                stream.blocked_since = self._moved_at
+                continue
+            # The peer has not opened its window for too long: give up on this stream.
+            self._drop(stream_id)
+            self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+            events.append(StreamReset(stream_id=stream_id))
         if (
             self._idle_since is not None
             and not self._streams
@@ -929,6 +938,11 @@ class HTTP2Protocol:
             return events
         self._check_done(now)
         return events
+
+    def _stream_window(self, stream_id: int) -> int:
+        """The peer's window for this stream alone, without the connection's."""
+        stream = self._h2.streams.get(stream_id)
+        return 0 if stream is None else stream.outbound_flow_control_window
 
     @property
     def wants_read(self) -> bool:

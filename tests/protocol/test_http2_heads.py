@@ -455,6 +455,22 @@ def test_protocol_on_a_non_connect_request_is_not_dropped_silently() -> None:
     assert not of_type(events, RequestReceived)
 
 
+def test_tunnel_is_not_held_behind_a_long_response() -> None:
+    # Both at the default urgency; a non-incremental WebSocket stream would wait for the whole
+    # download before its first message, so tunnels are scheduled as incremental.
+    p = Pair(extended_connect=True, client_settings={SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})
+    p.request(1)
+    send_head(p, 3, websocket_head(), end_stream=False)
+    p.server.send(SendResponse(stream_id=1, status=200, headers=[]), 0.0)
+    p.server.send(SendData(stream_id=1, data=b"d" * 200_000, end_stream=True), 0.0)
+    p.server.send(SendResponse(stream_id=3, status=200, headers=[]), 0.0)
+    p.pump()  # the download used the whole connection window
+    p.server.send(SendData(stream_id=3, data=b"\x81\x05hello"), 0.0)
+    p.client.increment_flow_control_window(32 * 1024)
+    _, client_events = p.pump()
+    assert client_body(client_events, 3) == b"\x81\x05hello"
+
+
 def test_extended_connect_streams_do_not_disturb_others() -> None:
     p = Pair(extended_connect=True)
     send_head(p, 1, websocket_head(), end_stream=False)

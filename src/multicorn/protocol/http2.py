@@ -412,6 +412,11 @@ class HTTP2Protocol:
             events.append(RequestRejected(stream_id=stream_id, error=exc))
             return False
         urgency, incremental = (3, False) if priority is None else parse_priority(priority)
+        if kind is not StreamKind.REQUEST:
+            # A tunnel (WebSocket) carries messages to be used as they arrive, the very meaning
+            # of incremental (RFC 9218 4.2); served one at a time, it would wait for every
+            # earlier response at its urgency to finish, or hold up every later one forever.
+            incremental = True
         self._streams[stream_id] = _Stream(
             scheme=self._scheme if scheme is None else scheme,
             authority=authority or b"",

@@ -56,7 +56,6 @@ class OutputChecker:
         self.started: set[int] = set()  # streams whose response HEADERS arrived
         self.ended: set[int] = set()  # streams that carried END_STREAM or RST_STREAM
         self.end_pending: set[int] = set()  # END_STREAM on a header block not yet complete
-        self.reset: set[int] = set()
 
     def feed(self, data: bytes) -> None:
         for raw in parse_frames(data):
@@ -75,7 +74,6 @@ class OutputChecker:
         if isinstance(frame, ContinuationFrame):
             raise AssertionError("CONTINUATION without a header block")
         if isinstance(frame, RstStreamFrame):
-            self.reset.add(sid)
             self.ended.add(sid)
             return
         if isinstance(frame, (HeadersFrame, DataFrame, PushPromiseFrame)):

@@ -32,6 +32,7 @@ from multicorn.protocol.events import (
     Event,
     PushPromise,
     RequestReceived,
+    RequestRejected,
     ResetStream,
     SendData,
     SendInformational,
@@ -408,6 +409,36 @@ def test_send_timeout_restarts_while_data_moves() -> None:
     assert p.server.pending_send(1) == 800
 
 
+def test_send_timeout_spares_a_stream_waiting_its_turn_while_others_move() -> None:
+    # Stream 3 is held by the connection window, then waits behind stream 1 (non-incremental
+    # streams go one at a time, RFC 9218 10) while the client keeps reading, slowly. Waiting
+    # its turn is not a peer that stopped reading: it must not be reset.
+    p = Pair(client_settings={SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20}, send_timeout=10.0)
+    for sid in (1, 3, 5):
+        p.request(sid)
+    _queue_behind_an_exhausted_connection_window(p, 5)
+    for sid, size in ((1, 200 * KB), (3, 400 * KB)):
+        p.server.send(SendResponse(stream_id=sid, status=200, headers=[]), 0.0)
+        p.server.send(SendData(stream_id=sid, data=bytes([sid]) * size, end_stream=True), 0.0)
+    p.pump(now=0.0)
+    got = {1: 0, 3: 0}
+    for step in range(1, 30):
+        now = step * 3.0  # 16 KB every 3 seconds
+        events = p.server.handle_deadline(now)
+        assert events == [], (now, events)
+        p.client.increment_flow_control_window(16 * KB)
+        _, client_events = p.pump(now=now)
+        for sid in got:
+            got[sid] += len(client_body(client_events, sid))
+    assert got[1] == 200 * KB
+    assert got[3] > 0
+    assert not of_type(p.client_events, h2.events.StreamReset)
+    # A connection that stops moving altogether still times out.
+    deadline = p.server.next_deadline()
+    assert deadline is not None and deadline <= 29 * 3.0 + 10.0
+    assert p.server.handle_deadline(29 * 3.0 + 10.0) == [StreamReset(stream_id=3)]
+
+
 def _queue_behind_an_exhausted_connection_window(p: Pair, filler: int) -> None:
     """Use up the client's 65535-byte connection window with `filler`'s response."""
     p.server.send(SendResponse(stream_id=filler, status=200, headers=[]), 0.0)
@@ -417,13 +448,14 @@ def _queue_behind_an_exhausted_connection_window(p: Pair, filler: int) -> None:
     assert p.client.inbound_flow_control_window == 0  # nothing more can move until it opens
 
 
-def test_round_robin_between_streams_of_one_urgency() -> None:
+def test_round_robin_between_incremental_streams_of_one_urgency() -> None:
     # Stream windows are large; only the connection window (opened 16 KB at a time, one frame's
-    # worth) limits the server. Both streams must make progress: neither waits for the other
-    # to finish.
+    # worth) limits the server. Both streams are incremental (RFC 9218 4.2), so both must make
+    # progress: neither waits for the other to finish.
     p = Pair(client_settings={SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})
-    for sid in (1, 3, 5):
-        p.request(sid)
+    for sid in (1, 3):
+        p.request(sid, extra=[(b"priority", b"i")])
+    p.request(5)
     _queue_behind_an_exhausted_connection_window(p, 5)
     size = 100 * KB
     for sid in (1, 3):
@@ -448,6 +480,80 @@ def test_round_robin_between_streams_of_one_urgency() -> None:
             assert abs(step[1] - step[3]) <= 16 * KB, history
     first_done = next(step for step in history if size in step.values())
     assert min(first_done.values()) >= size - 2 * 16 * KB, history
+
+
+def test_non_incremental_streams_are_served_one_at_a_time_in_stream_id_order() -> None:
+    # RFC 9218 10: non-incremental responses of one urgency are served in ascending stream id
+    # order, each in full, whatever order the application produced them in. Incremental is
+    # off by default (RFC 9218 4.2).
+    p = Pair(client_settings={SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})
+    for sid in (1, 3, 5, 7):
+        p.request(sid)
+    _queue_behind_an_exhausted_connection_window(p, 1)
+    for sid in (7, 5, 3):
+        p.server.send(SendResponse(stream_id=sid, status=200, headers=[]), 0.0)
+        p.server.send(SendData(stream_id=sid, data=bytes([sid]) * 40000, end_stream=True), 0.0)
+    p.pump()
+    all_events: list = []
+    for _ in range(12):
+        p.client.increment_flow_control_window(16 * KB)
+        _, client_events = p.pump()
+        all_events += client_events
+    for sid in (3, 5, 7):
+        assert client_body(all_events, sid) == bytes([sid]) * 40000
+    order = [e.stream_id for e in all_events if isinstance(e, h2.events.DataReceived)]
+    assert order == sorted(order), order
+
+
+def test_non_incremental_stream_held_by_its_window_lets_the_next_through() -> None:
+    p = Pair()
+    p.request(1)
+    p.request(3)
+    p.client.increment_flow_control_window(100_000)
+    for sid in (1, 3):
+        p.server.send(SendResponse(stream_id=sid, status=200, headers=[]), 0.0)
+        p.server.send(SendData(stream_id=sid, data=bytes([sid]) * 70000, end_stream=True), 0.0)
+    _, client_events = p.pump()
+    # Stream 1 used its whole 65535-byte stream window; stream 3 used its own from what is
+    # left of the connection's, rather than waiting for stream 1 to finish.
+    assert len(client_body(client_events, 1)) == 65535
+    assert len(client_body(client_events, 3)) == 65535
+
+
+def test_incremental_streams_share_with_the_current_non_incremental_one() -> None:
+    p = Pair(client_settings={SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})
+    p.request(1)
+    p.request(3)
+    p.request(5)
+    p.request(7, extra=[(b"priority", b"u=3, i")])
+    _queue_behind_an_exhausted_connection_window(p, 1)
+    for sid in (3, 5, 7):
+        p.server.send(SendResponse(stream_id=sid, status=200, headers=[]), 0.0)
+        p.server.send(SendData(stream_id=sid, data=bytes([sid]) * 40000, end_stream=True), 0.0)
+    p.pump()
+    p.client.increment_flow_control_window(4 * 16 * KB)
+    _, client_events = p.pump()
+    # Two rounds: stream 3 (the first non-incremental) and stream 7 (incremental) alternate;
+    # stream 5 waits for stream 3 to finish.
+    assert len(client_body(client_events, 3)) == 2 * 16 * KB
+    assert len(client_body(client_events, 7)) == 2 * 16 * KB
+    assert client_body(client_events, 5) == b""
+
+
+def test_priority_update_can_make_a_stream_incremental() -> None:
+    p = Pair(client_settings={SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})
+    for sid in (1, 3, 5):
+        p.request(sid)
+    _queue_behind_an_exhausted_connection_window(p, 1)
+    for sid in (3, 5):
+        p.server.send(SendResponse(stream_id=sid, status=200, headers=[]), 0.0)
+        p.server.send(SendData(stream_id=sid, data=bytes([sid]) * 40000, end_stream=True), 0.0)
+    p.pump()
+    # Stream 5 is queued behind stream 3; as an incremental stream it gets its turns at once.
+    assert p.to_server(priority_update(5, b"i")) == []
+    p.client.increment_flow_control_window(2 * 16 * KB)
+    _, client_events = p.pump()
+    assert len(client_body(client_events, 3)) == len(client_body(client_events, 5)) == 16 * KB
 
 
 def test_lower_urgency_value_is_served_first() -> None:
@@ -1067,7 +1173,17 @@ def test_random_input_after_the_preface_never_raises(data: bytes, chunk: int) ->
     for i in range(0, len(data), chunk):
         events += p.server.receive_data(data[i : i + chunk], 0.0)
     assert all(
-        isinstance(e, (RequestReceived, DataReceived, StreamEnded, StreamReset, ConnectionClosed))
+        isinstance(
+            e,
+            (
+                RequestReceived,
+                RequestRejected,
+                DataReceived,
+                StreamEnded,
+                StreamReset,
+                ConnectionClosed,
+            ),
+        )
         for e in events
     )
     closes = of_type(events, ConnectionClosed)

@@ -9,9 +9,19 @@ Theory of operation. h2 parses frames, keeps stream states and HPACK tables. Thi
   a second bucket (CVE-2023-44487);
 - inbound flow control granted only as the application consumes the body (AcknowledgeData), so
   a slow reader cannot make the server buffer more than one window per stream;
+- request heads checked by the rule every HTTP version shares (request_head.py) plus the
+  pseudo-header structure only HTTP/2 has: a malformed head costs its stream (RST_STREAM
+  PROTOCOL_ERROR), a well-formed one the server will not serve becomes RequestRejected and is
+  answered on its stream; extended CONNECT (RFC 8441) opens WebSocket streams when enabled;
 - outbound scheduling: each stream's body waits in its own queue and is framed as the peer's
-  windows allow, lowest RFC 9218 urgency first and round-robin within an urgency, so one busy
-  stream cannot starve the others; a stream whose data cannot move for `send_timeout` is reset;
+  windows allow, lowest RFC 9218 urgency first; within an urgency, non-incremental streams go
+  one at a time in stream-id order and incremental ones share round-robin (RFC 9218 10), and a
+  stream held by flow control lets the others through; a stream whose data cannot move for
+  `send_timeout` is reset;
+- one ordered output queue: frames built here (GOAWAY, the drain PING) join h2's bytes in the
+  order they were produced, never ahead of them (see `_emit`);
+- fault containment: whatever raises while one stream's frame or command is handled resets
+  that stream (RST_STREAM INTERNAL_ERROR) and leaves the others alone;
 - graceful shutdown in two steps (RFC 9113 6.8): GOAWAY with the maximum stream id and a PING;
   when the PING comes back (or after a second), GOAWAY with the last stream really accepted.
   The GOAWAY frames are written here, not through h2, because h2 refuses to send anything after
@@ -22,8 +32,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import contextlib
 import enum
+import re
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -35,7 +47,12 @@ import h2.exceptions
 import h2.settings
 from hyperframe.frame import GoAwayFrame, PingFrame
 
-from multicorn.protocol.errors import LocalProtocolError, PeerAbuse, RemoteProtocolError
+from multicorn.protocol.errors import (
+    LocalProtocolError,
+    PeerAbuse,
+    ProtocolError,
+    RemoteProtocolError,
+)
 from multicorn.protocol.events import (
     AcknowledgeData,
     CloseConnection,
@@ -46,15 +63,18 @@ from multicorn.protocol.events import (
     Headers,
     PushPromise,
     RequestReceived,
+    RequestRejected,
     ResetStream,
     SendData,
     SendInformational,
     SendResponse,
     SendTrailers,
     StreamEnded,
+    StreamKind,
     StreamReset,
 )
 from multicorn.protocol.headers import validate_response_headers
+from multicorn.protocol.request_head import MalformedHead, check_request_head
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -63,6 +83,9 @@ _GOAWAY_PING = b"mc-drain"
 _GOAWAY_PING_WAIT = 1.0  # seconds to wait for the drain PING before the final GOAWAY
 _PRIORITY_UPDATE = 0x10  # RFC 9218 frame type
 _UPGRADE_HEADERS = frozenset({b"connection", b"upgrade", b"http2-settings"})
+_REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path", b":protocol"})
+_SCHEME = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*")  # RFC 3986 3.1
+_UPPERCASE = re.compile(rb"[A-Z]")
 # Real header blocks need one or two CONTINUATIONs; dozens of tiny ones are a flood.
 _MAX_CONTINUATIONS = 32
 # HTTP/1.1 connection-specific fields that HTTP/2 forbids (RFC 9113 8.2.2); dropped from
@@ -84,6 +107,9 @@ class HTTP2Limits:
     # Token buckets: (burst, refill per second).
     control_frame_budget: tuple[float, float] = (200.0, 50.0)
     reset_budget: tuple[float, float] = (200.0, 100.0)
+    # RFC 8441: advertise SETTINGS_ENABLE_CONNECT_PROTOCOL and accept extended CONNECT (the
+    # WebSocket bootstrap over HTTP/2). Off until a WebSocket bridge sits above this core.
+    extended_connect: bool = False
 
 
 class _Bucket:
@@ -195,12 +221,22 @@ class _Stream:
     urgency: int = 3  # RFC 9218 defaults
     incremental: bool = False
     request_done: bool = False
+    rejected: bool = False  # answered by the connection driver (RequestRejected), body dropped
     response_done: bool = False  # END_STREAM queued or sent
+    ready: bool = False  # queued in HTTP2Protocol._levels, with output to frame
     out: deque[bytes] = field(default_factory=deque)
     out_size: int = 0
     end_after_out: bool = False
     trailers: Headers | None = None
     blocked_since: float | None = None
+
+
+@dataclass(slots=True)
+class _Level:
+    """The streams of one urgency with output waiting."""
+
+    sequential: list[int] = field(default_factory=list)  # non-incremental, by stream id
+    incremental: deque[int] = field(default_factory=deque)  # in round-robin order
 
 
 class HTTP2Protocol:
@@ -226,17 +262,21 @@ class HTTP2Protocol:
             # h2 re-checking and re-normalising every field costs more than the encoding.
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
+            # Request heads are checked in _on_request, where a bad one costs its stream; h2
+            # would make it a connection error, taking every other stream with it.
+            validate_inbound_headers=False,
         )
         self._h2 = h2.connection.H2Connection(config=config)
-        self._h2.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
-                h2.settings.SettingCodes.MAX_FRAME_SIZE: limits.max_inbound_frame_size,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.initial_window_size,
-            },
-        )
+        codes = h2.settings.SettingCodes
+        settings = {
+            codes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
+            codes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
+            codes.MAX_FRAME_SIZE: limits.max_inbound_frame_size,
+            codes.INITIAL_WINDOW_SIZE: limits.initial_window_size,
+        }
+        if limits.extended_connect:
+            settings[codes.ENABLE_CONNECT_PROTOCOL] = 1  # RFC 8441 3
+        self._h2.local_settings = h2.settings.Settings(client=False, initial_values=settings)
         self._h2.max_inbound_frame_size = limits.max_inbound_frame_size
         # Enforced from the first frame, not only once the peer acknowledges our SETTINGS.
         self._h2.decoder.max_header_list_size = limits.max_header_list_size
@@ -255,13 +295,15 @@ class HTTP2Protocol:
             preface=expect_preface,
         )
         self._streams: dict[int, _Stream] = {}
-        self._ready: list[int] = []  # streams with queued output, in arrival order
-        self._out: list[bytes] = []
+        # Streams with output waiting, by RFC 9218 urgency (0 most urgent); see _flush.
+        self._levels = tuple(_Level() for _ in range(8))
+        self._waiting = 0  # streams in self._levels
+        self._moved_at = now  # when DATA last went out (see handle_deadline)
+        self._out: list[bytes] = []  # output in order; see _emit
         self._phase = _Phase.OPEN
         self._last_stream_id = 0
         self._drain_started = 0.0
         self._idle_since: float | None = now
-        self._closing_when_idle = False
 
     # ---- inbound --------------------------------------------------------------------------
 
@@ -288,86 +330,173 @@ class HTTP2Protocol:
             return self._terminate(RemoteProtocolError(f"HTTP/2 protocol error: {exc}"))
         events: list[Event] = []
         for event in h2_events:
-            if isinstance(event, h2.events.DataReceived):
-                self._on_data(event, events)
-            elif isinstance(event, h2.events.RequestReceived):
-                self._on_request(event, events, now)
-            elif isinstance(event, h2.events.StreamEnded):
-                stream = self._streams.get(event.stream_id)
-                # A bodyless request already ended with its RequestReceived.
-                if stream is not None and not stream.request_done:
-                    stream.request_done = True
-                    events.append(StreamEnded(stream_id=event.stream_id))
-                    self._stream_output_done(event.stream_id)
-            elif isinstance(event, h2.events.StreamReset):
-                if self._on_reset(event.stream_id, events, now):
-                    return [*events, *self._calm("too many streams reset (rapid reset)")]
-            elif isinstance(event, h2.events.PingAckReceived):
-                if event.ping_data == _GOAWAY_PING and self._phase is _Phase.DRAINING:
-                    self._final_goaway()
-            elif isinstance(event, h2.events.UnknownFrameReceived):
-                self._on_unknown_frame(event.frame)
-            elif isinstance(event, h2.events.ConnectionTerminated):
-                return [*events, *self._terminate()]
-        self._flush(now)
+            try:
+                final = self._on_event(event, events, now)
+            except Exception as exc:  # see _fail: a fault in one stream costs that stream only
+                stream_id: int | None = getattr(event, "stream_id", None)
+                if not stream_id:
+                    final = self._internal_error(exc)
+                else:
+                    self._fail(stream_id, events)
+                    continue
+            if final is not None:
+                return [*events, *final]
+        self._flush(now, events)
         self._check_done(now)
         return events
 
+    def _on_event(
+        self, event: h2.events.Event, events: list[Event], now: float
+    ) -> list[Event] | None:
+        """Handle one of h2's events; the connection's last events when it ends here."""
+        if isinstance(event, h2.events.DataReceived):
+            self._on_data(event, events)
+        elif isinstance(event, h2.events.RequestReceived):
+            if self._on_request(event, events, now):
+                return self._calm("too many malformed requests")
+        elif isinstance(event, h2.events.StreamEnded):
+            stream = self._streams.get(event.stream_id)
+            # A bodyless request already ended with its RequestReceived.
+            if stream is not None and not stream.request_done:
+                stream.request_done = True
+                if not stream.rejected:
+                    events.append(StreamEnded(stream_id=event.stream_id))
+                self._stream_output_done(event.stream_id)
+        elif isinstance(event, h2.events.TrailersReceived):
+            # Request trailers are not passed on (ASGI has no place for them), but RFC 9113
+            # 8.1: "Trailers MUST NOT include pseudo-header fields" (a malformed request).
+            if any(name[:1] == b":" for name, _ in event.headers):
+                self._fail(event.stream_id, events, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        elif isinstance(event, h2.events.StreamReset):
+            if self._on_reset(event.stream_id, events, now):
+                return self._calm("too many streams reset (rapid reset)")
+        elif isinstance(event, h2.events.PingAckReceived):
+            if event.ping_data == _GOAWAY_PING and self._phase is _Phase.DRAINING:
+                self._final_goaway()
+        elif isinstance(event, h2.events.UnknownFrameReceived):
+            self._on_unknown_frame(event.frame)
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            return self._terminate()
+        return None
+
     def _on_request(
         self, event: h2.events.RequestReceived, events: list[Event], now: float
-    ) -> None:
+    ) -> bool:
+        """Admit, reject or reset a new stream; True when the peer overspent its reset budget."""
         stream_id = event.stream_id
         if self._phase is _Phase.DRAINED and stream_id > self._last_stream_id:
             self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
-            return
+            return False
         self._last_stream_id = max(self._last_stream_id, stream_id)
-        method = path = authority = b""
-        scheme = self._scheme
-        headers: Headers = []
-        stream = _Stream(scheme=scheme, authority=b"")
-        for name, value in event.headers:
-            if name[:1] == b":":
-                if name == b":method":
-                    method = value
-                elif name == b":path":
-                    path = value
-                elif name == b":authority":
-                    authority = value
-                elif name == b":scheme":
-                    scheme = value
-            elif name != b"host" or not authority:
-                if name == b"priority":
-                    stream.urgency, stream.incremental = parse_priority(value)
-                headers.append((name, value))
-        if authority:
-            # ASGI: :authority becomes the host header, first, replacing any other.
-            headers = [(b"host", authority), *(h for h in headers if h[0] != b"host")]
-        stream.scheme = scheme
-        stream.authority = authority
-        self._streams[stream_id] = stream
+        ended = event.stream_ended is not None
+        try:
+            pseudo, headers, priority, hosts = _split_head(event.headers)
+            authority = pseudo.get(b":authority")
+            scheme = pseudo.get(b":scheme")
+            kind = self._check_head(pseudo, headers, hosts)
+        except MalformedHead:
+            # RFC 9113 8.1.1: "Malformed requests or responses that are detected MUST be
+            # treated as a stream error (Section 5.4.2) of type PROTOCOL_ERROR." The
+            # application never hears of it. Each one costs a reset from the rapid-reset budget:
+            # a stream of malformed heads is as cheap to send as a stream of RST_STREAMs.
+            self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            return not self._resets.take(now)
+        except RemoteProtocolError as exc:
+            # Well-formed, but not a request this server serves: the connection driver answers
+            # it (SendResponse, SendData) on this stream, so the stream stays; a body the
+            # client still sends is dropped and its window handed straight back.
+            self._streams[stream_id] = _Stream(
+                scheme=self._scheme, authority=b"", request_done=ended, rejected=True
+            )
+            self._idle_since = None
+            events.append(RequestRejected(stream_id=stream_id, error=exc))
+            return False
+        urgency, incremental = (3, False) if priority is None else parse_priority(priority)
+        if kind is not StreamKind.REQUEST:
+            # A tunnel (WebSocket) carries messages to be used as they arrive, the very meaning
+            # of incremental (RFC 9218 4.2); served one at a time, it would wait for every
+            # earlier response at its urgency to finish, or hold up every later one forever.
+            incremental = True
+        self._streams[stream_id] = _Stream(
+            scheme=self._scheme if scheme is None else scheme,
+            authority=authority or b"",
+            urgency=urgency,
+            incremental=incremental,
+            request_done=ended,
+        )
         self._idle_since = None
+        # The head passed: `:method` is a token, and `:path` is set (only a plain CONNECT
+        # lacks one, and that is always rejected).
         events.append(
             RequestReceived(
                 stream_id=stream_id,
-                method=method,
-                target=path,
+                method=pseudo[b":method"],
+                target=pseudo[b":path"],
                 http_version="2",
                 headers=headers,
                 expects_continue=(
-                    event.stream_ended is None
+                    not ended
                     and any(n == b"expect" and v.lower() == b"100-continue" for n, v in headers)
                 ),
+                kind=kind,
             )
         )
-        if event.stream_ended is not None:
-            stream.request_done = True
+        if ended:
             events.append(StreamEnded(stream_id=stream_id))
+        return False
+
+    def _check_head(self, pseudo: dict[bytes, bytes], headers: Headers, hosts: int) -> StreamKind:
+        """What only HTTP/2 has (pseudo-header structure), then the rules every version shares.
+
+        h2's own header validation is off: it would make each of these a connection error,
+        where RFC 9113 8.1.1 asks for a stream error.
+        """
+        method = pseudo.get(b":method")
+        scheme = pseudo.get(b":scheme")
+        path = pseudo.get(b":path")
+        authority = pseudo.get(b":authority")
+        protocol = pseudo.get(b":protocol")
+        # RFC 9113 8.3.1: "All HTTP/2 requests MUST include exactly one valid value for the
+        # ':method', ':scheme', and ':path' pseudo-header fields, unless they are CONNECT
+        # requests (Section 8.5). An HTTP request that omits mandatory pseudo-header fields is
+        # malformed."
+        if method is None:
+            raise MalformedHead("request without :method")
+        if scheme is not None and _SCHEME.fullmatch(scheme) is None:
+            raise MalformedHead(f"invalid :scheme {scheme[:32]!r}")  # RFC 3986 3.1
+        if protocol is not None:
+            # RFC 8441 3: a client uses :protocol only once the server has sent
+            # SETTINGS_ENABLE_CONNECT_PROTOCOL = 1; without it the request is not one we know.
+            if not self._limits.extended_connect:
+                raise MalformedHead(":protocol without SETTINGS_ENABLE_CONNECT_PROTOCOL")
+            # RFC 8441 4: "On requests that contain the :protocol pseudo-header field, the
+            # :scheme and :path pseudo-header fields of the target URI [...] MUST also be
+            # included." :authority stays as required as for any CONNECT (RFC 9113 8.5), only
+            # read as for other requests.
+            if method == b"CONNECT" and (scheme is None or path is None or authority is None):
+                raise MalformedHead("extended CONNECT without :scheme, :path or :authority")
+        elif method == b"CONNECT":
+            # RFC 9113 8.5: "The :scheme and :path pseudo-header fields MUST be omitted."
+            if scheme is not None or path is not None:
+                raise MalformedHead("CONNECT with :scheme or :path")
+        elif scheme is None or path is None:
+            raise MalformedHead("request without :scheme or :path")
+        kind = check_request_head(method, path or b"", headers, multiplexed=True, protocol=protocol)
+        if hosts > 1 or (authority is None and not hosts):
+            # RFC 9113 8.3.1 lets a request carry its authority in :authority or Host. RFC 9112
+            # 3.2: "A server MUST respond with a 400 (Bad Request) status code to any HTTP/1.1
+            # request message that lacks a Host header field and to any request message that
+            # contains more than one Host header field line".
+            raise RemoteProtocolError("request without one :authority or Host")
+        return kind
 
     def _on_data(self, event: h2.events.DataReceived, events: list[Event]) -> None:
         stream_id = event.stream_id
         padding = event.flow_controlled_length - len(event.data)
-        if stream_id not in self._streams:
-            # The app has finished with this stream; give the window straight back.
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.rejected:
+            # No application reads this body (it has finished with the stream, or the request
+            # was rejected before it reached one): give the window straight back.
             self._ack(stream_id, event.flow_controlled_length)
             return
         if padding:
@@ -377,10 +506,9 @@ class HTTP2Protocol:
 
     def _on_reset(self, stream_id: int, events: list[Event], now: float) -> bool:
         """Returns True when the peer has reset too many live streams."""
-        stream = self._streams.pop(stream_id, None)
+        stream = self._drop(stream_id)
         if stream is None:
             return False
-        self._forget_output(stream_id)
         events.append(StreamReset(stream_id=stream_id))
         return not stream.response_done and not self._resets.take(now)
 
@@ -394,38 +522,45 @@ class HTTP2Protocol:
         target = int.from_bytes(body[:4], "big") & _MAX_STREAM_ID
         stream = self._streams.get(target)
         if stream is not None:
+            # A stream waiting to send moves to its new place in the queues.
+            ready = stream.ready
+            self._unready(target, stream)
             stream.urgency, stream.incremental = parse_priority(body[4:])
+            if ready:
+                self._mark_ready(target, stream)
 
     # ---- outbound -------------------------------------------------------------------------
 
     def send(self, command: Command, now: float) -> list[Event]:
         if self._phase is _Phase.CLOSED:
             return []
+        events: list[Event] = []
         if isinstance(command, SendData):
             stream = self._streams.get(command.stream_id)
             if stream is None or stream.response_done:
-                return []
+                return events
             if command.data:
                 stream.out.append(command.data)
                 stream.out_size += len(command.data)
             if command.end_stream:
                 stream.response_done = True
                 stream.end_after_out = True
-            self._mark_ready(command.stream_id)
-            self._flush(now)
+            if command.data or command.end_stream:
+                self._mark_ready(command.stream_id, stream)
+                self._flush(now, events)
             self._check_done(now)
-            return []
+            return events
         if isinstance(command, AcknowledgeData):
             # Even for a finished stream: the connection window still needs the bytes back.
             self._ack(command.stream_id, command.amount)
-            return []
+            return events
         if isinstance(command, CloseConnection):
             self._start_drain(now)
             self._check_done(now)
-            return []
+            return events
         stream = self._streams.get(command.stream_id)
         if stream is None:
-            return []
+            return events
         try:
             if isinstance(command, SendResponse):
                 validate_response_headers(command.headers)
@@ -445,25 +580,27 @@ class HTTP2Protocol:
                 stream.response_done = True
                 stream.trailers = [h for h in command.headers if h[0] not in _CONNECTION_HEADERS]
                 stream.end_after_out = True
-                self._mark_ready(command.stream_id)
-                self._flush(now)
+                self._mark_ready(command.stream_id, stream)
+                self._flush(now, events)
             elif isinstance(command, PushPromise):
                 validate_response_headers(command.headers)
                 return self._push(command, stream)
             elif isinstance(command, ResetStream):
-                self._streams.pop(command.stream_id, None)
-                self._forget_output(command.stream_id)
+                self._drop(command.stream_id)
                 self._h2.reset_stream(command.stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        except LocalProtocolError:
+            raise  # the application asked for something invalid: its layer answers 500
         except (h2.exceptions.StreamClosedError, h2.exceptions.StreamIDTooLowError):
             # The peer reset the stream in the meantime; its StreamReset is on the way.
-            self._streams.pop(command.stream_id, None)
-            self._forget_output(command.stream_id)
+            self._drop(command.stream_id)
         except h2.exceptions.ProtocolError as exc:
             if isinstance(command, (SendInformational, PushPromise)):
-                return []  # optional extras that no longer fit the stream's state
+                return events  # optional extras that no longer fit the stream's state
             raise LocalProtocolError(f"HTTP/2 refused {type(command).__name__}: {exc}") from None
+        except Exception:  # a fault in one stream costs that stream only (see _fail)
+            self._fail(command.stream_id, events)
         self._check_done(now)
-        return []
+        return events
 
     def _push(self, command: PushPromise, parent: _Stream) -> list[Event]:
         remote = self._h2.remote_settings
@@ -525,60 +662,131 @@ class HTTP2Protocol:
         events.append(StreamEnded(stream_id=1))
         return events
 
-    def _mark_ready(self, stream_id: int) -> None:
-        if stream_id not in self._ready:
-            self._ready.append(stream_id)
+    def _mark_ready(self, stream_id: int, stream: _Stream) -> None:
+        if stream.ready:
+            return
+        stream.ready = True
+        self._waiting += 1
+        level = self._levels[stream.urgency]
+        if stream.incremental:
+            level.incremental.append(stream_id)
+        else:
+            bisect.insort(level.sequential, stream_id)  # nearly always an append
 
-    def _forget_output(self, stream_id: int) -> None:
-        if stream_id in self._ready:
-            self._ready.remove(stream_id)
+    def _unready(self, stream_id: int, stream: _Stream) -> None:
+        if not stream.ready:
+            return
+        stream.ready = False
+        self._waiting -= 1
+        level = self._levels[stream.urgency]
+        if stream.incremental:
+            level.incremental.remove(stream_id)
+        else:
+            level.sequential.remove(stream_id)
 
-    def _flush(self, now: float) -> None:
+    def _drop(self, stream_id: int) -> _Stream | None:
+        """Forget a stream and whatever output it still had queued."""
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None:
+            self._unready(stream_id, stream)
+        return stream
+
+    def _fail(
+        self,
+        stream_id: int,
+        events: list[Event],
+        code: h2.errors.ErrorCodes = h2.errors.ErrorCodes.INTERNAL_ERROR,
+    ) -> None:
+        """Something raised while one stream was handled: that stream is reset, nothing else.
+
+        The connection's other streams, and h2's connection state, are not touched: a fault
+        tied to one stream costs that stream (RST_STREAM INTERNAL_ERROR), never the connection.
+        """
+        known = self._drop(stream_id) is not None
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self._h2.reset_stream(stream_id, code)
+        if known:
+            events.append(StreamReset(stream_id=stream_id))
+
+    def _flush(self, now: float, events: list[Event]) -> None:
         """Frame queued bodies as windows allow.
 
-        Each round serves the most urgent level that can make progress, one frame per stream
-        (round-robin), then starts again from the top; a level blocked by flow control lets
-        the next one through rather than stalling the connection.
+        Each round serves the most urgent level that can make progress, then starts again from
+        the top; a level blocked by flow control lets the next one through rather than stalling
+        the connection. Within a level (RFC 9218 10): "Non-incremental responses of the same
+        urgency SHOULD be served by prioritizing bandwidth allocation in ascending order of the
+        stream ID" and "Incremental responses of the same urgency SHOULD be served by sharing
+        bandwidth among them": each round gives one frame to the lowest-id non-incremental
+        stream that can move, and one to each incremental stream (round-robin).
         """
-        while self._ready:
-            levels = sorted({self._streams[sid].urgency for sid in self._ready})
-            for urgency in levels:
-                at_level = [sid for sid in self._ready if self._streams[sid].urgency == urgency]
-                served = False
-                for stream_id in at_level:
-                    served = self._send_one(stream_id, now) or served
-                if served:
+        while self._waiting:
+            for level in self._levels:
+                if (level.sequential or level.incremental) and self._serve(level, now, events):
                     break
             else:
                 return  # nothing could move: every stream waits for a window
 
-    def _send_one(self, stream_id: int, now: float) -> bool:
-        """One step of one stream's output; True if anything was framed or settled."""
+    def _serve(self, level: _Level, now: float, events: list[Event]) -> bool:
+        served = False
+        sequential = level.sequential
+        # Non-incremental streams one at a time, each to completion; while the first is held
+        # by its own window, the next one may use the connection's.
+        for index, stream_id in enumerate(sequential):
+            stream = self._streams[stream_id]
+            if self._send_one(stream_id, stream, now, events):
+                if not stream.ready:
+                    del sequential[index]
+                served = True
+                break
+        incremental = level.incremental
+        held: list[int] = []
+        for _ in range(len(incremental)):
+            stream_id = incremental.popleft()
+            stream = self._streams[stream_id]
+            if not self._send_one(stream_id, stream, now, events):
+                held.append(stream_id)  # waits for a window, keeping its place in the line
+            else:
+                served = True
+                if stream.ready:
+                    incremental.append(stream_id)  # to the back of the line: round-robin
+        if held:
+            incremental.extendleft(reversed(held))
+        return served
+
+    def _send_one(self, stream_id: int, stream: _Stream, now: float, events: list[Event]) -> bool:
+        """One frame of one stream's output; True if anything was framed or settled.
+
+        The caller keeps the level's queues: a stream that has nothing left to frame comes out
+        of here with `ready` cleared.
+        """
         h2conn = self._h2
-        stream = self._streams[stream_id]
-        if stream.out:
-            window = h2conn.local_flow_control_window(stream_id)
-            if window <= 0:
-                if stream.blocked_since is None:
-                    stream.blocked_since = now
-                return False
-            stream.blocked_since = None
-            chunk = self._take(stream, min(window, h2conn.max_outbound_frame_size))
-            last = not stream.out and stream.end_after_out and stream.trailers is None
-            h2conn.send_data(stream_id, chunk, end_stream=last)
-            self._ready.remove(stream_id)
-            if last:
-                self._stream_output_done(stream_id)
-            else:
-                self._ready.append(stream_id)  # to the back of the line: round-robin
+        try:
+            if stream.out:
+                window = h2conn.local_flow_control_window(stream_id)
+                if window <= 0:
+                    if stream.blocked_since is None:
+                        stream.blocked_since = now
+                    return False
+                stream.blocked_since = None
+                chunk = self._take(stream, min(window, h2conn.max_outbound_frame_size))
+                last = not stream.out and stream.end_after_out and stream.trailers is None
+                h2conn.send_data(stream_id, chunk, end_stream=last)
+                self._moved_at = now
+                if stream.out or (stream.end_after_out and not last):
+                    return True  # more to frame: still ready
+            elif stream.end_after_out:
+                if stream.trailers is not None:
+                    h2conn.send_headers(stream_id, stream.trailers, end_stream=True)
+                else:
+                    h2conn.end_stream(stream_id)
+        except Exception:  # a fault in one stream costs that stream only (see _fail)
+            stream.ready = False  # the caller takes it out of the level's queue
+            self._waiting -= 1
+            self._fail(stream_id, events)
             return True
-        self._ready.remove(stream_id)
-        if stream.end_after_out:
-            if stream.trailers is not None:
-                h2conn.send_headers(stream_id, stream.trailers, end_stream=True)
-            else:
-                h2conn.end_stream(stream_id)
-            self._stream_output_done(stream_id)
+        stream.ready = False
+        self._waiting -= 1
+        self._stream_output_done(stream_id)
         return True
 
     @staticmethod
@@ -595,13 +803,17 @@ class HTTP2Protocol:
     def _stream_output_done(self, stream_id: int) -> None:
         """Forget a stream once both directions are finished and nothing is left to frame."""
         stream = self._streams.get(stream_id)
-        if (
-            stream is not None
-            and stream.request_done
-            and stream.response_done
-            and stream_id not in self._ready
-        ):
+        if stream is None or not stream.response_done or stream.ready:
+            return
+        if stream.request_done:
             del self._streams[stream_id]
+        elif stream.rejected:
+            # Nobody reads the rest of a rejected request. RFC 9113 8.1: "a server MAY request
+            # that the client abort transmission of a request without error by sending a
+            # RST_STREAM with an error code of NO_ERROR after sending a complete response".
+            del self._streams[stream_id]
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
 
     def _ack(self, stream_id: int, amount: int) -> None:
         if amount <= 0:
@@ -616,27 +828,39 @@ class HTTP2Protocol:
         return 0 if stream is None else stream.out_size
 
     def data_to_send(self) -> bytes:
-        data = self._h2.data_to_send()
-        if self._out:
-            data = b"".join([data, *self._out])
-            self._out.clear()
+        pending = self._h2.data_to_send()
+        if not self._out:
+            return pending  # the common case: everything came from h2, already in order
+        if pending:
+            self._out.append(pending)
+        data = b"".join(self._out)
+        self._out.clear()
         return data
+
+    def _emit(self, frames: bytes) -> None:
+        """Queue frames built here (GOAWAY, the drain PING) behind everything h2 produced so far.
+
+        One FIFO for the connection: h2's bytes are moved into it before each frame of ours, so
+        the output leaves in the order it was produced. Reordering would put DATA before its
+        HEADERS, or a header block before one encoded earlier (HPACK state is shared, RFC 7541
+        2.3.2).
+        """
+        pending = self._h2.data_to_send()
+        if pending:
+            self._out.append(pending)
+        self._out.append(frames)
 
     # ---- connection lifetime --------------------------------------------------------------
 
     def _start_drain(self, now: float) -> None:
         if self._phase is not _Phase.OPEN:
             return
-        self._out.append(
-            self._h2.data_to_send()
-            + _goaway(_MAX_STREAM_ID, 0)
-            + PingFrame(0, _GOAWAY_PING).serialize()
-        )
+        self._emit(_goaway(_MAX_STREAM_ID, 0) + PingFrame(0, _GOAWAY_PING).serialize())
         self._phase = _Phase.DRAINING
         self._drain_started = now
 
     def _final_goaway(self) -> None:
-        self._out.append(self._h2.data_to_send() + _goaway(self._last_stream_id, 0))
+        self._emit(_goaway(self._last_stream_id, 0))
         self._phase = _Phase.DRAINED
 
     def _check_done(self, now: float) -> None:
@@ -652,23 +876,25 @@ class HTTP2Protocol:
             self._idle_since = now
 
     def _protocol_error(self, reason: str) -> list[Event]:
-        self._out.append(
-            self._h2.data_to_send()
-            + _goaway(self._last_stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
-        )
+        self._emit(_goaway(self._last_stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR))
         return self._terminate(RemoteProtocolError(f"HTTP/2 protocol error: {reason}"))
 
     def _calm(self, reason: str) -> list[Event]:
-        self._out.append(
-            self._h2.data_to_send()
-            + _goaway(self._last_stream_id, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
-        )
+        self._emit(_goaway(self._last_stream_id, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM))
         return self._terminate(PeerAbuse(reason))
 
-    def _terminate(self, error: RemoteProtocolError | None = None) -> list[Event]:
+    def _internal_error(self, exc: Exception) -> list[Event]:
+        # A fault outside any stream: nothing narrower than the connection to give up.
+        self._emit(_goaway(self._last_stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR))
+        return self._terminate(LocalProtocolError(f"HTTP/2 internal error: {exc!r}"))
+
+    def _terminate(self, error: ProtocolError | None = None) -> list[Event]:
         events: list[Event] = [StreamReset(stream_id=sid) for sid in self._streams]
         self._streams.clear()
-        self._ready.clear()
+        for level in self._levels:
+            level.sequential.clear()
+            level.incremental.clear()
+        self._waiting = 0
         self._phase = _Phase.CLOSED
         events.append(ConnectionClosed(error=error))
         return events
@@ -694,23 +920,34 @@ class HTTP2Protocol:
             self._final_goaway()
         timeout = self._limits.send_timeout
         for stream_id, stream in list(self._streams.items()):
-            if stream.blocked_since is not None and now >= stream.blocked_since + timeout:
-                # The peer has not opened its window for too long: give up on this stream.
-                del self._streams[stream_id]
-                self._forget_output(stream_id)
-                self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
-                events.append(StreamReset(stream_id=stream_id))
+            if stream.blocked_since is None or now < stream.blocked_since + timeout:
+                continue
+            if now < self._moved_at + timeout and self._stream_window(stream_id) > 0:
+                # Its own window is open and other streams' data moves: it only waits its turn
+                # (behind more urgent or earlier streams, or for its share of the connection
+                # window). The peer is reading, so its clock restarts.
+                stream.blocked_since = self._moved_at
+                continue
+            # The peer has not opened its window for too long: give up on this stream.
+            self._drop(stream_id)
+            self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+            events.append(StreamReset(stream_id=stream_id))
         if (
             self._idle_since is not None
             and not self._streams
             and now >= self._idle_since + self._limits.keep_alive_timeout
         ):
-            self._out.append(self._h2.data_to_send() + _goaway(self._last_stream_id, 0))
+            self._emit(_goaway(self._last_stream_id, 0))
             self._phase = _Phase.CLOSED
             events.append(ConnectionClosed())
             return events
         self._check_done(now)
         return events
+
+    def _stream_window(self, stream_id: int) -> int:
+        """The peer's window for this stream alone, without the connection's."""
+        stream = self._h2.streams.get(stream_id)
+        return 0 if stream is None else stream.outbound_flow_control_window
 
     @property
     def wants_read(self) -> bool:
@@ -720,6 +957,56 @@ class HTTP2Protocol:
     @property
     def closed(self) -> bool:
         return self._phase is _Phase.CLOSED
+
+
+def _split_head(raw: Headers) -> tuple[dict[bytes, bytes], Headers, bytes | None, int]:
+    """Pseudo-header fields, regular fields (with :authority as the first `host`), the
+    Priority field and the number of Host fields of a request header block; MalformedHead for
+    what RFC 9113 8 forbids."""
+    pseudo: dict[bytes, bytes] = {}
+    headers: Headers = []
+    priority = None
+    hosts = 0
+    regular = False
+    for name, value in raw:
+        if name[:1] == b":":
+            # RFC 9113 8.3: "Endpoints MUST treat a request or response that contains undefined
+            # or invalid pseudo-header fields as malformed" and "All pseudo-header fields MUST
+            # appear in a field block before all regular field lines"; 8.3.1: "exactly one
+            # valid value" of each.
+            if regular or name in pseudo or name not in _REQUEST_PSEUDO:
+                raise MalformedHead(f"misplaced, repeated or unknown {name[:32]!r}")
+            pseudo[name] = value
+            continue
+        regular = True
+        if name in _CONNECTION_HEADERS or (name == b"te" and value.lower() != b"trailers"):
+            # RFC 9113 8.2.2: "An endpoint MUST NOT generate an HTTP/2 message containing
+            # connection-specific header fields. [...] Any message containing
+            # connection-specific header fields MUST be treated as malformed." TE may only
+            # say "trailers".
+            raise MalformedHead(f"connection-specific field {name[:32]!r}")
+        if name == b"host":
+            hosts += 1
+            authority = pseudo.get(b":authority")
+            if authority is not None:
+                # RFC 9113 8.3.1: "A server SHOULD treat a request as malformed if it contains
+                # a Host header field that identifies an entity that differs from the entity
+                # in the :authority pseudo-header field."
+                if value != authority:
+                    raise MalformedHead("Host differs from :authority")
+                continue  # the :authority copy goes first, below
+        elif name == b"priority":
+            priority = value
+        headers.append((name, value))
+    # RFC 9113 8.2.1: "A request or response containing uppercase characters in field names
+    # MUST be treated as malformed." One search over all names: this runs for every request.
+    if _UPPERCASE.search(b"".join(name for name, _ in headers)) is not None:
+        raise MalformedHead("uppercase characters in a field name")
+    authority = pseudo.get(b":authority")
+    if authority is not None:
+        # ASGI: :authority becomes the host header, first, replacing any other.
+        headers.insert(0, (b"host", authority))
+    return pseudo, headers, priority, hosts
 
 
 def _goaway(last_stream_id: int, error_code: int) -> bytes:

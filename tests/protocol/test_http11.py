@@ -1230,3 +1230,22 @@ def test_commands_before_any_request_are_ignored() -> None:
     assert server.send(SendData(stream_id=1, data=b"x", end_stream=True), 0.0) == []
     assert server.data_to_send() == b""
     assert not server.closed
+
+
+def test_rejection_after_a_head_request_still_has_its_body() -> None:
+    """The refused request is not a HEAD: its answer's body must go out (found by the
+    state-machine property test; the framing used to carry over from the HEAD before it)."""
+    server = make_server()
+    events = server.receive_data(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\nGARBAGE\r\n\r\n", 0.0)
+    assert kinds(events) == [RequestReceived, StreamEnded]
+    released = respond(server, 1, b"", headers=[(b"x-head", b"1")])
+    assert len(released) == 1
+    rejected = released[0]
+    assert isinstance(rejected, RequestRejected)
+    assert answer_rejection(server, rejected) == []
+    responses = parse_responses(server.data_to_send(), [b"HEAD", b"GET"], eof=True)
+    assert [(r.status, r.body, r.complete) for r in responses] == [
+        (200, b"", True),
+        (400, b"rejected", True),
+    ]
+    assert server.closed

@@ -681,6 +681,10 @@ class HTTP11Protocol:
             self._stream_id += 1  # the refused request still takes its number
         self._state = _TRANSITIONS[self._state, E_REJECT]
         self._keep_alive = False
+        # The answer frames as for a plain GET, whatever the previous request was (a HEAD's
+        # would otherwise lose its body).
+        self._head_method = self._http10 = False
+        self._continue = C_NO
         self._h2c = None
         if isinstance(error, _UnsupportedWebSocketVersion):
             self._answer_headers = [(b"sec-websocket-version", b"13")]

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Final
 
 import h11
 
-from multicorn.protocol.errors import RemoteProtocolError
+from multicorn.protocol.errors import LocalProtocolError, RemoteProtocolError
 
 if TYPE_CHECKING:
     from multicorn.protocol.events import Headers
@@ -158,8 +158,8 @@ class HttptoolsParser:
       (431, below and in the protocol), the transfer coding (501) and the version (505) in the
       protocol's head check, which sees the head before the error llhttp raises after it (llhttp
       runs on_headers_complete before refusing an unknown Transfer-Encoding);
-    - an exception raised by one of our callbacks comes back as HttpParserCallbackError with the
-      original as `__context__`: a RemoteProtocolError there keeps its own status.
+    - HttpParserCallbackError means one of our callbacks raised (the original is its
+      `__context__`): a bug of ours, reported as LocalProtocolError, never blamed on the peer.
     """
 
     __slots__ = (
@@ -202,10 +202,10 @@ class HttptoolsParser:
             self._start_upgrade_body(data[exc.args[0] :])
             return
         except httptools.HttpParserCallbackError as exc:
-            context = exc.__context__
-            if isinstance(context, RemoteProtocolError):
-                raise context from None
-            raise RemoteProtocolError(str(exc) or "malformed request") from None
+            # HPE_CB_* / HPE_USER: one of the callbacks below raised, which they never should.
+            raise LocalProtocolError(f"request parser callback failed: {exc.__context__!r}") from (
+                exc.__context__
+            )
         except httptools.HttpParserError as exc:
             # RFC 9112 2.2: a message that does not parse is answered 400 (see the class notes).
             raise RemoteProtocolError(str(exc) or "malformed request") from None

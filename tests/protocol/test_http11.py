@@ -1249,3 +1249,15 @@ def test_rejection_after_a_head_request_still_has_its_body() -> None:
         (400, b"rejected", True),
     ]
     assert server.closed
+
+
+def test_small_heads_in_one_read_bigger_than_the_limit_are_accepted() -> None:
+    """The head-size limit is per head: a read carrying many small pipelined heads is fine."""
+    server = make_server(max_incomplete_size=1000)
+    one = b"GET /p HTTP/1.1\r\nHost: a\r\nX-Pad: " + b"p" * 150 + b"\r\n\r\n"
+    events = server.receive_data(one * 20, 0.0)
+    for stream_id in range(1, 21):
+        assert kinds(events) == [RequestReceived, StreamEnded], stream_id
+        assert events[0].stream_id == stream_id
+        events = respond(server, stream_id)
+    assert len(parse_responses(server.data_to_send(), [b"GET"] * 20)) == 20

@@ -422,3 +422,31 @@ def test_no_stream_reset_for_a_stream_the_app_never_saw() -> None:
     pending(server)
     events = server.receive_data(b"", 0.0)
     assert not any(isinstance(event, StreamReset) for event in events)
+
+
+def test_bytes_arriving_while_a_pipelined_handshake_waits_are_kept() -> None:
+    """The parser has stopped at the handshake; what comes next must not be parsed as HTTP nor
+    lost while the request before it is answered."""
+    server = ws_server()
+    events = server.receive_data(request_bytes() + handshake() + b"one,", 0.0)
+    assert [type(event) for event in events] == [RequestReceived, StreamEnded]
+    assert server.receive_data(b"two,", 0.0) == []
+    assert server.receive_data(b"GET / HTTP/1.1\r\n\r\n", 0.0) == []
+    released = respond(server, 1)
+    assert [type(event) for event in released] == [RequestReceived]
+    assert accept(server, stream_id=2) == [
+        DataReceived(stream_id=2, data=b"one,two,GET / HTTP/1.1\r\n\r\n")
+    ]
+
+
+def test_bytes_arriving_behind_a_declined_upgrade_are_parsed_in_turn() -> None:
+    server = make_server()
+    other = request_bytes(b"GET", b"/u", [(b"connection", b"Upgrade"), (b"upgrade", b"foo")])
+    events = server.receive_data(request_bytes() + other, 0.0)
+    assert [type(event) for event in events] == [RequestReceived, StreamEnded]
+    assert server.receive_data(request_bytes(b"GET", b"/third"), 0.0) == []
+    released = respond(server, 1)
+    assert [(type(e), e.stream_id) for e in released] == [(RequestReceived, 2), (StreamEnded, 2)]
+    released = respond(server, 2)
+    assert isinstance(released[0], RequestReceived)
+    assert released[0].target == b"/third"

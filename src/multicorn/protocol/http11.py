@@ -526,13 +526,12 @@ class HTTP11Protocol:
             raise RemoteProtocolError(
                 f"HTTP version {version} is not supported", error_status_hint=505
             )
-        size = len(head.method) + len(head.target) + 12  # the request line
         has_length = has_chunked = False
         hosts = 0
         # RFC 9112 9.3: HTTP/1.1 is persistent by default; HTTP/1.0 keep-alive is not offered.
         flags = _KEEP_ALIVE if version == "1.1" else 0
-        for name, value in head.headers:
-            size += len(name) + len(value) + 4
+        headers = head.headers
+        for name, value in headers:
             if name not in _FRAMING_NAMES:
                 continue  # most headers: one set lookup instead of a chain of comparisons
             if name == b"host":
@@ -559,9 +558,14 @@ class HTTP11Protocol:
             elif b"close" in value.lower() and b"close" in _tokens(value.lower()):
                 # Connection. RFC 9112 9.6: "close" ends the connection after this response.
                 flags &= ~_KEEP_ALIVE
-        if size > self._limits.max_incomplete_size:
-            # RFC 6585 5: 431 Request Header Fields Too Large.
-            raise RemoteProtocolError("request header section too large", error_status_hint=431)
+        if not head.small:
+            # Arrived whole in a read bigger than the limit: count it. The request line, and
+            # each field line as "name: value\r\n".
+            size = len(head.method) + len(head.target) + 12
+            size += sum([len(name) + len(value) + 4 for name, value in headers])
+            if size > self._limits.max_incomplete_size:
+                # RFC 6585 5: 431 Request Header Fields Too Large.
+                raise RemoteProtocolError("request header section too large", error_status_hint=431)
         # RFC 9112 3.2: "A server MUST respond with a 400 (Bad Request) status code to any
         # HTTP/1.1 request message that lacks a Host header field and to any request message
         # that contains more than one Host header field line".

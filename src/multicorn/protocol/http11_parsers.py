@@ -5,8 +5,9 @@ Both turn bytes into the same small operations, appended to `ops` in wire order:
 - `DataOp`: a piece of its body,
 - `END` (the one `EndOp`): the body is complete,
 - `UpgradeOp`: the parser stopped after a request that asked to switch protocols; `leftover` is
-  every byte after it. `resume(leftover)` carries on parsing HTTP/1.1 if the switch is declined;
-  otherwise those bytes belong to whatever the connection becomes.
+  every byte after it, including what is fed while the operation waits its turn (the parser
+  parses nothing more until then). `resume(leftover)` carries on parsing HTTP/1.1 if the switch
+  is declined; otherwise those bytes belong to whatever the connection becomes.
 - `ErrorOp`: appended by the protocol when `feed()` raised, so that it is handled in its turn,
   after the requests that parsed fine before it.
 
@@ -33,15 +34,22 @@ if TYPE_CHECKING:
 
 class HeadOp:
     """A parsed request line and header section; header names lower-cased, `version` as the
-    request line spells it ("1.1", "1.0", "0.9" for a line without a version, "2.0"...)."""
+    request line spells it ("1.1", "1.0", "0.9" for a line without a version, "2.0"...).
 
-    __slots__ = ("headers", "method", "target", "version")
+    `small` is True when the head is known to fit in the parser's `max_size`: the bytes it
+    arrived in were fewer. Only when False does the protocol count the head exactly (a head
+    that arrived whole in one big read is not bounded by the parser)."""
 
-    def __init__(self, method: bytes, target: bytes, version: str, headers: Headers) -> None:
+    __slots__ = ("headers", "method", "small", "target", "version")
+
+    def __init__(
+        self, method: bytes, target: bytes, version: str, headers: Headers, small: bool
+    ) -> None:
         self.method = method
         self.target = target
         self.version = version
         self.headers = headers
+        self.small = small
 
 
 class DataOp:
@@ -61,6 +69,8 @@ END: Final = EndOp()
 
 
 class UpgradeOp:
+    """Mutable: `feed()` appends to `leftover` until the protocol takes it."""
+
     __slots__ = ("leftover",)
 
     def __init__(self, leftover: bytes) -> None:
@@ -81,12 +91,14 @@ class H11Parser:
     """h11 as a parser only: our responses never pass through it, so every request cycle runs
     on a fresh h11 connection seeded with whatever the client had already pipelined."""
 
-    __slots__ = ("_conn", "_max_size", "ops")
+    __slots__ = ("_bound", "_conn", "_max_size", "_stop", "ops")
 
     def __init__(self, max_size: int) -> None:
         self._max_size = max_size
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_size)
         self.ops: deque[Op] = deque()
+        self._bound = 0  # bytes the heads completed by this feed can at most span
+        self._stop: UpgradeOp | None = None  # the stop at an upgrade request, until resumed
 
     @property
     def partial(self) -> bool:
@@ -94,10 +106,16 @@ class H11Parser:
         return bool(self._conn.trailing_data[0]) or self._conn.their_state is h11.SEND_BODY
 
     def feed(self, data: bytes) -> None:
+        if self._stop is not None:
+            self._stop.leftover += data
+            return
+        self._bound = len(self._conn.trailing_data[0]) + len(data)
         self._conn.receive_data(data)
         self._drain()
 
     def resume(self, leftover: bytes) -> None:
+        self._stop = None
+        self._bound = len(leftover)
         self._fresh(leftover)
         self._drain()
 
@@ -123,14 +141,18 @@ class H11Parser:
             elif isinstance(event, h11.Request):
                 headers = [(bytes(name), bytes(value)) for name, value in event.headers]
                 version = bytes(event.http_version).decode("ascii")
-                ops.append(HeadOp(bytes(event.method), bytes(event.target), version, headers))
+                small = self._bound <= self._max_size
+                ops.append(
+                    HeadOp(bytes(event.method), bytes(event.target), version, headers, small)
+                )
             elif isinstance(event, h11.EndOfMessage):
                 ops.append(END)
                 leftover = bytes(conn.trailing_data[0])
                 # After a complete request the client is DONE, unless the request proposed a
                 # protocol switch (an Upgrade header): then h11 waits for our verdict.
                 if conn.their_state is not h11.DONE:
-                    ops.append(UpgradeOp(leftover))
+                    self._stop = UpgradeOp(leftover)
+                    ops.append(self._stop)
                     return
                 self._fresh(leftover)
                 conn = self._conn
@@ -164,11 +186,13 @@ class HttptoolsParser:
 
     __slots__ = (
         "_body_left",
+        "_fed",
         "_head_open",
         "_head_size",
         "_headers",
         "_max_size",
         "_parser",
+        "_stop",
         "_url",
         "ops",
     )
@@ -184,6 +208,8 @@ class HttptoolsParser:
         self._head_open = False
         self._head_size = 0  # bytes of the head in progress fed in earlier reads (over-estimated)
         self._body_left = -1  # body bytes of an upgrade request still to count out, or -1
+        self._fed = 0  # bytes of the current feed() call
+        self._stop: UpgradeOp | None = None  # the stop at an upgrade request, until resumed
 
     @property
     def partial(self) -> bool:
@@ -192,10 +218,14 @@ class HttptoolsParser:
     def feed(self, data: bytes) -> None:
         import httptools
 
+        if self._stop is not None:
+            self._stop.leftover += data
+            return
         if self._body_left >= 0:
             self._count_body(data)
             return
         began_open = self._head_open
+        self._fed = len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -223,6 +253,7 @@ class HttptoolsParser:
         import httptools
 
         self._parser = httptools.HttpRequestParser(self)
+        self._stop = None
         if leftover:
             self.feed(leftover)
 
@@ -249,7 +280,8 @@ class HttptoolsParser:
         if self._body_left == 0:
             self._body_left = -1
             self.ops.append(END)
-            self.ops.append(UpgradeOp(data[take:]))
+            self._stop = UpgradeOp(data[take:])
+            self.ops.append(self._stop)
 
     # ---- llhttp callbacks -------------------------------------------------------------------
 
@@ -268,8 +300,10 @@ class HttptoolsParser:
     def on_headers_complete(self) -> None:
         self._head_open = False
         parser = self._parser
+        # Heads begun in an earlier read: _head_size counts them; begun in this one: 0.
+        small = self._head_size + self._fed <= self._max_size
         self.ops.append(
-            HeadOp(parser.get_method(), self._url, parser.get_http_version(), self._headers)
+            HeadOp(parser.get_method(), self._url, parser.get_http_version(), self._headers, small)
         )
 
     def on_body(self, body: bytes) -> None:

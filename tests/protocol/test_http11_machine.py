@@ -1,11 +1,12 @@
 """The HTTP/1.1 state machine driven by random clients and random applications.
 
 Hypothesis draws a sequence of requests (plain, with bodies, chunked, HEAD, `Connection: close`,
-`Expect: 100-continue`, WebSocket handshakes the application declines, garbage), cuts their bytes
-at random points, and draws how the application behaves for each (answer early, before the body
-is complete, or after it; acknowledge the body or not; frame the answer with a length, chunks,
-trailers, or no body). The driver honours `wants_read` as a runtime does and drains
-`data_to_send()` after every call. Then a real h11 client parses everything the server wrote:
+`Expect: 100-continue`, WebSocket handshakes the application declines, upgrades to a protocol
+the server does not take, garbage), cuts their bytes at random points, and draws how the
+application behaves for each (answer early, before the body is complete, or after it;
+acknowledge the body or not; frame the answer with a length, chunks, trailers, or no body).
+The driver honours `wants_read` as a runtime does and drains `data_to_send()` after every call.
+Then a real h11 client parses everything the server wrote:
 - every byte is valid HTTP/1.1 (h11 raises otherwise),
 - responses come in request order, each complete, each the one the application sent,
 - the connection only stops answering after a request that closes it,
@@ -43,7 +44,7 @@ from multicorn.protocol.http11 import HTTP11Protocol
 
 from .helpers import make_server, request_bytes
 
-KINDS = ["get", "head", "post", "chunked", "close", "expect", "websocket", "garbage"]
+KINDS = ["get", "head", "post", "chunked", "close", "expect", "websocket", "upgrade", "garbage"]
 # After these the server closes the connection once their answer is out.
 CLOSING = {"close", "websocket", "garbage"}
 WEBSOCKET_HEADERS: Headers = [
@@ -69,6 +70,9 @@ def wire_of(kind: str, body: bytes) -> bytes:
         return request_bytes(b"POST", b"/expect", [(b"expect", b"100-continue")], body=body)
     if kind == "websocket":
         return request_bytes(b"GET", b"/ws", WEBSOCKET_HEADERS)
+    if kind == "upgrade":  # a protocol the server does not take: served as HTTP/1.1
+        headers = [(b"connection", b"Upgrade"), (b"upgrade", b"foo/1")]
+        return request_bytes(b"POST", b"/upgrade", headers, body=body)
     return b"GARBAGE\r\n\r\n"
 
 

@@ -287,3 +287,23 @@ def test_random_clients_and_applications(
         last = run.answered[-1] if run.answered else 0
         assert last, (kinds, run.answered)
         assert kinds[last - 1] in CLOSING or last in run.refused_100, (kinds, run.answered)
+
+
+def test_a_transition_not_in_the_table_raises_local_protocol_error() -> None:
+    from multicorn.protocol import http11
+    from multicorn.protocol.errors import LocalProtocolError
+
+    assert http11._TRANSITIONS[http11.S_IDLE, http11.E_REQUEST] is http11.S_RECEIVING
+    for state, event in [
+        (http11.S_CLOSED, http11.E_REQUEST),
+        (http11.S_CLOSED, http11.E_CLOSE),
+        (http11.S_SWITCHED, http11.E_CLOSE),
+        (http11.S_TUNNEL, http11.E_RESPONSE_END),
+        (http11.S_RESPONDING, http11.E_BODY_END),
+    ]:
+        try:
+            http11._TRANSITIONS[state, event]
+        except LocalProtocolError as exc:
+            assert event.name in str(exc) and state.name in str(exc)
+        else:
+            raise AssertionError(f"{event.name} from {state.name} was allowed")

@@ -155,3 +155,25 @@ def test_open_head_over_the_limit_is_431(engine: str) -> None:
         for _ in range(10):
             parser.feed(b"X-Pad: " + b"p" * 40 + b"\r\n")
     assert info.value.error_status_hint == 431
+
+
+@pytest.mark.parametrize("version", [b"1.1", b"1.0", b"2.0", None])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        b"",
+        b"Connection: keep-alive\r\n",
+        b"Connection: close\r\n",
+        b"Connection: Keep-Alive, Upgrade\r\n",
+        b"Proxy-Connection: keep-alive\r\n",
+        b"X-Connection: keep-alive\r\nKeep-Alive: 5\r\n",
+    ],
+)
+def test_llhttp_version_shortcut_is_exact(version: bytes | None, fields: bytes) -> None:
+    """The version is read from llhttp only when keep-alive alone cannot tell it."""
+    line = b"GET /" + (b" HTTP/" + version if version else b"") + b"\r\n"
+    parser = HttptoolsParser(16 * 1024)
+    parser.feed(line + b"Host: a\r\n" + fields + b"\r\n")
+    head = parser.ops[0]
+    assert isinstance(head, HeadOp)
+    assert head.version == (version.decode() if version else "0.9")

@@ -450,3 +450,16 @@ def test_bytes_arriving_behind_a_declined_upgrade_are_parsed_in_turn() -> None:
     released = respond(server, 2)
     assert isinstance(released[0], RequestReceived)
     assert released[0].target == b"/third"
+
+
+def test_handshake_and_early_bytes_split_at_every_offset() -> None:
+    wire = handshake() + b"\x81\x05early"
+    for offset in range(1, len(wire)):
+        server = ws_server()
+        events = server.receive_data(wire[:offset], 0.0)
+        events += server.receive_data(wire[offset:], 0.0)
+        assert len(events) == 1, offset
+        assert isinstance(events[0], RequestReceived)
+        assert events[0].kind is StreamKind.WEBSOCKET
+        assert accept(server) == [DataReceived(stream_id=1, data=b"\x81\x05early")], offset
+        assert server.data_to_send().startswith(b"HTTP/1.1 101 Switching Protocols\r\n")

@@ -165,10 +165,10 @@ class HttptoolsParser:
     pipelined requests by itself. It stops at an upgrade request before reading its body, so
     that body (Content-Length only) is counted out here.
 
-    The callbacks do as little as they can: the head is collected straight into the list and
-    bytes the operation carries (no per-header bookkeeping; the protocol's head check walks the
-    headers once anyway), and the size of a head still open when a read ends is worked out only
-    then.
+    The callbacks do as little as they can: the head goes straight into the list and bytes the
+    operation carries, the only per-header bookkeeping is noting a Connection header (it lets
+    most requests skip get_http_version(), see on_headers_complete), and the size of a head is
+    worked out only when a read ends inside it or brought more bytes than the limit.
 
     Errors. httptools exposes no llhttp error code (`llhttp_errno`) to Python: it maps the code
     to an exception class (`parser_error_from_errno`: HPE_CB_* and HPE_USER become

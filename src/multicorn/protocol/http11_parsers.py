@@ -197,6 +197,7 @@ class HttptoolsParser:
         "_stop",
         "_url",
         "ops",
+        "partial",
     )
 
     def __init__(self, max_size: int) -> None:
@@ -214,10 +215,10 @@ class HttptoolsParser:
         self._fed = 0  # bytes of the current feed() call
         self._connection = False  # the head in progress has a (Proxy-)Connection header
         self._stop: UpgradeOp | None = None  # the stop at an upgrade request, until resumed
-
-    @property
-    def partial(self) -> bool:
-        return self._head_open or self._body_left > 0
+        # Bytes of a request that is not complete yet are buffered: an open head, or an upgrade
+        # request's body still being counted. A plain attribute, unlike H11Parser's property:
+        # the protocol reads it on every `wants_read`, several times per request.
+        self.partial = False
 
     def feed(self, data: bytes) -> None:
         if self._stop is not None:
@@ -270,6 +271,7 @@ class HttptoolsParser:
             if name == b"content-length":
                 length = int(value)
         self._body_left = length
+        self.partial = length > 0
         self._count_body(leftover)
 
     def _count_body(self, data: bytes) -> None:
@@ -279,6 +281,7 @@ class HttptoolsParser:
             self._body_left -= take
         if self._body_left == 0:
             self._body_left = -1
+            self.partial = False
             self.ops.append(END)
             self._stop = UpgradeOp(data[take:])
             self.ops.append(self._stop)
@@ -289,7 +292,7 @@ class HttptoolsParser:
         self._url = b""
         self._headers = []
         self._connection = False
-        self._head_open = True
+        self._head_open = self.partial = True
         self._head_size = 0
 
     def on_url(self, url: bytes) -> None:
@@ -302,7 +305,7 @@ class HttptoolsParser:
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self._head_open = False
+        self._head_open = self.partial = False
         parser = self._parser
         # Heads begun in an earlier read: _head_size counts them; begun in this one: 0.
         small = self._head_size + self._fed <= self._max_size

@@ -463,3 +463,18 @@ def test_handshake_and_early_bytes_split_at_every_offset() -> None:
         assert events[0].kind is StreamKind.WEBSOCKET
         assert accept(server) == [DataReceived(stream_id=1, data=b"\x81\x05early")], offset
         assert server.data_to_send().startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+
+
+@pytest.mark.parametrize(
+    ("connection", "upgrade"),
+    [
+        (b"keep-alive, Upgrade", b"websocket"),
+        (b"UPGRADE", b"WebSocket"),
+        (b"Upgrade", b"foo/1, websocket"),
+    ],
+)
+def test_handshake_header_forms(connection: bytes, upgrade: bytes) -> None:
+    """RFC 6455 4.1: tokens in lists, compared case-insensitively."""
+    server = ws_server()
+    pending(server, handshake(connection=connection, upgrade=upgrade) + b"\x81\x00")
+    assert accept(server) == [DataReceived(stream_id=1, data=b"\x81\x00")]

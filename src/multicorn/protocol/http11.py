@@ -13,7 +13,11 @@ parsers leave to their user:
 - read backpressure: `wants_read` turns False while the application has not consumed the body
   bytes already delivered, or while a pipelined request waits behind the current one,
 - protocol switches: h2c by prior knowledge or `Upgrade: h2c` (events for negotiate.py), and
-  WebSocket (RFC 6455), whose connection is handed over only when the application accepts.
+  WebSocket (RFC 6455, with `HTTP11Limits.websocket`): a valid handshake becomes a WEBSOCKET
+  stream and nothing after it is parsed while the application decides. A 2xx accepts it (we
+  write the 101) and the connection becomes a byte tunnel for that stream; any other status is
+  an ordinary response, after which the connection closes (the bytes behind the handshake may
+  be frames sent in hope, never to be read as HTTP).
 
 The connection is in one `_State` at a time and moves only along `_TRANSITIONS`; a move not in
 the table is a bug of ours and raises LocalProtocolError. One request/response cycle:

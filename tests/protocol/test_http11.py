@@ -1230,3 +1230,34 @@ def test_commands_before_any_request_are_ignored() -> None:
     assert server.send(SendData(stream_id=1, data=b"x", end_stream=True), 0.0) == []
     assert server.data_to_send() == b""
     assert not server.closed
+
+
+def test_rejection_after_a_head_request_still_has_its_body() -> None:
+    """The refused request is not a HEAD: its answer's body must go out (found by the
+    state-machine property test; the framing used to carry over from the HEAD before it)."""
+    server = make_server()
+    events = server.receive_data(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\nGARBAGE\r\n\r\n", 0.0)
+    assert kinds(events) == [RequestReceived, StreamEnded]
+    released = respond(server, 1, b"", headers=[(b"x-head", b"1")])
+    assert len(released) == 1
+    rejected = released[0]
+    assert isinstance(rejected, RequestRejected)
+    assert answer_rejection(server, rejected) == []
+    responses = parse_responses(server.data_to_send(), [b"HEAD", b"GET"], eof=True)
+    assert [(r.status, r.body, r.complete) for r in responses] == [
+        (200, b"", True),
+        (400, b"rejected", True),
+    ]
+    assert server.closed
+
+
+def test_small_heads_in_one_read_bigger_than_the_limit_are_accepted() -> None:
+    """The head-size limit is per head: a read carrying many small pipelined heads is fine."""
+    server = make_server(max_incomplete_size=1000)
+    one = b"GET /p HTTP/1.1\r\nHost: a\r\nX-Pad: " + b"p" * 150 + b"\r\n\r\n"
+    events = server.receive_data(one * 20, 0.0)
+    for stream_id in range(1, 21):
+        assert kinds(events) == [RequestReceived, StreamEnded], stream_id
+        assert events[0].stream_id == stream_id
+        events = respond(server, stream_id)
+    assert len(parse_responses(server.data_to_send(), [b"GET"] * 20)) == 20

@@ -12,6 +12,7 @@ import base64
 import h2.events
 import pytest
 
+from multicorn.protocol.errors import LocalProtocolError
 from multicorn.protocol.events import (
     DataReceived,
     Event,
@@ -22,6 +23,7 @@ from multicorn.protocol.events import (
     SendData,
     SendResponse,
     StreamEnded,
+    StreamKind,
     UpgradeRequested,
 )
 from multicorn.protocol.http2 import PREFACE, HTTP2Limits, HTTP2Protocol
@@ -363,3 +365,26 @@ def test_upgrade_with_a_body_over_the_buffer_is_plain_http11_with_the_body_intac
     respond(http11, 1, b"served over 1.1")
     response = parse_one(http11.data_to_send())
     assert (response.status, response.body) == (200, b"served over 1.1")
+
+
+def test_an_unknown_kind_of_switch_is_our_bug_not_a_silent_http2() -> None:
+    with pytest.raises(LocalProtocolError):
+        upgrade(UpgradeRequested(leftover=b"x"), limits(), now=0.0)
+
+
+@pytest.mark.parametrize("tls", [True, False])
+def test_websocket_setting_survives_the_choice_of_protocol(tls: bool) -> None:
+    """Unlike h2c, WebSocket over HTTP/1.1 works the same with or without TLS."""
+    protocol = for_connection(
+        limits(HTTP11Limits(websocket=True, h2c_upgrade=True)), alpn=None, tls=tls, now=0.0
+    )
+    headers = [
+        (b"upgrade", b"websocket"),
+        (b"connection", b"Upgrade"),
+        (b"sec-websocket-key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+        (b"sec-websocket-version", b"13"),
+    ]
+    events = protocol.receive_data(request_bytes(b"GET", b"/ws", headers), 0.0)
+    assert len(events) == 1
+    assert isinstance(events[0], RequestReceived)
+    assert events[0].kind is StreamKind.WEBSOCKET

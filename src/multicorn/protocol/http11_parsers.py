@@ -1,55 +1,104 @@
 """Request parsing engines for the HTTP/1.1 core: h11 (pure Python) and httptools (llhttp).
 
-Both turn bytes into the same small operations, appended to `ops`:
-(HEAD, RequestHead), (DATA, bytes), (END, None) and (UPGRADE, leftover) — the last when the
-parser stopped after a request that asked to switch protocols, `leftover` being every byte after
-it; `resume(leftover)` carries on parsing HTTP/1.1 if the switch is declined. Each engine parses
-everything it is given, pipelined requests included; holding those back until their turn is the
-protocol's job (http11.py), as are all strictness rules that both engines share.
+Both turn bytes into the same small operations, appended to `ops` in wire order:
+- `HeadOp`: a request line and header section (names lower-cased),
+- `DataOp`: a piece of its body,
+- `END` (the one `EndOp`): the body is complete,
+- `UpgradeOp`: the parser stopped after a request that asked to switch protocols; `leftover` is
+  every byte after it, including what is fed while the operation waits its turn (the parser
+  parses nothing more until then). `resume(leftover)` carries on parsing HTTP/1.1 if the switch
+  is declined; otherwise those bytes belong to whatever the connection becomes.
+- `ErrorOp`: appended by the protocol when `feed()` raised, so that it is handled in its turn,
+  after the requests that parsed fine before it.
+
+Each engine parses everything it is given, pipelined requests included; holding those back until
+their turn is the protocol's job (http11.py), as are all strictness rules both engines share.
+
+The ops are small slotted classes rather than NamedTuples or dataclasses: they are created for
+every request on the hot path, and a plain `__init__` with `__slots__` is the cheapest object
+Python builds. The protocol tells them apart with `type(op) is ...`.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
 
 import h11
 
-from multicorn.protocol.errors import RemoteProtocolError
+from multicorn.protocol.errors import LocalProtocolError, RemoteProtocolError
 
-HEAD: Final = 0
-DATA: Final = 1
-END: Final = 2
-UPGRADE: Final = 3
-ERROR: Final = 4  # appended by the protocol when feed() raised: (ERROR, RemoteProtocolError)
-
-Op = tuple[int, Any]
+if TYPE_CHECKING:
+    from multicorn.protocol.events import Headers
 
 
-class RequestHead:
-    """A parsed request line and header section; header names lower-cased."""
+class HeadOp:
+    """A parsed request line and header section; header names lower-cased, `version` as the
+    request line spells it ("1.1", "1.0", "0.9" for a line without a version, "2.0"...).
 
-    __slots__ = ("headers", "method", "target", "version")
+    `small` is True when the head is known to fit in the parser's `max_size`: the bytes it
+    arrived in were fewer. Only when False does the protocol count the head exactly (a head
+    that arrived whole in one big read is not bounded by the parser)."""
+
+    __slots__ = ("headers", "method", "small", "target", "version")
 
     def __init__(
-        self, method: bytes, target: bytes, version: bytes, headers: list[tuple[bytes, bytes]]
+        self, method: bytes, target: bytes, version: str, headers: Headers, small: bool
     ) -> None:
         self.method = method
         self.target = target
         self.version = version
         self.headers = headers
+        self.small = small
+
+
+class DataOp:
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class EndOp:
+    """The request body is complete. Stateless: the one instance `END` is shared."""
+
+    __slots__ = ()
+
+
+END: Final = EndOp()
+
+
+class UpgradeOp:
+    """Mutable: `feed()` appends to `leftover` until the protocol takes it."""
+
+    __slots__ = ("leftover",)
+
+    def __init__(self, leftover: bytes) -> None:
+        self.leftover = leftover
+
+
+class ErrorOp:
+    __slots__ = ("error",)
+
+    def __init__(self, error: RemoteProtocolError) -> None:
+        self.error = error
+
+
+Op = HeadOp | DataOp | EndOp | UpgradeOp | ErrorOp
 
 
 class H11Parser:
     """h11 as a parser only: our responses never pass through it, so every request cycle runs
     on a fresh h11 connection seeded with whatever the client had already pipelined."""
 
-    __slots__ = ("_conn", "_max_size", "ops")
+    __slots__ = ("_bound", "_conn", "_max_size", "_stop", "ops")
 
     def __init__(self, max_size: int) -> None:
         self._max_size = max_size
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_size)
         self.ops: deque[Op] = deque()
+        self._bound = 0  # bytes the heads completed by this feed can at most span
+        self._stop: UpgradeOp | None = None  # the stop at an upgrade request, until resumed
 
     @property
     def partial(self) -> bool:
@@ -57,10 +106,16 @@ class H11Parser:
         return bool(self._conn.trailing_data[0]) or self._conn.their_state is h11.SEND_BODY
 
     def feed(self, data: bytes) -> None:
+        if self._stop is not None:
+            self._stop.leftover += data
+            return
+        self._bound = len(self._conn.trailing_data[0]) + len(data)
         self._conn.receive_data(data)
         self._drain()
 
     def resume(self, leftover: bytes) -> None:
+        self._stop = None
+        self._bound = len(leftover)
         self._fresh(leftover)
         self._drain()
 
@@ -82,18 +137,22 @@ class H11Parser:
             if event is h11.NEED_DATA:
                 return
             if isinstance(event, h11.Data):
-                ops.append((DATA, bytes(event.data)))
+                ops.append(DataOp(bytes(event.data)))
             elif isinstance(event, h11.Request):
                 headers = [(bytes(name), bytes(value)) for name, value in event.headers]
-                head = RequestHead(
-                    bytes(event.method), bytes(event.target), bytes(event.http_version), headers
+                version = bytes(event.http_version).decode("ascii")
+                small = self._bound <= self._max_size
+                ops.append(
+                    HeadOp(bytes(event.method), bytes(event.target), version, headers, small)
                 )
-                ops.append((HEAD, head))
             elif isinstance(event, h11.EndOfMessage):
-                ops.append((END, None))
+                ops.append(END)
                 leftover = bytes(conn.trailing_data[0])
-                if conn.their_state is h11.MIGHT_SWITCH_PROTOCOL:  # type: ignore[attr-defined]
-                    ops.append((UPGRADE, leftover))
+                # After a complete request the client is DONE, unless the request proposed a
+                # protocol switch (an Upgrade header): then h11 waits for our verdict.
+                if conn.their_state is not h11.DONE:
+                    self._stop = UpgradeOp(leftover)
+                    ops.append(self._stop)
                     return
                 self._fresh(leftover)
                 conn = self._conn
@@ -104,75 +163,107 @@ class H11Parser:
 class HttptoolsParser:
     """llhttp through httptools. One parser per connection; llhttp keeps going across
     pipelined requests by itself. It stops at an upgrade request before reading its body, so
-    that body (Content-Length only) is counted out here."""
+    that body (Content-Length only) is counted out here.
+
+    The callbacks do as little as they can: the head goes straight into the list and bytes the
+    operation carries, the only per-header bookkeeping is noting a Connection header (it lets
+    most requests skip get_http_version(), see on_headers_complete), and the size of a head is
+    worked out only when a read ends inside it or brought more bytes than the limit.
+
+    Errors. httptools exposes no llhttp error code (`llhttp_errno`) to Python: it maps the code
+    to an exception class (`parser_error_from_errno`: HPE_CB_* and HPE_USER become
+    HttpParserCallbackError, HPE_INVALID_METHOD HttpParserInvalidMethodError, HPE_INVALID_URL
+    HttpParserInvalidURLError, every other code the base HttpParserError) and passes only
+    llhttp's reason text, which is not an interface. So the status never comes from that text:
+    - every llhttp verdict is a syntax error in the message: 400;
+    - statuses other than 400 come from checks of our own with their own status: the head size
+      (431, below and in the protocol), the transfer coding (501) and the version (505) in the
+      protocol's head check, which sees the head before the error llhttp raises after it (llhttp
+      runs on_headers_complete before refusing an unknown Transfer-Encoding);
+    - HttpParserCallbackError means one of our callbacks raised (the original is its
+      `__context__`): a bug of ours, reported as LocalProtocolError, never blamed on the peer.
+    """
 
     __slots__ = (
         "_body_left",
+        "_connection",
+        "_fed",
         "_head_open",
         "_head_size",
         "_headers",
+        "_llhttp",
         "_max_size",
         "_parser",
-        "_size_exact",
-        "_upgrading",
+        "_stop",
         "_url",
         "ops",
+        "partial",
     )
 
     def __init__(self, max_size: int) -> None:
-        import httptools
+        import httptools  # optional: imported only when this engine is chosen
 
+        self._llhttp = httptools  # kept here: an import statement per feed() costs ~70 ns
         self._max_size = max_size
         self._parser = httptools.HttpRequestParser(self)
         self.ops: deque[Op] = deque()
-        self._url: list[bytes] = []
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._url = b""
+        self._headers: Headers = []
         self._head_open = False
-        self._head_size = 0  # bytes of the head in progress seen so far (over-estimated)
-        self._size_exact = 0  # bytes of the head in progress accounted by callbacks
-        self._upgrading = False
+        self._head_size = 0  # bytes of the head in progress fed in earlier reads (over-estimated)
         self._body_left = -1  # body bytes of an upgrade request still to count out, or -1
-
-    @property
-    def partial(self) -> bool:
-        return self._head_open or self._body_left > 0
+        self._fed = 0  # bytes of the current feed() call
+        self._connection = False  # the head in progress has a (Proxy-)Connection header
+        self._stop: UpgradeOp | None = None  # the stop at an upgrade request, until resumed
+        # Bytes of a request that is not complete yet are buffered: an open head, or an upgrade
+        # request's body still being counted. A plain attribute, unlike H11Parser's property:
+        # the protocol reads it on every `wants_read`, several times per request.
+        self.partial = False
 
     def feed(self, data: bytes) -> None:
-        import httptools
-
+        if self._stop is not None:
+            self._stop.leftover += data
+            return
         if self._body_left >= 0:
             self._count_body(data)
             return
         began_open = self._head_open
+        self._fed = len(data)
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
+        except self._llhttp.HttpParserUpgrade as exc:
             self._start_upgrade_body(data[exc.args[0] :])
             return
-        except httptools.HttpParserError as exc:
-            if isinstance(exc.__context__, _TooLarge):
-                raise RemoteProtocolError(
-                    "request header section too large", error_status_hint=431
-                ) from None
-            message = str(exc) or "malformed request"
-            # RFC 9112 6.1: an unknown transfer coding is "not implemented", not "bad".
-            status = 501 if "Transfer-Encoding" in message and "Content" not in message else 400
-            raise RemoteProtocolError(message, error_status_hint=status) from None
+        except self._llhttp.HttpParserCallbackError as exc:
+            # HPE_CB_* / HPE_USER: one of the callbacks below raised, which they never should.
+            raise LocalProtocolError(f"request parser callback failed: {exc.__context__!r}") from (
+                exc.__context__
+            )
+        except self._llhttp.HttpParserError as exc:
+            # RFC 9112 2.2: a message that does not parse is answered 400 (see the class notes).
+            raise RemoteProtocolError(str(exc) or "malformed request") from None
         if self._head_open:
-            # llhttp holds an unfinished header line itself: bound it by what we have fed.
-            self._head_size += len(data) if began_open else self._size_exact
+            # llhttp holds an unfinished header line itself: bound the head by what was fed.
+            self._head_size += len(data) if began_open else self._open_head_size()
             if self._head_size > self._max_size:
                 raise RemoteProtocolError("request header section too large", error_status_hint=431)
 
-    def resume(self, leftover: bytes) -> None:
-        import httptools
+    def _open_head_size(self) -> int:
+        """The part of a head begun in this read that callbacks have already reported."""
+        return len(self._url) + sum(len(name) + len(value) + 4 for name, value in self._headers)
 
-        self._parser = httptools.HttpRequestParser(self)
-        self._upgrading = False
+    def resume(self, leftover: bytes) -> None:
+        self._parser = self._llhttp.HttpRequestParser(self)
+        self._stop = None
         if leftover:
             self.feed(leftover)
 
     def _start_upgrade_body(self, leftover: bytes) -> None:
+        # llhttp reported the upgrade request complete (on_message_complete) before its body:
+        # take that END back and put it after the body.
+        ops = self.ops
+        if ops and ops[-1] is END:
+            ops.pop()
         length = 0
         for name, value in self._headers:
             if name == b"transfer-encoding":
@@ -180,56 +271,60 @@ class HttptoolsParser:
             if name == b"content-length":
                 length = int(value)
         self._body_left = length
+        self.partial = length > 0
         self._count_body(leftover)
 
     def _count_body(self, data: bytes) -> None:
         take = min(self._body_left, len(data))
         if take:
-            self.ops.append((DATA, data[:take]))
+            self.ops.append(DataOp(data[:take]))
             self._body_left -= take
         if self._body_left == 0:
             self._body_left = -1
-            self.ops.append((END, None))
-            self.ops.append((UPGRADE, data[take:]))
+            self.partial = False
+            self.ops.append(END)
+            self._stop = UpgradeOp(data[take:])
+            self.ops.append(self._stop)
 
     # ---- llhttp callbacks -------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._url = []
+        self._url = b""
         self._headers = []
-        self._head_open = True
+        self._connection = False
+        self._head_open = self.partial = True
         self._head_size = 0
-        self._size_exact = 0
 
     def on_url(self, url: bytes) -> None:
-        self._url.append(url)
-        self._size_exact += len(url)
+        self._url += url  # nearly always one piece, and b"" + url is url itself
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
-        self._size_exact += len(name) + len(value) + 4
+        name = name.lower()
+        if name == b"connection" or name == b"proxy-connection":
+            self._connection = True  # see on_headers_complete
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._head_open = self.partial = False
         parser = self._parser
-        self._head_open = False
-        method = parser.get_method()
-        if self._size_exact + len(method) + 12 > self._max_size:
-            raise _TooLarge()
-        target = b"".join(self._url) if len(self._url) != 1 else self._url[0]
-        version = parser.get_http_version().encode("ascii")
-        self._upgrading = parser.should_upgrade()
-        self.ops.append((HEAD, RequestHead(method, target, version, self._headers)))
+        # Heads begun in an earlier read: _head_size counts them; begun in this one: 0.
+        small = self._head_size + self._fed <= self._max_size
+        # get_http_version() formats a new string (~400 ns); most requests can skip it.
+        # llhttp_should_keep_alive() is true for HTTP/1.1 unless Connection says "close", and
+        # for any other version only when Connection (or Proxy-Connection) says "keep-alive";
+        # llhttp accepts no request version but 0.9, 1.0, 1.1 and 2.0. So without either
+        # header, true means exactly 1.1.
+        if self._connection or not parser.should_keep_alive():
+            version = parser.get_http_version()
+        else:
+            version = "1.1"
+        self.ops.append(HeadOp(parser.get_method(), self._url, version, self._headers, small))
 
     def on_body(self, body: bytes) -> None:
-        self.ops.append((DATA, body))
+        self.ops.append(DataOp(body))
 
     def on_message_complete(self) -> None:
-        if not self._upgrading:  # an upgrade request's body is counted out after llhttp stops
-            self.ops.append((END, None))
-
-
-class _TooLarge(Exception):
-    """Raised inside an llhttp callback; httptools wraps it in HttpParserCallbackError."""
+        self.ops.append(END)
 
 
 def new_parser(engine: str, max_size: int) -> H11Parser | HttptoolsParser:

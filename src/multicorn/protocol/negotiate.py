@@ -4,6 +4,10 @@ A connection starts as HTTP/2 when TLS's ALPN picked "h2", else as HTTP/1.1 (whi
 spots the cleartext HTTP/2 preface and `Upgrade: h2c` and asks for a switch with an
 UpgradeRequested event). `upgrade()` turns that event into the new protocol object, the events
 it already owes the application, and the input left over for it.
+
+A WebSocket is not a switch of the connection's protocol object: it is a stream of kind
+WEBSOCKET on whatever HTTP version carries it (HTTP/1.1 tunnels its connection once the
+application accepts), so it never comes through here.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from multicorn.protocol.base import ServerProtocol
-from multicorn.protocol.events import Event, H2CUpgrade, UpgradeRequested
+from multicorn.protocol.errors import LocalProtocolError
+from multicorn.protocol.events import Event, H2CPriorKnowledge, H2CUpgrade, UpgradeRequested
 from multicorn.protocol.http2 import HTTP2Limits, HTTP2Protocol
 from multicorn.protocol.http11 import HTTP11Limits, HTTP11Protocol
 
@@ -46,8 +51,11 @@ def upgrade(
             upgrade_settings=event.settings,
         )
         return protocol, protocol.upgraded_request(event.request, event.body), event.leftover
-    protocol = HTTP2Protocol(limits=limits.http2, now=now, scheme=b"http")
-    return protocol, [], event.leftover
+    if isinstance(event, H2CPriorKnowledge):
+        protocol = HTTP2Protocol(limits=limits.http2, now=now, scheme=b"http")
+        return protocol, [], event.leftover
+    # Only the cores emit these events, and only the kinds above: anything else is our bug.
+    raise LocalProtocolError(f"no protocol to switch to for {type(event).__name__}")
 
 
 def _without_h2c(limits: HTTP11Limits) -> HTTP11Limits:

@@ -1,7 +1,7 @@
 """The backends the runtime contract suite runs against: each one is a fixture parameter.
 
-A new backend joins the suite by adding one `BackendUnderTest` to `BACKENDS`: how to make it,
-and which event loop anyio's pytest plugin must run the tests on.
+A new backend joins the suite by adding one `_Param` to `BACKENDS`: its name, the event loop
+anyio's pytest plugin must run the tests on (with any loop options), and how to make it.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from multicorn.app.http import error_response
-from multicorn.protocol.errors import PeerAbuse
+from multicorn.protocol.errors import LocalProtocolError, PeerAbuse
 from multicorn.protocol.events import (
     AcknowledgeData,
     CloseConnection,
@@ -175,8 +175,16 @@ class ConnectionHandler:
             return
         now = self.runtime.now()
         protocol = self.protocol
-        for command in commands:
-            self._dispatch(protocol.send(command, now))
+        try:
+            for command in commands:
+                self._dispatch(protocol.send(command, now))
+        except LocalProtocolError:
+            raise  # the application asked for something the protocol forbids: its error
+        except Exception as exc:
+            # A fault below the streams: it costs this connection, and the app's send() sees
+            # a peer that is gone rather than a bug of ours.
+            self._broken(exc)
+            return
         if protocol.multiplexed:
             for command in commands:
                 if type(command) is SendData:
@@ -184,16 +192,19 @@ class ConnectionHandler:
             if self._unflushed > _STREAM_BACKLOG:
                 # Past the transport's high-water mark: write now, so that the transport can
                 # push back (pause_writing) before an app that never yields queues it all here.
-                self._upkeep()
+                self._guarded_upkeep()
             elif not self._flush_scheduled:
                 # Many streams answer in the same loop turn: write once for all of them.
                 self._flush_scheduled = True
                 self.runtime.call_soon(self._deferred_upkeep)
         else:
-            self._upkeep()
+            self._guarded_upkeep()
 
     def _deferred_upkeep(self) -> None:
         self._flush_scheduled = False
+        self._guarded_upkeep()
+
+    def _guarded_upkeep(self) -> None:
         try:
             self._upkeep()
         except Exception as exc:

@@ -1,4 +1,4 @@
-"""What every TCP-side protocol core offers the layer above (HTTP/1.1 now, HTTP/2 next).
+"""What every TCP-side protocol core (HTTP/1.1, HTTP/2) offers the layer above.
 
 The ASGI layer and the runtime backends hold one object of this shape per connection and never
 learn which HTTP version it speaks.

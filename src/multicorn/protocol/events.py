@@ -77,10 +77,11 @@ class ConnectionClosed:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestRejected:
     """A request the core refused before the application saw it: answer `stream_id` with
-    `error.error_status_hint` (a well-formed head whose request is not acceptable: 400, 408,
-    431, 501, 505...). The core decides what happens to the connection afterwards (HTTP/1.1
-    closes it once the answer is out; HTTP/2 and HTTP/3 carry on with their other streams).
-    A head too malformed to answer costs only its stream (a reset) and never reaches here."""
+    `error.error_status_hint` (400, 408, 431, 501, 505...). The core decides what happens to the
+    connection afterwards: HTTP/1.1 refuses this way whatever was wrong (it has no streams to
+    reset) and closes once the answer is out; HTTP/2 and HTTP/3 refuse this way only heads that
+    are well-formed but unservable, reset the stream of a malformed one instead (it never
+    reaches here), and carry on with their other streams."""
 
     stream_id: int
     error: ProtocolError

@@ -37,6 +37,7 @@ stateDiagram-v2
     IDLE --> H2C_PENDING: OFFER_H2C
     H2C_PENDING --> SWITCHED: SWITCH
     H2C_PENDING --> RECEIVING: DECLINE (body too big to hold)
+    H2C_PENDING --> REJECTING: REJECT (its body turned out malformed)
     IDLE --> SWITCHED: SWITCH (prior knowledge)
 ```
 and CLOSE from any live state to CLOSED. The framing of the response being written (`_Mode`)

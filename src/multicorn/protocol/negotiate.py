@@ -1,4 +1,5 @@
-"""Choosing and switching the protocol object of a connection. Returns values, never raises.
+"""Choosing and switching the protocol object of a connection. Returns values; the only thing
+it raises is LocalProtocolError for an upgrade kind it does not know (a bug of ours).
 
 A connection starts as HTTP/2 when TLS's ALPN picked "h2", else as HTTP/1.1 (which itself
 spots the cleartext HTTP/2 preface and `Upgrade: h2c` and asks for a switch with an

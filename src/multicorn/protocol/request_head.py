@@ -17,6 +17,7 @@ Two verdicts, because the versions answer them differently:
 from __future__ import annotations
 
 import re
+from itertools import chain
 
 from multicorn.protocol.errors import RemoteProtocolError
 from multicorn.protocol.events import Headers, StreamKind
@@ -25,11 +26,19 @@ from multicorn.protocol.headers import TOKEN
 # RFC 9110 5.5: field-value = *field-content; CTLs other than HTAB are never valid, and
 # CR, LF and NUL are named outright. obs-text (0x80-0xFF) passes through as bytes.
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# Every field at once, as `name NUL value NUL` pairs: RFC 9110 5.1 (a name is a token) and 5.5
+# (a value has no CTL but HTAB). NUL is valid in neither, so it separates them unambiguously,
+# and the whole check is one C-level join and one match per request.
+_FIELDS = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+\x00[\t\x20-\x7e\x80-\xff]*\x00)*").fullmatch
 # RFC 3986 and RFC 9112 3.2: a request-target is visible US-ASCII with no spaces; "#" begins a
 # fragment, which is never sent (RFC 9110 7.1).
 _TARGET = re.compile(rb"[\x21-\x22\x24-\x7e]+")
 # RFC 9113 8.2.1: a field value must not start or end with whitespace (h1 parsers strip OWS).
 _EDGE_SPACE = (b" ", b"\t")
+# RFC 9110 9.1: method = token. The registered methods skip the regex (a set lookup is cheaper).
+_METHODS = frozenset(
+    {b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH"}
+)
 
 # Extended CONNECT protocols (RFC 8441 4, RFC 9220 3) this server can carry.
 _TUNNELS = {b"websocket": StreamKind.WEBSOCKET}
@@ -56,10 +65,14 @@ def check_request_head(
     pseudo-headers left in them); `protocol` is `:protocol` of an extended CONNECT there, or for
     HTTP/1.1 the upgrade token of a request its core found to be a valid WebSocket handshake.
     """
-    # RFC 9110 9.1: method = token.
-    if TOKEN.fullmatch(method) is None:
+    if method not in _METHODS and TOKEN.fullmatch(method) is None:
         raise MalformedHead(f"invalid request method {method[:32]!r}")
-    _check_fields(headers, multiplexed=multiplexed)
+    if _FIELDS(b"\x00".join(chain.from_iterable(headers)) + b"\x00") is None and headers:
+        _field_error(headers)
+    if multiplexed:
+        for name, value in headers:
+            if value.startswith(_EDGE_SPACE) or value.endswith(_EDGE_SPACE):
+                raise MalformedHead(f"header {name[:64]!r} has surrounding whitespace")
     if method == b"CONNECT":
         if protocol is None:
             # RFC 9110 9.3.6: CONNECT asks for a tunnel to another host, a proxy's job.
@@ -82,22 +95,14 @@ def check_request_head(
     return kind
 
 
-def _check_fields(headers: Headers, *, multiplexed: bool) -> None:
-    # One regex call over all names and one over all values: this runs for every request.
-    # A concatenation of tokens is a token, and HTAB is allowed in values, so joining is exact
-    # once empty names are ruled out.
-    names = [name for name, _ in headers]
-    if not all(names) or (names and TOKEN.fullmatch(b"".join(names)) is None):
-        bad = next(name for name in names if not name or TOKEN.fullmatch(name) is None)
-        raise MalformedHead(f"invalid header name {bad[:64]!r}")
-    values = b"\t".join([value for _, value in headers])
-    if _BAD_VALUE.search(values) is not None:
-        bad = next(name for name, value in headers if _BAD_VALUE.search(value) is not None)
-        raise MalformedHead(f"control character in the value of header {bad[:64]!r}")
-    if multiplexed:
-        for name, value in headers:
-            if value.startswith(_EDGE_SPACE) or value.endswith(_EDGE_SPACE):
-                raise MalformedHead(f"header {name[:64]!r} has surrounding whitespace")
+def _field_error(headers: Headers) -> None:
+    """Raise MalformedHead naming the first field the combined match refused."""
+    for name, value in headers:
+        if TOKEN.fullmatch(name) is None:
+            raise MalformedHead(f"invalid header name {name[:64]!r}")
+        if _BAD_VALUE.search(value) is not None:
+            raise MalformedHead(f"control character in the value of header {name[:64]!r}")
+    raise MalformedHead("invalid header section")  # unreachable: the match and this agree
 
 
 def _check_target(method: bytes, target: bytes, *, multiplexed: bool) -> None:

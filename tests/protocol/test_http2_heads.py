@@ -12,7 +12,7 @@ from __future__ import annotations
 import h2.events
 import pytest
 from h2.settings import SettingCodes
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from multicorn.protocol.events import (
@@ -231,6 +231,9 @@ def test_random_heads_cost_at_most_their_stream(heads: list[Headers], connect: b
     p.request(1, method=b"POST", end_stream=False)
     for i, headers in enumerate(heads):
         sid = 3 + 2 * i
+        # h2's client refuses to send what looks like an informational response with
+        # END_STREAM (a `:status` of 1xx), even with its checks off: not ours to test.
+        assume(not any(n == b":status" and v[:1] == b"1" for n, v in headers))
         events = send_head(p, sid, [*headers], end_stream=i % 2 == 0)
         assert not of_type(events, ConnectionClosed), (headers, events)
         for event in of_type(events, RequestReceived):

@@ -53,7 +53,6 @@ import base64
 import binascii
 import enum
 import hashlib
-import re
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final
@@ -80,7 +79,7 @@ from multicorn.protocol.events import (
     StreamKind,
     StreamReset,
 )
-from multicorn.protocol.headers import TOKEN, validate_response_headers
+from multicorn.protocol.headers import fields_valid, validate_response_headers
 from multicorn.protocol.http2 import PREFACE, valid_upgrade_settings
 from multicorn.protocol.http11_parsers import (
     DataOp,
@@ -100,11 +99,6 @@ _STATUS_LINES = {
     status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode("ascii"))
     for status in HTTPStatus
 }
-
-# The checks validate_response_headers() makes, as bound methods: they run for every response
-# header. RFC 9110 5.6.2: a name is a token; 5.5: a value has no control character but HTAB.
-_token = TOKEN.fullmatch
-_bad_value = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
 
 # RFC 6455 1.3: the GUID the server appends to Sec-WebSocket-Key before hashing.
 _WEBSOCKET_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -816,9 +810,8 @@ class HTTP11Protocol:
             b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
             b"sec-websocket-accept: " + base64.b64encode(digest) + b"\r\n"
         ]
+        validate_response_headers(headers)
         for name, value in headers:
-            if _token(name) is None or _bad_value(value) is not None:
-                validate_response_headers([(name, value)])  # raises with the details
             if name not in _NOT_IN_101:
                 lines.append(name + b": " + value + b"\r\n")
         lines.append(b"\r\n")
@@ -830,10 +823,9 @@ class HTTP11Protocol:
         keep_alive = self._keep_alive
         length: bytes | None = None
         encoding: bytes | None = None
+        if not fields_valid(headers):
+            validate_response_headers(headers)  # raises, naming the header
         for name, value in headers:
-            # The check validate_response_headers() makes, inlined: this runs per response.
-            if _token(name) is None or _bad_value(value) is not None:
-                validate_response_headers([(name, value)])  # raises with the details
             if name == b"content-length":
                 length = value
             elif name == b"transfer-encoding":

@@ -9,6 +9,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
+from multicorn.runtime.callbacks import run_callback
+
 if TYPE_CHECKING:
     import logging
 
@@ -43,12 +45,7 @@ class AsyncioRuntime:
         return self._loop.call_at(when, self._run_callback, fn)
 
     def _run_callback(self, fn: Callable[[], object]) -> None:
-        # Logged here rather than by the loop's exception handler, so a failing callback reads
-        # the same on every runtime (and an embedding application's handler never sees ours).
-        try:
-            fn()
-        except Exception:
-            self._logger.exception("exception in callback %r", fn)
+        run_callback(fn, self._logger)
 
     async def wait_for(self, waiter: Waiter, timeout: float | None) -> bool:
         if waiter.is_set():

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from multicorn.runtime.callbacks import run_callback
+
 if TYPE_CHECKING:
     import logging
 
@@ -191,10 +193,7 @@ class TrioRuntime:
             self._timer_wake = None
 
     def _run_callback(self, fn: Callable[[], object]) -> None:
-        try:
-            fn()
-        except Exception:
-            self._logger.exception("exception in callback %r", fn)
+        run_callback(fn, self._logger)
 
     async def wait_for(self, waiter: Waiter, timeout: float | None) -> bool:
         if waiter.is_set():

@@ -23,8 +23,8 @@ from multicorn.app.lifespan import Lifespan
 from multicorn.app.registry import ConnectionRegistry
 from multicorn.config import Config, ConfigError
 from multicorn.logging import configure_logging
-from multicorn.net.binds import format_url, parse_bind
-from multicorn.net.sockets import create_socket
+from multicorn.net.binds import parse_bind
+from multicorn.net.sockets import bound_url, create_socket
 from multicorn.net.tls import TLSInfoFactory, create_ssl_context
 from multicorn.protocol.http2 import HTTP2Limits
 from multicorn.protocol.http11 import HTTP11Limits
@@ -196,9 +196,7 @@ class Server:
 
         for (bind, bind_tls), sock in zip(binds, self._sockets, strict=True):
             await backend.start_listener(sock, new_connection, backlog=config.backlog, tls=bind_tls)
-            url = format_url(
-                sock.getsockname(), kind=bind.kind, scheme="https" if bind_tls else "http"
-            )
+            url = bound_url(sock, bind, scheme="https" if bind_tls else "http")
             self.bound_addresses.append(url)
             self._loggers.error.info("Running on %s (CTRL + C to quit)", url)
 

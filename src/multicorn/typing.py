@@ -32,9 +32,3 @@ class HTTPScope(TypedDict):
     server: tuple[str, int | None] | None
     state: dict[str, Any]
     extensions: dict[str, dict[str, object]]
-
-
-class LifespanScope(TypedDict):
-    type: Literal["lifespan"]
-    asgi: ASGIVersions
-    state: dict[str, Any]

@@ -29,10 +29,6 @@ def fields_valid(headers: list[tuple[bytes, bytes]]) -> bool:
     return _FIELDS(b"\x00".join(chain.from_iterable(headers)) + b"\x00") is not None or not headers
 
 
-def has_invalid_value_chars(value: bytes) -> bool:
-    return _BAD_VALUE.search(value) is not None
-
-
 def validate_response_headers(headers: list[tuple[bytes, bytes]]) -> None:
     """Raise LocalProtocolError naming the first header that cannot be sent as-is."""
     if fields_valid(headers):

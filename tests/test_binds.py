@@ -12,21 +12,12 @@ import pytest
 from multicorn.net.binds import Bind, BindError, format_url, parse_bind
 from multicorn.net.sockets import BindFailed, bound_url, create_datagram_socket, create_socket
 
+from .runtime.harness import ipv6_loopback_works
+
 HAS_UNIX = hasattr(socket, "AF_UNIX")
 
 
-def _ipv6_loopback_works() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(not _ipv6_loopback_works(), reason="no IPv6 loopback")
+needs_ipv6 = pytest.mark.skipif(not ipv6_loopback_works(), reason="no IPv6 loopback")
 needs_unix = pytest.mark.skipif(not HAS_UNIX, reason="no unix sockets")
 
 

@@ -63,8 +63,11 @@ class TrioDatagramEndpoint:
                         except Exception:
                             # One bad datagram, or a bug, must not end the endpoint for everyone.
                             self._logger.exception("datagram handler failed on %r", addr)
-        except (trio.ClosedResourceError, OSError, ValueError):
-            pass  # the socket was closed under us (fd -1 is a ValueError): we are done
+        except (trio.ClosedResourceError, OSError, ValueError) as exc:
+            # The socket failed or was closed under us (fd -1 is a ValueError). close() ends
+            # this task by cancellation instead, so whatever lands here stopped an endpoint
+            # that was meant to go on serving: say so.
+            self._logger.error("datagram endpoint stopped: %r", exc)
         finally:
             self._closed = True
             # Nobody waits on the fd any more, so trio needs no notice before it goes.

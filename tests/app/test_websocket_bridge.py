@@ -15,6 +15,7 @@ import pytest
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessage
 
+from multicorn.app.logs import Loggers
 from multicorn.protocol.events import (
     AcknowledgeData,
     Command,
@@ -425,3 +426,18 @@ def test_bytes_before_the_accept_are_read_after_it() -> None:
     peer.handler.data_received(b"")
     peer.runtime.run()
     assert {"type": "websocket.receive", "text": "early"} in log
+
+
+def test_access_log_line_names_the_handshake_answer(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="tests.app.access")
+    log: list[Any] = []
+    peer = Peer(echo_app(log))
+    peer.handler.context.loggers = Loggers(
+        error=logging.getLogger(TEST_LOGGER),
+        access=logging.getLogger("tests.app.access"),
+        access_format='"%(r)s" %(s)s',
+    )
+    peer.open()
+    peer.send(CloseConnection(code=1000))
+    [line] = [r.getMessage() for r in caplog.records if r.name == "tests.app.access"]
+    assert line == '"GET /ws?room=1 HTTP/1.1" 101'

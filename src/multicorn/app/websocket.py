@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import collections
 import enum
+import time
 from typing import TYPE_CHECKING, Any, cast
 
 from multicorn.app.errors import ClientDisconnected, UnexpectedMessage
 from multicorn.app.http import error_response
+from multicorn.app.logs import AccessRecord, log_access
 from multicorn.app.scope import build_websocket_scope
 from multicorn.protocol.events import (
     AcknowledgeData,
@@ -96,6 +98,12 @@ class WebSocketStream:
         self._waiter: Waiter | None = None
         self._timer: TimerHandle | None = None
         self._timer_at: float | None = None
+        # For the access log: the handshake's answer, and the bytes of frames sent.
+        self._method = event.method.decode("ascii")
+        self._status = 0
+        self._response_headers: Headers = []
+        self._sent_bytes = 0
+        self._start_time = time.time() if ctx.loggers.access is not None else 0.0
         self._arm()
 
     # ---- events from the connection -------------------------------------------------------
@@ -153,6 +161,13 @@ class WebSocketStream:
     # ---- the application call -------------------------------------------------------------
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            if self._conn.context.loggers.access is not None:
+                self._log_access()
+
+    async def _run(self) -> None:
         ctx = self._conn.context
         if self._bad_version:
             # RFC 6455 4.4: answer with the version we speak.
@@ -241,13 +256,11 @@ class WebSocketStream:
                 continue  # the one from `subprotocol` wins (ASGI spec)
             headers.append((name, value))
         self._stage = _Stage.ACCEPTED
-        conn.send(
-            SendResponse(
-                stream_id=self.stream_id,
-                status=200,
-                headers=[*conn.context.default_headers.get(), *headers],
-            )
-        )
+        headers = [*conn.context.default_headers.get(), *headers]
+        # HTTP/1.1 writes the accept as its 101 (RFC 6455 4.2.2), HTTP/2 and HTTP/3 as a 200.
+        self._status = 101 if self.scope["http_version"] in ("1.0", "1.1") else 200
+        self._response_headers = headers
+        conn.send(SendResponse(stream_id=self.stream_id, status=200, headers=headers))
         early = b"".join(self._early)
         self._early.clear()
         events = self._session.receive_data(early, now) if early else []
@@ -307,15 +320,13 @@ class WebSocketStream:
             status, headers = start
             if not more and not any(name == b"content-length" for name, _ in headers):
                 headers = [*headers, (b"content-length", str(len(body)).encode())]
-            commands.append(
-                SendResponse(
-                    stream_id=self.stream_id,
-                    status=status,
-                    headers=[*self._conn.context.default_headers.get(), *headers],
-                )
-            )
+            headers = [*self._conn.context.default_headers.get(), *headers]
+            self._status = status
+            self._response_headers = headers
+            commands.append(SendResponse(stream_id=self.stream_id, status=status, headers=headers))
             self._deny_start = None  # the head is out
         commands.append(SendData(stream_id=self.stream_id, data=body, end_stream=not more))
+        self._sent_bytes += len(body)
         if not more:
             self._stage = _Stage.OVER
             self._end = (ABNORMAL_CLOSURE, "")
@@ -334,6 +345,9 @@ class WebSocketStream:
         headers, body = error_response(status, self._conn.context.default_headers.get())
         if extra:
             headers = [*headers, *extra]
+        self._status = status
+        self._response_headers = headers
+        self._sent_bytes = len(body)
         self._conn.send(
             SendResponse(stream_id=self.stream_id, status=status, headers=headers),
             SendData(stream_id=self.stream_id, data=body, end_stream=True),
@@ -372,9 +386,11 @@ class WebSocketStream:
             self._disarm()
             self._wake()
             if not self._peer_gone:
+                self._sent_bytes += len(data)
                 self._conn.send(SendData(stream_id=self.stream_id, data=data, end_stream=True))
             return
         if data:
+            self._sent_bytes += len(data)
             self._conn.send(SendData(stream_id=self.stream_id, data=data))
         self._arm()
 
@@ -423,3 +439,20 @@ class WebSocketStream:
             self._waiter = self._conn.runtime.waiter()
         self._waiter.clear()
         await self._waiter.wait()
+
+    def _log_access(self) -> None:
+        scope: Any = self.scope
+        record = AccessRecord(
+            client=scope["client"],
+            method=self._method,
+            path=scope["path"],
+            query_string=scope["query_string"],
+            http_version=scope["http_version"],
+            status=self._status,
+            response_bytes=self._sent_bytes,
+            request_headers=scope["headers"],
+            response_headers=self._response_headers,
+            start_time=self._start_time,
+            duration=time.time() - self._start_time,
+        )
+        log_access(self._conn.context.loggers, record)

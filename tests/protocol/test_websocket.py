@@ -151,6 +151,58 @@ def test_any_split_of_the_input_gives_the_reference_messages(
     assert events == expected
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    script=st.lists(
+        st.one_of(
+            st.tuples(st.just("text"), st.text(max_size=300)),
+            st.tuples(st.just("binary"), st.binary(max_size=300)),
+            st.tuples(st.just("fragments"), st.lists(st.text(max_size=40), min_size=1, max_size=4)),
+            st.tuples(st.just("ping"), st.binary(max_size=20)),
+        ),
+        max_size=8,
+    ),
+    cuts=st.lists(st.integers(min_value=0, max_value=3000), max_size=10),
+)
+def test_whole_frames_fragments_and_pings_in_any_chunking(
+    script: list[tuple[str, object]], cuts: list[int]
+) -> None:
+    """The session's own reading of whole frames and wsproto's reading of the rest interleave
+    without losing their place: every message and every pong comes out, in order."""
+    ws, client = opened()
+    wire = b""
+    expected: list[WebSocketEvent] = []
+    pongs: list[bytes] = []
+    for kind, value in script:
+        if kind == "text":
+            assert isinstance(value, str)
+            wire += client.send(TextMessage(data=value))
+            expected.append(MessageReceived(data=value))
+        elif kind == "binary":
+            assert isinstance(value, bytes)
+            wire += client.send(BytesMessage(data=value))
+            expected.append(MessageReceived(data=value))
+        elif kind == "fragments":
+            assert isinstance(value, list)
+            for i, part in enumerate(value):
+                wire += client.send(TextMessage(data=part, message_finished=i == len(value) - 1))
+                if i == 0:
+                    wire += client.send(Ping(payload=b"mid"))
+                    pongs.append(b"mid")
+            expected.append(MessageReceived(data="".join(value)))
+        else:
+            assert isinstance(value, bytes)
+            wire += client.send(Ping(payload=value))
+            pongs.append(value)
+    points = sorted({0, len(wire), *(c for c in cuts if c < len(wire))})
+    events: list[WebSocketEvent] = []
+    for start, end in itertools.pairwise(points):
+        events += ws.receive_data(wire[start:end], 0.0)
+    assert events == expected
+    answers = client_events(client, ws.data_to_send())
+    assert answers == [Pong(payload=p) for p in pongs]
+
+
 def test_peer_close_is_echoed_and_ends_the_session() -> None:
     ws, client = opened()
     events = ws.receive_data(client.send(CloseConnection(code=4000, reason="bye")), 1.0)
@@ -213,8 +265,12 @@ def fails_with(ws: WebSocketSession, data: bytes, code: int) -> None:
         (masked_frame(0x9, b"x" * 126), 1002),
         # 5.4: a continuation with no message to continue
         (masked_frame(0x0, b"x"), 1002),
-        # 8.1: text must be UTF-8
+        # 8.1: text must be UTF-8 (a whole frame, and one that comes in pieces)
         (masked_frame(0x1, b"\xff\xfe"), 1007),
+        (masked_frame(0x1, b"ok\xff" + b"x" * 200)[:20], 1007),
+        # 5.2: "the minimal number of bytes MUST be used to encode the length"
+        (bytes([0x81, 0x80 | 126, 0, 5]) + MASK + b"hello", 1002),
+        (bytes([0x82, 0x80 | 127]) + struct.pack("!Q", 200) + MASK + b"x" * 200, 1002),
         # 7.4.1: 1005 and 1006 are never sent; 999 is out of range; 1016 unassigned
         (masked_frame(0x8, struct.pack("!H", 1005)), 1002),
         (masked_frame(0x8, struct.pack("!H", 999)), 1002),

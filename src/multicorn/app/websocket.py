@@ -48,6 +48,11 @@ if TYPE_CHECKING:
     from multicorn.typing import Message, Scope
 
 
+# Frames waiting past this are written at once rather than at the end of the loop turn, so that
+# an application that sends without ever yielding meets the transport's backpressure.
+_WRITE_AT = 64 * 1024
+
+
 class _Stage(enum.Enum):
     HANDSHAKE = enum.auto()  # the application has the request; nothing answered yet
     DENYING = enum.auto()  # a websocket.http.response is being sent
@@ -96,6 +101,7 @@ class WebSocketStream:
         self._app_closed = False  # the application sent websocket.close
         self._deny_start: tuple[int, Headers] | None = None
         self._waiter: Waiter | None = None
+        self._flush_scheduled = False
         self._timer: TimerHandle | None = None
         self._timer_at: float | None = None
         # For the access log: the handshake's answer, and the bytes of frames sent.
@@ -376,27 +382,49 @@ class WebSocketStream:
         self._flush()
 
     def _flush(self) -> None:
+        """Have what the session produced written, and the acknowledgements sent: at once when
+        the WebSocket is over or much is waiting, else once this loop turn is done, so that the
+        replies to a batch of messages go out in one write."""
+        if self._session.finished or self._session.pending_output > _WRITE_AT:
+            self._flush_now()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._conn.runtime.call_soon(self._deferred_flush)
+
+    def _deferred_flush(self) -> None:
+        self._flush_scheduled = False
+        try:
+            self._flush_now()
+        except Exception as exc:
+            self._conn.context.loggers.error.error("Exception in a WebSocket write", exc_info=exc)
+            self.abandon()
+
+    def _flush_now(self) -> None:
         """Write what the session produced; end the stream once the WebSocket is over."""
-        if self._stage is not _Stage.ACCEPTED:
-            return
-        session = self._session
-        data = session.data_to_send()
-        if session.finished:
-            self._stage = _Stage.OVER
-            self._disarm()
-            self._wake()
-            if not self._peer_gone:
+        commands: list[AcknowledgeData | SendData] = []
+        if self._unacked and len(self._messages) < self._limits.max_queued_messages:
+            commands.append(AcknowledgeData(stream_id=self.stream_id, amount=self._unacked))
+            self._unacked = 0
+        if self._stage is _Stage.ACCEPTED:
+            session = self._session
+            data = session.data_to_send()
+            if session.finished:
+                self._stage = _Stage.OVER
+                self._disarm()
+                self._wake()
                 self._sent_bytes += len(data)
-                self._conn.send(SendData(stream_id=self.stream_id, data=data, end_stream=True))
-            return
-        if data:
-            self._sent_bytes += len(data)
-            self._conn.send(SendData(stream_id=self.stream_id, data=data))
-        self._arm()
+                commands.append(SendData(stream_id=self.stream_id, data=data, end_stream=True))
+            else:
+                if data:
+                    self._sent_bytes += len(data)
+                    commands.append(SendData(stream_id=self.stream_id, data=data))
+                self._arm()
+        if commands and not self._peer_gone:
+            self._conn.send(*commands)
 
     def _maybe_acknowledge(self) -> None:
         if self._unacked and len(self._messages) < self._limits.max_queued_messages:
-            self._acknowledge()
+            self._flush()
 
     def _acknowledge(self) -> None:
         amount, self._unacked = self._unacked, 0

@@ -366,7 +366,10 @@ class WebSocketSession:
         self._limits = limits
         self._phase = _Phase.CONNECTING
         self._deflate = negotiate_deflate(request_headers) if limits.per_message_deflate else None
+        # wsproto's frame layer, made when a frame first needs it: most WebSockets only ever
+        # see whole simple frames, and an idle one should not carry its buffers.
         self._frames: Connection | None = None
+        self._budget = _MessageBudget(limits.max_message_size)
         self._out: list[bytes] = []
         self._pending_out = 0  # bytes in _out
         self._inbound = bytearray()  # input not yet consumed: a partial frame header or payload
@@ -396,14 +399,9 @@ class WebSocketSession:
                     f"(it offered {self.offered_subprotocols})"
                 )
             headers.append((b"sec-websocket-protocol", subprotocol.encode()))
-        budget = _MessageBudget(self._limits.max_message_size)
-        extensions: list[Extension] = []
         if self._deflate is not None:
-            self._deflater = _Deflate(self._deflate, budget)
-            extensions.append(self._deflater)
+            self._deflater = _Deflate(self._deflate, self._budget)
             headers.append((b"sec-websocket-extensions", self._deflate.response().encode()))
-        extensions.append(_SizeGuard(budget))
-        self._frames = Connection(ConnectionType.SERVER, extensions)
         self._phase = _Phase.OPEN
         self._deadline = None
         self._schedule_ping(now)
@@ -417,7 +415,8 @@ class WebSocketSession:
     # ---- inbound --------------------------------------------------------------------------
 
     def receive_data(self, data: bytes, now: float) -> list[WebSocketEvent]:
-        if self._frames is None or self._phase is _Phase.DONE or not data:
+        phase = self._phase
+        if phase is _Phase.CONNECTING or phase is _Phase.DONE or not data:
             return []
         events: list[WebSocketEvent] = []
         buf = self._inbound
@@ -505,17 +504,25 @@ class WebSocketSession:
             return
         events.append(MessageReceived(data=text))
 
-    def _fail(self, code: int, reason: str, events: list[WebSocketEvent]) -> None:
+    def _wsproto(self) -> Connection:
         frames = self._frames
-        if frames is not None and frames.state is ConnectionState.OPEN:
-            self._emit(frames.send(CloseConnection(code=code)))
+        if frames is None:
+            extensions: list[Extension] = []
+            if self._deflater is not None:
+                extensions.append(self._deflater)
+            extensions.append(_SizeGuard(self._budget))  # last: it sees inflated bytes
+            frames = self._frames = Connection(ConnectionType.SERVER, extensions)
+        return frames
+
+    def _fail(self, code: int, reason: str, events: list[WebSocketEvent]) -> None:
+        if self._phase is _Phase.OPEN:
+            self._emit(self._wsproto().send(CloseConnection(code=code)))
         events.append(WebSocketEnded(code=code, reason=reason))
         self._phase = _Phase.DONE
         self._deadline = None
 
     def _to_wsproto(self, data: bytes, now: float, events: list[WebSocketEvent]) -> None:
-        frames = self._frames
-        assert frames is not None
+        frames = self._wsproto()
         frames.receive_data(data)
         for event in frames.events():
             if isinstance(event, Message):
@@ -625,9 +632,9 @@ class WebSocketSession:
     def close(self, code: int, reason: str, now: float) -> None:
         """Start the closing handshake (RFC 6455 7.1.2). The peer's answering Close ends the
         session; one that never comes, `handshake_timeout` later."""
-        if self._phase is not _Phase.OPEN or self._frames is None:
+        if self._phase is not _Phase.OPEN:
             return
-        self._emit(self._frames.send(CloseConnection(code=code, reason=reason or None)))
+        self._emit(self._wsproto().send(CloseConnection(code=code, reason=reason or None)))
         self._phase = _Phase.CLOSING
         self._deadline = now + self._limits.handshake_timeout
 
@@ -668,18 +675,20 @@ class WebSocketSession:
             self._phase = _Phase.DONE
             self._deadline = None
             return [WebSocketEnded(code=ABNORMAL_CLOSURE)]
-        if phase is _Phase.OPEN and self._frames is not None:
+        if phase is _Phase.OPEN:
             if self._ping_payload is not None:
                 # The pong is overdue: the peer (or the path to it) is gone.
                 self._emit(
-                    self._frames.send(CloseConnection(code=INTERNAL_ERROR, reason="ping timeout"))
+                    self._wsproto().send(
+                        CloseConnection(code=INTERNAL_ERROR, reason="ping timeout")
+                    )
                 )
                 self._phase = _Phase.DONE
                 self._deadline = None
                 return [WebSocketEnded(code=INTERNAL_ERROR, reason="ping timeout")]
             self._pings += 1
             self._ping_payload = struct.pack("!I", self._pings)
-            self._emit(self._frames.send(Ping(payload=self._ping_payload)))
+            self._emit(self._wsproto().send(Ping(payload=self._ping_payload)))
             timeout = self._limits.ping_timeout
             if timeout is None:
                 self._ping_payload = None  # nothing to wait for: just keep pinging

@@ -96,7 +96,6 @@ class WebSocketStream:
         self._messages: collections.deque[Message] = collections.deque()
         self._unacked = 0  # received bytes not yet acknowledged to the HTTP core
         self._end: tuple[int, str] | None = None  # the disconnect the app is told
-        self._end_delivered = False
         self._peer_gone = False  # nothing can reach the peer any more
         self._app_closed = False  # the application sent websocket.close
         self._deny_start: tuple[int, Headers] | None = None
@@ -217,7 +216,6 @@ class WebSocketStream:
                 self._maybe_acknowledge()
                 return message
             if self._end is not None:
-                self._end_delivered = True
                 code, reason = self._end
                 return {"type": "websocket.disconnect", "code": code, "reason": reason}
             await self._wait()

@@ -101,9 +101,7 @@ class H2WebSocket:
                     self.ended = True
 
 
-def connect_headers(
-    client: H2Client, scheme: str, path: str = "/ws", **extra: str
-) -> list[tuple[bytes, bytes]]:
+def connect_headers(scheme: str, path: str = "/ws", **extra: str) -> list[tuple[bytes, bytes]]:
     headers = [
         (b":method", b"CONNECT"),
         (b":protocol", b"websocket"),
@@ -123,7 +121,7 @@ async def open_websocket(
     if deflate:
         extra["sec_websocket_extensions"] = "permessage-deflate"
     stream_id = client.conn.get_next_available_stream_id()
-    client.conn.send_headers(stream_id, connect_headers(client, scheme, path, **extra))
+    client.conn.send_headers(stream_id, connect_headers(scheme, path, **extra))
     await client.flush()
 
     def answered(event: Any) -> bool:

@@ -198,7 +198,7 @@ async def test_a_client_that_never_answers_pings_is_failed_with_1011() -> None:
             waited = anyio.current_time() - begin
         assert isinstance(second, CloseConnection)
         assert second.code == 1011
-        assert 0.2 < waited < 2.0  # the ping timeout (0.3 s), not the interval nor never
+        assert 0.1 < waited < 2.0  # about the ping timeout (0.3 s): neither at once nor never
         await recorder.wait_done()
         await ws.aclose()
     assert recorder.disconnect()["code"] == 1011

@@ -207,9 +207,40 @@ def test_peer_close_is_echoed_and_ends_the_session() -> None:
     ws, client = opened()
     events = ws.receive_data(client.send(CloseConnection(code=4000, reason="bye")), 1.0)
     assert events == [WebSocketEnded(code=4000, reason="bye")]
+    # RFC 6455 5.5.1: the answering Close may wait for what we are still sending.
+    assert ws.ending and not ws.finished and ws.can_send
+    ws.conclude()
     assert ws.finished
     [echo] = client_events(client, ws.data_to_send())
     assert isinstance(echo, CloseConnection) and echo.code == 4000
+
+
+def test_replies_to_messages_before_a_bad_frame_go_out_before_the_close() -> None:
+    """Autobahn's strict reading (cases 3.2, 4.1.3): the message before a bad frame is echoed,
+    then the connection is failed, and a Ping after the bad frame gets no Pong."""
+    ws, client = opened()
+    wire = client.send(TextMessage(data="first")) + masked_frame(0x5, b"") + masked_frame(0x9, b"")
+    events = ws.receive_data(wire, 1.0)
+    assert events == [
+        MessageReceived(data="first"),
+        WebSocketEnded(code=1002, reason=events[1].reason),
+    ]  # type: ignore[union-attr]
+    ws.send_message("first")
+    ws.conclude()
+    ws.send_message("too late")
+    [echo, close] = client_events(client, ws.data_to_send())
+    assert isinstance(echo, TextMessage) and echo.data == "first"
+    assert isinstance(close, CloseConnection) and close.code == 1002
+
+
+def test_an_end_the_app_is_slow_to_reach_concludes_on_the_deadline() -> None:
+    ws, client = opened(handshake_timeout=4.0)
+    ws.receive_data(client.send(CloseConnection(code=1000)), 10.0)
+    assert ws.next_deadline() == 14.0
+    assert ws.handle_deadline(14.0) == []
+    assert ws.finished
+    [echo] = client_events(client, ws.data_to_send())
+    assert isinstance(echo, CloseConnection) and echo.code == 1000
 
 
 def test_close_without_a_code_is_reported_as_1005() -> None:
@@ -239,9 +270,13 @@ def test_an_unanswered_close_times_out() -> None:
 
 
 def fails_with(ws: WebSocketSession, data: bytes, code: int) -> None:
-    """The session fails the connection (RFC 6455 7.1.7): a Close with `code`, then the end."""
+    """The session fails the connection (RFC 6455 7.1.7): reads nothing more, then a Close
+    with `code` once concluded, then the end."""
     [event] = ws.receive_data(data, 1.0)
     assert isinstance(event, WebSocketEnded) and event.code == code
+    assert ws.ending
+    assert ws.receive_data(masked_frame(0x9, b"ignored"), 1.5) == []
+    ws.conclude()
     assert ws.finished
     out = ws.data_to_send()
     assert out[0] == 0x88  # FIN + Close, unmasked
@@ -457,11 +492,20 @@ def test_eof_without_a_close_is_1006() -> None:
     ws, _ = opened()
     assert ws.peer_ended() == [WebSocketEnded(code=1006)]
     assert ws.peer_ended() == []
+    assert ws.finished
+
+
+def test_eof_after_a_close_is_not_a_second_end() -> None:
+    ws, client = opened()
+    ws.receive_data(client.send(CloseConnection(code=1000)), 1.0)
+    assert ws.peer_ended() == []
+    assert ws.ending
 
 
 def test_messages_after_the_end_are_not_sent() -> None:
     ws, client = opened()
     ws.receive_data(client.send(CloseConnection(code=1000)), 1.0)
+    ws.conclude()
     ws.data_to_send()
     ws.send_message("too late")
     assert ws.data_to_send() == b""

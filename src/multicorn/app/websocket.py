@@ -164,6 +164,8 @@ class WebSocketStream:
         elif self._session.open:
             self._session.close(INTERNAL_ERROR, "", self._conn.runtime.now())
             self._flush()
+        else:
+            self._conclude()
 
     # ---- the application call -------------------------------------------------------------
 
@@ -201,6 +203,8 @@ class WebSocketStream:
                 # The application is done without closing: close normally for it.
                 self._session.close(NORMAL_CLOSURE, "", self._conn.runtime.now())
                 self._flush()
+            else:
+                self._conclude()
         # The closing handshake may still be under way: the stream lasts until it is over (the
         # session's deadline bounds the wait).
         while self._stage is _Stage.ACCEPTED:
@@ -216,6 +220,8 @@ class WebSocketStream:
                 self._maybe_acknowledge()
                 return message
             if self._end is not None:
+                # The app has read all that came before the end: our Close may go now.
+                self._conclude()
                 code, reason = self._end
                 return {"type": "websocket.disconnect", "code": code, "reason": reason}
             await self._wait()
@@ -289,7 +295,7 @@ class WebSocketStream:
         if (data is None) == (text is None):
             raise UnexpectedMessage("websocket.send needs exactly one of 'bytes' and 'text'")
         session = self._session
-        if not session.open:
+        if not session.can_send:
             raise ClientDisconnected("the WebSocket is closing")
         session.send_message(str(text) if data is None else bytes(data))
         self._flush()
@@ -311,9 +317,12 @@ class WebSocketStream:
         if stage is _Stage.OVER:
             raise ClientDisconnected("the client has disconnected")
         self._app_closed = True
-        if stage is _Stage.ACCEPTED and self._session.open:
-            self._session.close(code, reason, self._conn.runtime.now())
-            self._flush()
+        if stage is _Stage.ACCEPTED:
+            if self._session.open:
+                self._session.close(code, reason, self._conn.runtime.now())
+                self._flush()
+            else:
+                self._conclude()  # the peer closed first: our answer echoes its code
 
     def _deny_body(self, message: Message) -> None:
         if self._stage is not _Stage.DENYING:
@@ -423,6 +432,11 @@ class WebSocketStream:
                 self._arm()
         if commands and not self._peer_gone:
             self._conn.send(*commands)
+
+    def _conclude(self) -> None:
+        if self._stage is _Stage.ACCEPTED and self._session.ending:
+            self._session.conclude()
+            self._flush()
 
     def _maybe_acknowledge(self) -> None:
         if self._unacked and len(self._messages) < self._limits.max_queued_messages:

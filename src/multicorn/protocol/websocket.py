@@ -122,6 +122,9 @@ class _Phase(enum.Enum):
     CONNECTING = enum.auto()  # the handshake request is with the application
     OPEN = enum.auto()
     CLOSING = enum.auto()  # we sent a Close and wait for the peer's
+    # The peer's input is over (its Close came, or it broke the protocol) and our Close waits
+    # for `conclude()`: the application first answers the messages that came before.
+    ENDING = enum.auto()
     DONE = enum.auto()  # the WebSocket is over: end the stream once the output is written
 
 
@@ -380,6 +383,7 @@ class WebSocketSession:
         self._binary: list[bytes] = []
         self._deadline: float | None = now + limits.handshake_timeout
         self._ping_payload: bytes | None = None  # of the ping awaiting its pong
+        self._reply: CloseConnection | None = None  # ENDING: the Close still to send
         self._pings = 0
         self.offered_subprotocols = _subprotocols(request_headers)
 
@@ -415,8 +419,7 @@ class WebSocketSession:
     # ---- inbound --------------------------------------------------------------------------
 
     def receive_data(self, data: bytes, now: float) -> list[WebSocketEvent]:
-        phase = self._phase
-        if phase is _Phase.CONNECTING or phase is _Phase.DONE or not data:
+        if not self._reading or not data:
             return []
         events: list[WebSocketEvent] = []
         buf = self._inbound
@@ -424,7 +427,7 @@ class WebSocketSession:
         size = len(buf)
         pos = 0
         limit = self._limits.max_message_size
-        while not self.finished:
+        while self._reading:
             if self._owed:
                 take = min(self._owed, size - pos)
                 if not take:
@@ -467,7 +470,7 @@ class WebSocketSession:
             ):
                 if end <= size:
                     payload = _unmask(buf[pos + head : end], buf[pos + head - 4 : pos + head])
-                    self._whole_frame(first, payload, events)
+                    self._whole_frame(first, payload, now, events)
                     pos = end
                     continue
                 if first == _FIN_BINARY:
@@ -484,13 +487,15 @@ class WebSocketSession:
             self._owed = end - pos - take
             self._to_wsproto(bytes(buf[pos : pos + take]), now, events)
             pos += take
-        if self.finished:
-            buf.clear()
-        else:
+        if self._reading:
             del buf[:pos]
+        else:
+            buf.clear()  # the peer's input is over: the rest is never read
         return events
 
-    def _whole_frame(self, first: int, payload: bytes, events: list[WebSocketEvent]) -> None:
+    def _whole_frame(
+        self, first: int, payload: bytes, now: float, events: list[WebSocketEvent]
+    ) -> None:
         if self._phase is not _Phase.OPEN:
             return  # after our Close, messages are dropped
         if first == _FIN_BINARY:
@@ -500,7 +505,7 @@ class WebSocketSession:
             text = payload.decode("utf-8")
         except UnicodeDecodeError:
             # RFC 6455 8.1: text that is not UTF-8 fails the connection with 1007.
-            self._fail(CloseReason.INVALID_FRAME_PAYLOAD_DATA, "invalid UTF-8", events)
+            self._fail(CloseReason.INVALID_FRAME_PAYLOAD_DATA, "invalid UTF-8", now, events)
             return
         events.append(MessageReceived(data=text))
 
@@ -514,10 +519,30 @@ class WebSocketSession:
             frames = self._frames = Connection(ConnectionType.SERVER, extensions)
         return frames
 
-    def _fail(self, code: int, reason: str, events: list[WebSocketEvent]) -> None:
-        if self._phase is _Phase.OPEN:
-            self._emit(self._wsproto().send(CloseConnection(code=code)))
+    def _fail(self, code: int, reason: str, now: float, events: list[WebSocketEvent]) -> None:
+        """Fail the WebSocket Connection (RFC 6455 7.1.7): read nothing more; our Close with
+        `code` follows once the application is through what came before the bad frame."""
         events.append(WebSocketEnded(code=code, reason=reason))
+        if self._phase is _Phase.OPEN:
+            self._end_with(CloseConnection(code=code), now)
+        else:
+            self._phase = _Phase.DONE  # our Close is already out: nothing left to say
+            self._deadline = None
+
+    def _end_with(self, reply: CloseConnection, now: float) -> None:
+        self._reply = reply
+        self._phase = _Phase.ENDING
+        self._deadline = now + self._limits.handshake_timeout
+
+    def conclude(self) -> None:
+        """Send the Close the end of the peer's input calls for, and end the session. The
+        bridge calls this once the application has read every message before that end (or
+        returned); `handshake_timeout` after the end, the deadline calls it anyway."""
+        if self._phase is not _Phase.ENDING:
+            return
+        if self._reply is not None:
+            self._emit(self._wsproto().send(self._reply))
+            self._reply = None
         self._phase = _Phase.DONE
         self._deadline = None
 
@@ -536,7 +561,7 @@ class WebSocketSession:
                     self._ping_payload = None
                     self._schedule_ping(now)
             elif isinstance(event, CloseConnection):
-                self._on_close(frames, event, events)
+                self._on_close(frames, event, now, events)
                 break
 
     def _on_message(self, event: Message[Any], events: list[WebSocketEvent]) -> None:
@@ -564,31 +589,34 @@ class WebSocketSession:
                 events.append(MessageReceived(data=bytes(event.data)))
 
     def _on_close(
-        self, frames: Connection, event: CloseConnection, events: list[WebSocketEvent]
+        self,
+        frames: Connection,
+        event: CloseConnection,
+        now: float,
+        events: list[WebSocketEvent],
     ) -> None:
         state = frames.state
         if state is ConnectionState.REMOTE_CLOSING:
             # RFC 6455 5.5.1: "the endpoint MUST send a Close frame in response", echoing the
-            # status code; then the server closes the connection first (7.1.1).
-            self._emit(frames.send(event.response()))
+            # status code; it "MAY delay sending a Close frame until its current message is
+            # sent": the replies to messages that came before the Close go first. Then the
+            # server closes the connection (7.1.1).
             events.append(WebSocketEnded(code=event.code, reason=event.reason or ""))
+            self._end_with(event.response(), now)
         elif state is ConnectionState.CLOSED:
             # The answer to our Close: the application already knows why it is closing.
             events.append(WebSocketEnded(code=event.code, reason=event.reason or ""))
+            self._phase = _Phase.DONE
+            self._deadline = None
         else:
             # wsproto reports a frame it could not accept as a CloseConnection with the code
-            # to fail with (1002, 1007, 1009...) without changing state: fail the connection
-            # (7.1.7): our Close with that code, then the end, without waiting for an answer.
-            if state is ConnectionState.OPEN:
-                self._emit(frames.send(CloseConnection(code=event.code)))
-            events.append(WebSocketEnded(code=event.code, reason=event.reason or ""))
-        self._phase = _Phase.DONE
-        self._deadline = None
+            # to fail with (1002, 1007, 1009...) without changing state.
+            self._fail(event.code, event.reason or "", now, events)
 
     def peer_ended(self) -> list[WebSocketEvent]:
         """The peer stopped sending (EOF, END_STREAM, a reset) with no Close first."""
-        if self._phase is _Phase.DONE:
-            return []
+        if self._phase is _Phase.DONE or self._phase is _Phase.ENDING:
+            return []  # over already (after its Close, a peer may well stop sending)
         self._phase = _Phase.DONE
         self._deadline = None
         return [WebSocketEnded(code=ABNORMAL_CLOSURE)]
@@ -597,7 +625,7 @@ class WebSocketSession:
 
     def send_message(self, data: bytes | str) -> None:
         """Queue one message (the whole of it in one frame); dropped once a Close was sent."""
-        if self._phase is not _Phase.OPEN:
+        if not self.can_send:
             return
         if isinstance(data, str):
             opcode = Opcode.TEXT
@@ -648,8 +676,22 @@ class WebSocketSession:
 
     @property
     def open(self) -> bool:
-        """Messages can be sent (accepted, and no Close sent or received yet)."""
+        """Accepted, and no Close sent or received yet."""
         return self._phase is _Phase.OPEN
+
+    @property
+    def can_send(self) -> bool:
+        """Messages can still go out: open, or the peer's input is over and our Close waits."""
+        return self._phase is _Phase.OPEN or self._phase is _Phase.ENDING
+
+    @property
+    def ending(self) -> bool:
+        """The peer's input is over and our Close waits for `conclude()`."""
+        return self._phase is _Phase.ENDING
+
+    @property
+    def _reading(self) -> bool:
+        return self._phase is _Phase.OPEN or self._phase is _Phase.CLOSING
 
     @property
     def finished(self) -> bool:
@@ -670,6 +712,9 @@ class WebSocketSession:
             self._phase = _Phase.DONE
             self._deadline = None
             return [HandshakeTimedOut()]
+        if phase is _Phase.ENDING:
+            self.conclude()  # the application is slow to read what came before the end
+            return []
         if phase is _Phase.CLOSING:
             # Our Close went unanswered: give up on the handshake (7.1.1 lets the server close).
             self._phase = _Phase.DONE

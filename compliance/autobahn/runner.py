@@ -315,13 +315,15 @@ def run_wstest(
     try:
         proc.wait(timeout=max(0.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
-        _signal_group(proc, signal.SIGKILL)
-        proc.wait(timeout=10)
-        reader.join(timeout=5)
         raise RunTimeout(
             f"wstest did not finish in time ({output.done}/{len(output.planned)} cases started, "
             f"last {output.current})"
         ) from None
+    finally:
+        # wstest has its own session, so a Ctrl-C reaches only us: take it down in every case.
+        if proc.poll() is None:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait(timeout=10)
     reader.join(timeout=10)
     if proc.returncode != 0:
         raise RunError(f"wstest exited with status {proc.returncode}; see {log_path}")

@@ -57,6 +57,9 @@ class CaseResult:
     expectation: str = ""
     result: str = ""
     result_close: str = ""
+    # How many frames/messages the fuzzer got back, and how many a strict pass needs.
+    received: int | None = None
+    expected_strict: int | None = None
 
     @property
     def verdict(self) -> Verdict:
@@ -78,8 +81,12 @@ class CaseResult:
         if self.behavior in NON_STRICT_BEHAVIOR:
             # Autobahn's result text only says some expectation matched; the strict one it
             # missed is what explains the grade.
+            got = ""
+            if self.received is not None and self.expected_strict is not None:
+                got = f" ({self.received} of {self.expected_strict} expected events arrived)"
             parts.append(
-                f"{self.behavior}: met only a lenient expectation; strictly: {self.expectation}"
+                f"{self.behavior}: met only a lenient expectation{got}; "
+                f"strictly: {self.expectation}"
             )
         elif self.behavior not in PASSING_BEHAVIOR:
             parts.append(f"{self.behavior}: {self.result}")
@@ -136,6 +143,8 @@ def load_results(outdir: Path, agent: str) -> list[CaseResult]:
                 expectation=str(details.get("expectation", "")),
                 result=str(details.get("result", "")),
                 result_close=str(details.get("resultClose", "")),
+                received=_length(details.get("received")),
+                expected_strict=_length(_get(details.get("expected"), OK)),
             )
         )
     return results
@@ -219,3 +228,11 @@ def _cell(text: str) -> str:
 
 def _optional_str(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+def _length(value: object) -> int | None:
+    return len(value) if isinstance(value, list) else None
+
+
+def _get(value: object, key: str) -> object:
+    return value.get(key) if isinstance(value, dict) else None

@@ -8,7 +8,7 @@ its own process group, waits until the port accepts, writes the fuzzing client's
 
 Exit status: 0 when every case passed (non-strict ones too, unless --strict), 1 when a case
 failed or is missing from the report or the server died during the run, 2 when the run could
-not start, 3 when the global timeout ran out.
+not start, 3 when the global timeout ran out, 130 or 143 on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -368,6 +368,9 @@ def write_spec(path: Path, *, agent: str, url: str, cases: list[str], exclude: l
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # A plain SIGTERM would end us without stopping the server and wstest (each has its own
+    # session); as an exception it unwinds through the cleanups like Ctrl-C does.
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         return _main(args)
     except RunTimeout as timeout:
@@ -376,6 +379,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RunError, toolchain.ToolchainError) as error:
         print(f"autobahn: error: {error}", file=sys.stderr)
         return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("autobahn: interrupted; the server and wstest are stopped", file=sys.stderr)
+        return 128 + signal.SIGINT
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -441,9 +451,11 @@ def _main(args: argparse.Namespace) -> int:
         facts = {
             "server": f"`{shlex.join(argv)}`",
             "transport": scheme,
-            "cases": ", ".join(cases) + (f" (excluding {', '.join(exclude)})" if exclude else ""),
+            "selection": ", ".join(cases),
             "duration": f"{elapsed:.0f} s",
         }
+        if exclude:
+            facts["excluded"] = ", ".join(exclude)
         args.summary.write_text(summary.markdown(title=f"Autobahn: {agent}", facts=facts))
     if server_exit is not None or summary.failed(strict=args.strict):
         return EXIT_FAILED

@@ -291,7 +291,6 @@ class WstestOutput:
     planned: list[str]
     current: str | None = None
     done: int = 0
-    connection_failures: int = 0
 
 
 def run_wstest(
@@ -332,6 +331,7 @@ def run_wstest(
 
 def _follow_wstest(stream: IO[bytes], log_path: Path, output: WstestOutput, verbose: bool) -> None:
     category = None
+    last_report = time.monotonic()
     with log_path.open("w") as log:
         for raw in stream:
             line = raw.decode("utf-8", "replace")
@@ -347,11 +347,17 @@ def _follow_wstest(stream: IO[bytes], log_path: Path, output: WstestOutput, verb
             elif match := re.match(r"Running test case ID (\S+)", line):
                 output.current = match.group(1)
                 output.done += 1
-                if not verbose and output.current.split(".")[0] != category:
+                # One line per category, and one at least every 30 s through the slow ones
+                # (12 and 13), so a long run is visibly alive.
+                new_category = output.current.split(".")[0] != category
+                if not verbose and (new_category or time.monotonic() - last_report > 30):
                     category = output.current.split(".")[0]
-                    print(f"autobahn: running {category}.* (case {output.done})", flush=True)
+                    last_report = time.monotonic()
+                    print(
+                        f"autobahn: case {output.current} ({output.done}/{len(output.planned)})",
+                        flush=True,
+                    )
             elif line.startswith("Connection to ") and " failed " in line:
-                output.connection_failures += 1
                 print(f"autobahn: {line.strip()}", flush=True)
 
 

@@ -57,9 +57,10 @@ class CaseResult:
     expectation: str = ""
     result: str = ""
     result_close: str = ""
-    # How many frames/messages the fuzzer got back, and how many a strict pass needs.
-    received: int | None = None
-    expected_strict: int | None = None
+    # What the fuzzer saw before the close, and what a strict pass needed, as event kinds
+    # ("message", "pong", "timeout A"): the payloads can be megabytes.
+    received: tuple[str, ...] | None = None
+    expected_strict: tuple[str, ...] | None = None
 
     @property
     def verdict(self) -> Verdict:
@@ -83,7 +84,9 @@ class CaseResult:
             # missed is what explains the grade.
             got = ""
             if self.received is not None and self.expected_strict is not None:
-                got = f" ({self.received} of {self.expected_strict} expected events arrived)"
+                got = (
+                    f" (got {_events(self.received)}, strict wants {_events(self.expected_strict)})"
+                )
             parts.append(
                 f"{self.behavior}: met only a lenient expectation{got}; "
                 f"strictly: {self.expectation}"
@@ -143,8 +146,8 @@ def load_results(outdir: Path, agent: str) -> list[CaseResult]:
                 expectation=str(details.get("expectation", "")),
                 result=str(details.get("result", "")),
                 result_close=str(details.get("resultClose", "")),
-                received=_length(details.get("received")),
-                expected_strict=_length(_get(details.get("expected"), OK)),
+                received=_event_kinds(details.get("received")),
+                expected_strict=_event_kinds(_get(details.get("expected"), OK)),
             )
         )
     return results
@@ -230,8 +233,23 @@ def _optional_str(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-def _length(value: object) -> int | None:
-    return len(value) if isinstance(value, list) else None
+def _event_kinds(value: object) -> tuple[str, ...] | None:
+    """["message", payload, binary] -> "message"; ["timeout", "A"] -> "timeout A"."""
+    if not isinstance(value, list):
+        return None
+    kinds = []
+    for event in value:
+        if isinstance(event, list) and event:
+            kind = str(event[0])
+            kinds.append(f"{kind} {event[1]}" if kind == "timeout" and len(event) > 1 else kind)
+    return tuple(kinds)
+
+
+def _events(kinds: tuple[str, ...]) -> str:
+    if not kinds:
+        return "nothing"
+    shown = ", ".join(kinds[:4])
+    return shown + (f" and {len(kinds) - 4} more" if len(kinds) > 4 else "")
 
 
 def _get(value: object, key: str) -> object:

@@ -441,3 +441,25 @@ def test_access_log_line_names_the_handshake_answer(caplog: pytest.LogCaptureFix
     peer.send(CloseConnection(code=1000))
     [line] = [r.getMessage() for r in caplog.records if r.name == "tests.app.access"]
     assert line == '"GET /ws?room=1 HTTP/1.1" 101'
+
+
+def test_a_websocket_accepted_during_shutdown_is_closed_with_1001() -> None:
+    gate = FakeWaiter()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await gate.wait()
+        await send({"type": "websocket.accept"})
+        await receive()
+
+    peer = Peer(app)
+    peer.open()
+    peer.handler.shutdown()
+    peer.runtime.run()
+    assert [type(c).__name__ for c in peer.new_commands()] == ["CloseConnection"]
+    gate.set()
+    peer.runtime.run()
+    commands = peer.new_commands()
+    assert isinstance(commands[0], SendResponse) and commands[0].status == 200
+    [close] = peer.frames(commands[1:])
+    assert isinstance(close, CloseConnection) and close.code == 1001

@@ -96,12 +96,12 @@ class WebSocketStream:
         self._messages: collections.deque[Message] = collections.deque()
         self._unacked = 0  # received bytes not yet acknowledged to the HTTP core
         self._end: tuple[int, str] | None = None  # the disconnect the app is told
-        self._end_delivered = False
         self._peer_gone = False  # nothing can reach the peer any more
         self._app_closed = False  # the application sent websocket.close
         self._deny_start: tuple[int, Headers] | None = None
         self._waiter: Waiter | None = None
         self._flush_scheduled = False
+        self._going_away = False  # the server is shutting down
         self._timer: TimerHandle | None = None
         self._timer_at: float | None = None
         # For the access log: the handshake's answer, and the bytes of frames sent.
@@ -143,7 +143,8 @@ class WebSocketStream:
 
     def going_away(self) -> None:
         """The server shuts down: close with 1001 (RFC 6455 7.4.1); a handshake not yet
-        answered is left to finish as the application decides."""
+        answered is left to the application, and closed the same way if it accepts."""
+        self._going_away = True
         if self._stage is _Stage.ACCEPTED and self._session.open:
             self._session.close(GOING_AWAY, "server shutting down", self._conn.runtime.now())
             self._flush()
@@ -215,7 +216,6 @@ class WebSocketStream:
                 self._maybe_acknowledge()
                 return message
             if self._end is not None:
-                self._end_delivered = True
                 code, reason = self._end
                 return {"type": "websocket.disconnect", "code": code, "reason": reason}
             await self._wait()
@@ -272,6 +272,8 @@ class WebSocketStream:
         events = self._session.receive_data(early, now) if early else []
         if self._ended_early:
             events.extend(self._session.peer_ended())
+        if self._going_away:
+            self._session.close(GOING_AWAY, "server shutting down", now)
         self._apply(events)
         self._maybe_acknowledge()
 

@@ -11,8 +11,8 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 "$VENV/bin/python" -m pip install --quiet -e '.[test]'
-"$VENV/bin/ruff" check src tests examples bench
-"$VENV/bin/ruff" format --check src tests examples bench
+"$VENV/bin/ruff" check src tests examples bench compliance
+"$VENV/bin/ruff" format --check src tests examples bench compliance
 "$VENV/bin/mypy"
 "$VENV/bin/lint-imports"
 # pytest exits 5 when it collected no tests; like any non-zero status, that fails this script.

@@ -305,6 +305,46 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="end a stream or connection whose output cannot move for this long",
     )
+    switch(
+        "--websocket",
+        dest="websocket",
+        help="serve WebSocket handshakes (HTTP/1.1 Upgrade, HTTP/2 extended CONNECT)",
+    )
+    switch(
+        "--ws-per-message-deflate",
+        dest="ws_per_message_deflate",
+        help="accept a WebSocket client's permessage-deflate offer",
+    )
+    setting(
+        "--websocket-max-message-size",
+        dest="websocket_max_message_size",
+        metavar="BYTES",
+        help="largest WebSocket message received (after inflating); larger closes with 1009",
+    )
+    setting(
+        "--websocket-max-queue",
+        dest="websocket_max_queue",
+        metavar="N",
+        help="WebSocket messages received and not yet read by the app before reading pauses",
+    )
+    setting(
+        "--websocket-ping-interval",
+        dest="websocket_ping_interval",
+        metavar="SECONDS",
+        help="ping each WebSocket this often; 0 sends no pings",
+    )
+    setting(
+        "--websocket-ping-timeout",
+        dest="websocket_ping_timeout",
+        metavar="SECONDS",
+        help="close a WebSocket (1011) whose pong is this late; 0 waits forever",
+    )
+    setting(
+        "--websocket-handshake-timeout",
+        dest="websocket_handshake_timeout",
+        metavar="SECONDS",
+        help="the app must accept or deny a WebSocket, and a client answer its close, within this",
+    )
     parser.add_argument("--version", action="version", version=f"multicorn {__version__}")
     return parser
 

@@ -97,6 +97,14 @@ class Config:
     # Output that cannot move for this long ends it: an HTTP/2 stream is reset, and a connection
     # whose client stopped reading (any protocol) is closed.
     send_timeout: float = 60.0
+    # WebSocket (HTTP/1.1 Upgrade, and extended CONNECT on HTTP/2)
+    websocket: bool = True
+    ws_per_message_deflate: bool = True  # accept a client's permessage-deflate offer
+    websocket_max_message_size: int = 16 * 1024 * 1024  # bytes, after inflating; larger: 1009
+    websocket_max_queue: int = 32  # received messages the app has not taken before reading pauses
+    websocket_ping_interval: float = 20.0  # seconds between pings; 0 sends none
+    websocket_ping_timeout: float = 20.0  # a pong must come within this, else 1011; 0 waits
+    websocket_handshake_timeout: float = 10.0  # for the app's accept, and the peer's Close
 
     def __post_init__(self) -> None:
         self.validate()
@@ -188,6 +196,13 @@ _RULES: Final[Mapping[str, _Rule]] = MappingProxyType(
             "int", "a window from 65535 to 2147483647 bytes", minimum=65535
         ),
         "send_timeout": _seconds(),
+        "websocket": _BOOL,
+        "ws_per_message_deflate": _BOOL,
+        "websocket_max_message_size": _positive_int("a whole number of bytes"),
+        "websocket_max_queue": _positive_int("a whole number of messages"),
+        "websocket_ping_interval": _seconds(),
+        "websocket_ping_timeout": _seconds(),
+        "websocket_handshake_timeout": _seconds(),
     }
 )
 

@@ -30,6 +30,7 @@ from multicorn.protocol.http2 import HTTP2Limits
 from multicorn.protocol.http11 import HTTP11Limits
 from multicorn.protocol.http11_parsers import httptools_available
 from multicorn.protocol.negotiate import ProtocolLimits, for_connection
+from multicorn.protocol.websocket import WebSocketLimits
 from multicorn.runtime.base import ServerTLS
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ def protocol_limits(config: Config) -> ProtocolLimits:
             h2c_prior_knowledge=config.h2c in ("prior-knowledge", "both"),
             h2c_upgrade=config.h2c in ("upgrade", "both"),
             engine=_http_engine(config.http),
+            websocket=config.websocket,
         ),
         http2=HTTP2Limits(
             max_concurrent_streams=config.h2_max_concurrent_streams,
@@ -73,6 +75,16 @@ def protocol_limits(config: Config) -> ProtocolLimits:
             connection_window_size=config.h2_connection_window_size,
             keep_alive_timeout=config.keep_alive,
             send_timeout=config.send_timeout,
+            extended_connect=config.websocket,
+        ),
+        websocket=WebSocketLimits(
+            enabled=config.websocket,
+            max_message_size=config.websocket_max_message_size,
+            per_message_deflate=config.ws_per_message_deflate,
+            ping_interval=config.websocket_ping_interval or None,
+            ping_timeout=config.websocket_ping_timeout or None,
+            handshake_timeout=config.websocket_handshake_timeout,
+            max_queued_messages=config.websocket_max_queue,
         ),
     )
 

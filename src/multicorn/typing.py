@@ -32,3 +32,20 @@ class HTTPScope(TypedDict):
     server: tuple[str, int | None] | None
     state: dict[str, Any]
     extensions: dict[str, dict[str, object]]
+
+
+class WebSocketScope(TypedDict):
+    type: Literal["websocket"]
+    asgi: ASGIVersions
+    http_version: str
+    scheme: str
+    path: str
+    raw_path: bytes
+    query_string: bytes
+    root_path: str
+    headers: Iterable[tuple[bytes, bytes]]
+    client: tuple[str, int] | None
+    server: tuple[str, int | None] | None
+    subprotocols: list[str]
+    state: dict[str, Any]
+    extensions: dict[str, dict[str, object]]

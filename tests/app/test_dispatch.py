@@ -13,6 +13,7 @@ import pytest
 
 from multicorn.app.dispatch import StreamBridge, default_bridges
 from multicorn.app.http import HTTPStream
+from multicorn.app.websocket import WebSocketStream
 from multicorn.protocol.events import (
     AcknowledgeData,
     DataReceived,
@@ -63,6 +64,9 @@ class RecordingBridge:
     def abandon(self) -> None:
         self.calls.append("abandon")
 
+    def going_away(self) -> None:
+        self.calls.append("going away")
+
     async def run(self) -> None:
         self.calls.append("run")
         await self.finish.wait()
@@ -77,7 +81,10 @@ def _clear() -> None:
 def test_recording_bridge_has_the_bridge_shape() -> None:
     bridge: type[StreamBridge] = RecordingBridge  # type-checked shape, as for HTTPStream
     assert bridge is RecordingBridge
-    assert default_bridges() == {StreamKind.REQUEST: HTTPStream}
+    assert default_bridges() == {
+        StreamKind.REQUEST: HTTPStream,
+        StreamKind.WEBSOCKET: WebSocketStream,
+    }
 
 
 def test_a_registered_bridge_gets_its_kind_of_stream() -> None:
@@ -124,7 +131,9 @@ def test_a_kind_without_a_bridge_is_answered_501(caplog: pytest.LogCaptureFixtur
 
     caplog.set_level(logging.DEBUG, logger=TEST_LOGGER)
     protocol = FakeProtocol()
-    handler, runtime, transport = make_handler(protocol, app)
+    handler, runtime, transport = make_handler(
+        protocol, app, bridges={StreamKind.REQUEST: HTTPStream}
+    )
     protocol.feed(request(1, StreamKind.WEBSOCKET), DataReceived(stream_id=1, data=b"x" * 10))
     handler.data_received(b"")
     runtime.run()

@@ -137,6 +137,8 @@ class ConnectionHandler:
         if not self._transport_closed:
             try:
                 self.send(CloseConnection())
+                for stream in list(self._streams.values()):
+                    stream.going_away()
             except Exception as exc:
                 self._broken(exc)  # one broken connection must not stop the server's drain
 

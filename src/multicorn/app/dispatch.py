@@ -3,8 +3,8 @@ kinds protocol cores report to the bridge that serves each one.
 
 A protocol core says what a stream is (`RequestReceived.kind`); the connection handler looks the
 kind up here and creates that bridge, which never learns the HTTP version carrying it. An
-ordinary request gets `HTTPStream` (ASGI `http`); the WebSocket bridge registers for
-`StreamKind.WEBSOCKET` when it exists. A kind with no bridge is answered 501 by the handler.
+ordinary request gets `HTTPStream` (ASGI `http`), a WebSocket `WebSocketStream` (ASGI
+`websocket`). A kind with no bridge is answered 501 by the handler.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from multicorn.app.http import HTTPStream
+from multicorn.app.websocket import WebSocketStream
 from multicorn.protocol.events import StreamKind
 
 if TYPE_CHECKING:
@@ -41,6 +42,10 @@ class StreamBridge(Protocol):
         """Something raised while this stream was being served: answer 500 if its response has
         not started, else reset it. Does nothing once the stream is finished or gone."""
 
+    def going_away(self) -> None:
+        """The server is shutting down gracefully: a stream that would otherwise run on
+        (a WebSocket) starts to close; a request/response exchange just finishes."""
+
     async def run(self) -> None:
         """The application call for this stream."""
 
@@ -50,5 +55,6 @@ BridgeFactory = Callable[["ConnectionHandler", "RequestReceived"], StreamBridge]
 
 
 def default_bridges() -> dict[StreamKind, BridgeFactory]:
-    """The bridges a server has unless told otherwise: plain requests only."""
-    return {StreamKind.REQUEST: HTTPStream}
+    """The bridges a server has unless told otherwise. A core reports WEBSOCKET streams only
+    when its limits enable them."""
+    return {StreamKind.REQUEST: HTTPStream, StreamKind.WEBSOCKET: WebSocketStream}

@@ -144,6 +144,9 @@ class HTTPStream:
         self._disconnected = True
         self._wake()
 
+    def going_away(self) -> None:
+        pass  # the exchange finishes as it is; the protocol core refuses new ones
+
     def _wake(self) -> None:
         if self._waiter is not None:
             self._waiter.set()

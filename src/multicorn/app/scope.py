@@ -1,4 +1,5 @@
-"""Builds the ASGI `http` connection scope from a request head (ASGI www spec 2.5)."""
+"""Builds the ASGI `http` and `websocket` connection scopes from a request head (ASGI www
+spec 2.5)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from urllib.parse import unquote_to_bytes
 if TYPE_CHECKING:
     from multicorn.app.context import ConnectionInfo
     from multicorn.protocol.events import RequestReceived
-    from multicorn.typing import HTTPScope
+    from multicorn.typing import HTTPScope, WebSocketScope
 
 
 def split_target(target: bytes) -> tuple[bytes, bytes]:
@@ -67,3 +68,36 @@ def _extensions(event: RequestReceived, info: ConnectionInfo) -> dict[str, dict[
         # ASGI TLS extension: present on TLS connections only, never on cleartext ones.
         extensions["tls"] = info.tls
     return extensions
+
+
+def build_websocket_scope(
+    event: RequestReceived,
+    info: ConnectionInfo,
+    *,
+    root_path: str,
+    state: dict[str, object],
+    subprotocols: list[str],
+) -> WebSocketScope:
+    """The ASGI `websocket` scope: the request's own fields as for `http` (no method), the
+    client's subprotocol offers, and `websocket.http.response` so the app may deny with a
+    response of its own."""
+    http = build_http_scope(event, info, root_path=root_path, state=state)
+    extensions: dict[str, dict[str, object]] = {"websocket.http.response": {}}
+    if info.tls is not None:
+        extensions["tls"] = info.tls
+    return {
+        "type": "websocket",
+        "asgi": http["asgi"],
+        "http_version": http["http_version"],
+        "scheme": "wss" if info.scheme == "https" else "ws",
+        "path": http["path"],
+        "raw_path": http["raw_path"],
+        "query_string": http["query_string"],
+        "root_path": root_path,
+        "headers": http["headers"],
+        "client": info.client,
+        "server": info.server,
+        "subprotocols": subprotocols,
+        "state": http["state"],
+        "extensions": extensions,
+    }

@@ -13,19 +13,22 @@ application accepts), so it never comes through here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from multicorn.protocol.base import ServerProtocol
 from multicorn.protocol.errors import LocalProtocolError
 from multicorn.protocol.events import Event, H2CPriorKnowledge, H2CUpgrade, UpgradeRequested
 from multicorn.protocol.http2 import HTTP2Limits, HTTP2Protocol
 from multicorn.protocol.http11 import HTTP11Limits, HTTP11Protocol
+from multicorn.protocol.websocket import WebSocketLimits
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProtocolLimits:
     http11: HTTP11Limits
     http2: HTTP2Limits
+    # What a WEBSOCKET stream's session obeys, on whichever version carries it.
+    websocket: WebSocketLimits = field(default_factory=WebSocketLimits)
 
 
 def for_connection(

@@ -1,0 +1,425 @@
+"""One WebSocket as an ASGI `websocket` application call (ASGI www spec 2.5).
+
+The stream does not know the HTTP version under it: an HTTP/1.1 Upgrade and an HTTP/2 or
+HTTP/3 extended CONNECT all arrive as a WEBSOCKET stream whose core hands over the request
+head, then raw WebSocket bytes once a 2xx response has accepted it. The frames themselves are
+the `WebSocketSession`'s (protocol/websocket.py); this bridge turns its events into ASGI
+messages and the application's messages into session calls and protocol commands.
+
+Received messages wait in a queue of at most `max_queued_messages`; past that, the bytes that
+brought them are not acknowledged, which is how the HTTP core stops reading (HTTP/1.1) or stops
+granting flow-control window (HTTP/2). The stream lives until the WebSocket is over (closing
+handshake done, failed, or timed out), even when the application returns first.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+from typing import TYPE_CHECKING, Any, cast
+
+from multicorn.app.errors import ClientDisconnected, UnexpectedMessage
+from multicorn.app.http import error_response
+from multicorn.app.scope import build_websocket_scope
+from multicorn.protocol.events import (
+    AcknowledgeData,
+    ResetStream,
+    SendData,
+    SendResponse,
+)
+from multicorn.protocol.websocket import (
+    ABNORMAL_CLOSURE,
+    GOING_AWAY,
+    INTERNAL_ERROR,
+    NORMAL_CLOSURE,
+    HandshakeTimedOut,
+    MessageReceived,
+    WebSocketEnded,
+    WebSocketEvent,
+    WebSocketSession,
+)
+
+if TYPE_CHECKING:
+    from multicorn.app.connection import ConnectionHandler
+    from multicorn.protocol.events import Headers, RequestReceived
+    from multicorn.runtime.base import TimerHandle, Waiter
+    from multicorn.typing import Message, Scope
+
+
+class _Stage(enum.Enum):
+    HANDSHAKE = enum.auto()  # the application has the request; nothing answered yet
+    DENYING = enum.auto()  # a websocket.http.response is being sent
+    ACCEPTED = enum.auto()  # frames flow (until the session says it is over)
+    OVER = enum.auto()  # the stream is ended: a denial sent, or the WebSocket finished
+
+
+def _headers(raw: Any) -> Headers:
+    return [(bytes(name).lower(), bytes(value)) for name, value in raw]
+
+
+class WebSocketStream:
+    """See the module docstring. Created by the connection handler per WEBSOCKET stream."""
+
+    def __init__(self, conn: ConnectionHandler, event: RequestReceived) -> None:
+        self._conn = conn
+        self.stream_id = event.stream_id
+        ctx = conn.context
+        self._limits = ctx.protocol_limits.websocket
+        self._session = WebSocketSession(
+            limits=self._limits, request_headers=event.headers, now=conn.runtime.now()
+        )
+        self.scope = cast(
+            "Scope",
+            build_websocket_scope(
+                event,
+                conn.info,
+                root_path=ctx.settings.root_path,
+                state=ctx.state,
+                subprotocols=self._session.offered_subprotocols,
+            ),
+        )
+        # RFC 6455 4.1 asks for version 13; HTTP/1.1's core refuses others before we are made,
+        # the extended CONNECT of HTTP/2 and HTTP/3 (RFC 8441 5) leaves it to us.
+        versions = [v.strip() for n, v in event.headers if n == b"sec-websocket-version"]
+        self._bad_version = versions != [b"13"]
+        self._stage = _Stage.HANDSHAKE
+        self._connected = False  # websocket.connect was delivered
+        self._early: list[bytes] = []  # bytes that came before the accept
+        self._ended_early = False  # the peer stopped sending before the accept
+        self._messages: collections.deque[Message] = collections.deque()
+        self._unacked = 0  # received bytes not yet acknowledged to the HTTP core
+        self._end: tuple[int, str] | None = None  # the disconnect the app is told
+        self._end_delivered = False
+        self._peer_gone = False  # nothing can reach the peer any more
+        self._app_closed = False  # the application sent websocket.close
+        self._deny_start: tuple[int, Headers] | None = None
+        self._waiter: Waiter | None = None
+        self._timer: TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._arm()
+
+    # ---- events from the connection -------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self._unacked += len(data)
+        if self._stage is _Stage.HANDSHAKE or self._stage is _Stage.DENYING:
+            if self._stage is _Stage.HANDSHAKE:
+                self._early.append(data)
+            else:
+                self._acknowledge()  # a declined WebSocket's bytes are nobody's
+            return
+        if self._stage is _Stage.ACCEPTED:
+            self._apply(self._session.receive_data(data, self._conn.runtime.now()))
+        self._maybe_acknowledge()
+
+    def ended(self) -> None:
+        if self._stage is _Stage.HANDSHAKE:
+            self._ended_early = True  # after its earlier bytes, once accepted
+            return
+        self._apply(self._session.peer_ended())
+
+    def client_gone(self) -> None:
+        self._peer_gone = True
+        self._apply(self._session.peer_ended())
+        if self._end is None:
+            self._end = (ABNORMAL_CLOSURE, "")
+        self._stage = _Stage.OVER
+        self._disarm()
+        self._wake()
+
+    def going_away(self) -> None:
+        """The server shuts down: close with 1001 (RFC 6455 7.4.1); a handshake not yet
+        answered is left to finish as the application decides."""
+        if self._stage is _Stage.ACCEPTED and self._session.open:
+            self._session.close(GOING_AWAY, "server shutting down", self._conn.runtime.now())
+            self._flush()
+
+    def abandon(self) -> None:
+        """Something failed while serving this stream: a 500 before the handshake was answered,
+        a reset in the middle of a denial, a Close with 1011 once accepted."""
+        stage = self._stage
+        if self._peer_gone or stage is _Stage.OVER:
+            return
+        if stage is _Stage.HANDSHAKE:
+            self._respond(500)
+        elif stage is _Stage.DENYING:
+            self._stage = _Stage.OVER
+            self._disarm()
+            self._conn.send(ResetStream(stream_id=self.stream_id))
+        elif self._session.open:
+            self._session.close(INTERNAL_ERROR, "", self._conn.runtime.now())
+            self._flush()
+
+    # ---- the application call -------------------------------------------------------------
+
+    async def run(self) -> None:
+        ctx = self._conn.context
+        if self._bad_version:
+            # RFC 6455 4.4: answer with the version we speak.
+            self._respond(426, [(b"sec-websocket-version", b"13")])
+            return
+        try:
+            await ctx.app(self.scope, self.receive, self.send)
+        except ClientDisconnected as exc:
+            ctx.loggers.error.debug("client went away while the application was sending: %r", exc)
+        except Exception as exc:
+            ctx.loggers.error.error("Exception in ASGI application", exc_info=exc)
+            self.abandon()
+        except BaseException:
+            self.abandon()
+            raise
+        else:
+            if self._stage is _Stage.HANDSHAKE and not self._peer_gone:
+                ctx.loggers.error.error("ASGI callable returned without accepting the WebSocket")
+                self._respond(500)
+            elif self._stage is _Stage.DENYING:
+                ctx.loggers.error.error("ASGI callable returned without completing the response")
+                self.abandon()
+            elif self._session.open:
+                # The application is done without closing: close normally for it.
+                self._session.close(NORMAL_CLOSURE, "", self._conn.runtime.now())
+                self._flush()
+        # The closing handshake may still be under way: the stream lasts until it is over (the
+        # session's deadline bounds the wait).
+        while self._stage is _Stage.ACCEPTED:
+            await self._wait()
+
+    async def receive(self) -> Message:
+        if not self._connected:
+            self._connected = True
+            return {"type": "websocket.connect"}
+        while True:
+            if self._messages:
+                message = self._messages.popleft()
+                self._maybe_acknowledge()
+                return message
+            if self._end is not None:
+                self._end_delivered = True
+                code, reason = self._end
+                return {"type": "websocket.disconnect", "code": code, "reason": reason}
+            await self._wait()
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "websocket.send":
+            await self._send_message(message)
+        elif kind == "websocket.accept":
+            self._accept(message)
+        elif kind == "websocket.close":
+            self._close(message)
+        elif kind == "websocket.http.response.start":
+            if self._stage is not _Stage.HANDSHAKE:
+                raise UnexpectedMessage(
+                    "websocket.http.response.start is only valid before the WebSocket is "
+                    "accepted or closed"
+                )
+            status = int(message["status"])
+            if not 300 <= status <= 999:
+                # A 2xx would accept the WebSocket (HTTP/1.1 writes it as 101, HTTP/2 opens the
+                # tunnel): a denial needs a status that says no.
+                raise UnexpectedMessage(f"a WebSocket denial response cannot have status {status}")
+            self._stage = _Stage.DENYING
+            self._session.decline()
+            self._disarm()
+            self._deny_start = (status, _headers(message.get("headers", ())))
+        elif kind == "websocket.http.response.body":
+            self._deny_body(message)
+        else:
+            raise UnexpectedMessage(f"unexpected ASGI message type {kind!r} on a websocket")
+
+    def _accept(self, message: Message) -> None:
+        if self._stage is not _Stage.HANDSHAKE:
+            if self._peer_gone:
+                raise ClientDisconnected("the client has disconnected")
+            raise UnexpectedMessage("websocket.accept sent after the handshake was answered")
+        conn = self._conn
+        now = conn.runtime.now()
+        subprotocol = message.get("subprotocol")
+        headers = self._session.accept(None if subprotocol is None else str(subprotocol), now)
+        for name, value in _headers(message.get("headers", ())):
+            if name == b"sec-websocket-protocol" and subprotocol is not None:
+                continue  # the one from `subprotocol` wins (ASGI spec)
+            headers.append((name, value))
+        self._stage = _Stage.ACCEPTED
+        conn.send(
+            SendResponse(
+                stream_id=self.stream_id,
+                status=200,
+                headers=[*conn.context.default_headers.get(), *headers],
+            )
+        )
+        early = b"".join(self._early)
+        self._early.clear()
+        events = self._session.receive_data(early, now) if early else []
+        if self._ended_early:
+            events.extend(self._session.peer_ended())
+        self._apply(events)
+        self._maybe_acknowledge()
+
+    async def _send_message(self, message: Message) -> None:
+        if self._app_closed:
+            raise UnexpectedMessage("websocket.send after websocket.close")
+        if self._stage is not _Stage.ACCEPTED:
+            if self._peer_gone or self._stage is _Stage.OVER:
+                raise ClientDisconnected("the client has disconnected")
+            raise UnexpectedMessage("websocket.send is only valid once the WebSocket is accepted")
+        data = message.get("bytes")
+        text = message.get("text")
+        if (data is None) == (text is None):
+            raise UnexpectedMessage("websocket.send needs exactly one of 'bytes' and 'text'")
+        session = self._session
+        if not session.open:
+            raise ClientDisconnected("the WebSocket is closing")
+        session.send_message(str(text) if data is None else bytes(data))
+        self._flush()
+        await self._conn.drain(self.stream_id)
+
+    def _close(self, message: Message) -> None:
+        code = int(message.get("code") or NORMAL_CLOSURE)
+        reason = str(message.get("reason") or "")
+        stage = self._stage
+        if stage is _Stage.HANDSHAKE:
+            # ASGI: a close before accept is a denial, answered 403.
+            self._app_closed = True
+            self._respond(403)
+            return
+        if stage is _Stage.DENYING:
+            raise UnexpectedMessage("websocket.close in the middle of a denial response")
+        if self._app_closed:
+            raise UnexpectedMessage("websocket.close sent twice")
+        if stage is _Stage.OVER:
+            raise ClientDisconnected("the client has disconnected")
+        self._app_closed = True
+        if stage is _Stage.ACCEPTED and self._session.open:
+            self._session.close(code, reason, self._conn.runtime.now())
+            self._flush()
+
+    def _deny_body(self, message: Message) -> None:
+        if self._stage is not _Stage.DENYING:
+            raise UnexpectedMessage(
+                "websocket.http.response.body needs websocket.http.response.start first"
+            )
+        body = bytes(message.get("body", b""))
+        more = bool(message.get("more_body", False))
+        commands: list[SendResponse | SendData] = []
+        start = self._deny_start
+        if start is not None:
+            status, headers = start
+            if not more and not any(name == b"content-length" for name, _ in headers):
+                headers = [*headers, (b"content-length", str(len(body)).encode())]
+            commands.append(
+                SendResponse(
+                    stream_id=self.stream_id,
+                    status=status,
+                    headers=[*self._conn.context.default_headers.get(), *headers],
+                )
+            )
+            self._deny_start = None  # the head is out
+        commands.append(SendData(stream_id=self.stream_id, data=body, end_stream=not more))
+        if not more:
+            self._stage = _Stage.OVER
+            self._end = (ABNORMAL_CLOSURE, "")
+        self._conn.send(*commands)
+        self._wake()
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _respond(self, status: int, extra: Headers | None = None) -> None:
+        """An HTTP answer to the handshake that the server gives itself (403, 426, 500, 503)."""
+        self._stage = _Stage.OVER
+        self._session.decline()
+        self._disarm()
+        if self._end is None:
+            self._end = (ABNORMAL_CLOSURE, "")
+        headers, body = error_response(status, self._conn.context.default_headers.get())
+        if extra:
+            headers = [*headers, *extra]
+        self._conn.send(
+            SendResponse(stream_id=self.stream_id, status=status, headers=headers),
+            SendData(stream_id=self.stream_id, data=body, end_stream=True),
+        )
+        self._wake()
+
+    def _apply(self, events: list[WebSocketEvent]) -> None:
+        for event in events:
+            if isinstance(event, MessageReceived):
+                data = event.data
+                if isinstance(data, str):
+                    self._messages.append({"type": "websocket.receive", "text": data})
+                else:
+                    self._messages.append({"type": "websocket.receive", "bytes": data})
+            elif isinstance(event, WebSocketEnded):
+                if self._end is None:
+                    self._end = (event.code, event.reason)
+            elif isinstance(event, HandshakeTimedOut):
+                self._conn.context.loggers.error.info(
+                    "WebSocket handshake not answered by the application within %s s",
+                    self._limits.handshake_timeout,
+                )
+                self._respond(503)
+        if events:
+            self._wake()
+        self._flush()
+
+    def _flush(self) -> None:
+        """Write what the session produced; end the stream once the WebSocket is over."""
+        if self._stage is not _Stage.ACCEPTED:
+            return
+        session = self._session
+        data = session.data_to_send()
+        if session.finished:
+            self._stage = _Stage.OVER
+            self._disarm()
+            self._wake()
+            if not self._peer_gone:
+                self._conn.send(SendData(stream_id=self.stream_id, data=data, end_stream=True))
+            return
+        if data:
+            self._conn.send(SendData(stream_id=self.stream_id, data=data))
+        self._arm()
+
+    def _maybe_acknowledge(self) -> None:
+        if self._unacked and len(self._messages) < self._limits.max_queued_messages:
+            self._acknowledge()
+
+    def _acknowledge(self) -> None:
+        amount, self._unacked = self._unacked, 0
+        if not self._peer_gone:
+            self._conn.send(AcknowledgeData(stream_id=self.stream_id, amount=amount))
+
+    def _arm(self) -> None:
+        deadline = self._session.next_deadline()
+        if deadline is None:
+            self._disarm()
+            return
+        if self._timer is not None and self._timer_at is not None and self._timer_at <= deadline:
+            return  # fires early, finds nothing due, and re-arms: cheaper than re-arming now
+        self._disarm()
+        self._timer_at = deadline
+        self._timer = self._conn.runtime.call_at(deadline, self._deadline_reached)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._timer_at = None
+
+    def _deadline_reached(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        try:
+            self._apply(self._session.handle_deadline(self._conn.runtime.now()))
+            self._arm()
+        except Exception as exc:
+            self._conn.context.loggers.error.error("Exception in a WebSocket timer", exc_info=exc)
+            self.abandon()
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            self._waiter.set()
+
+    async def _wait(self) -> None:
+        if self._waiter is None:
+            self._waiter = self._conn.runtime.waiter()
+        self._waiter.clear()
+        await self._waiter.wait()

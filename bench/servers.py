@@ -88,7 +88,7 @@ _MC_FEATURES = frozenset({H1, H2C, H2_TLS, WS})
 # WebSocket is measured once multicorn has it: this is one of the options it comes with.
 _MC_WS_FLAGS = ((WS, "--ws-per-message-deflate"),)
 _HYPERCORN_FEATURES = frozenset({H1, H2C, H2_TLS, WS})
-_MC_PACKAGES = ("multicorn", "h11", "h2")
+_MC_PACKAGES = ("multicorn", "h11", "h2", "wsproto")
 # Uvicorn's default `--ws auto` picks websockets (its Sans-I/O protocol in Uvicorn 0.54)
 # when it is installed, as uvicorn[standard] does; `uvicorn-wsproto` measures the other one.
 _UVICORN_WS_NOTE = "WebSocket: websockets (--ws auto)"

@@ -83,11 +83,22 @@ class FakeTask:
             self.error = exc
 
 
+class FakeTimer:
+    def __init__(self, when: float, fn: Callable[[], object]) -> None:
+        self.when = when
+        self.fn = fn
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
 class FakeRuntime:
     def __init__(self) -> None:
         self.clock = 0.0
         self.tasks: list[FakeTask] = []
         self.soon: list[Callable[[], object]] = []
+        self.timers: list[FakeTimer] = []
         self.timeouts_expire = False  # wait_for() returns False at once instead of waiting
 
     def now(self) -> float:
@@ -103,6 +114,26 @@ class FakeRuntime:
 
     def call_soon(self, fn: Callable[[], object]) -> None:
         self.soon.append(fn)
+
+    def call_at(self, when: float, fn: Callable[[], object]) -> FakeTimer:
+        timer = FakeTimer(when, fn)
+        self.timers.append(timer)
+        return timer
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock on, firing the timers that fall due in order, then run the tasks."""
+        end = self.clock + seconds
+        while True:
+            due = [t for t in self.timers if not t.cancelled and t.when <= end]
+            if not due:
+                break
+            timer = min(due, key=lambda t: t.when)
+            self.timers.remove(timer)
+            self.clock = max(self.clock, timer.when)
+            timer.fn()
+            self.run()
+        self.clock = end
+        self.run()
 
     async def wait_for(self, waiter: Waiter, timeout: float | None) -> bool:
         if waiter.is_set():

@@ -9,6 +9,7 @@ covered at the end.
 
 from __future__ import annotations
 
+import h2.errors
 import h2.events
 import pytest
 from h2.settings import SettingCodes
@@ -410,6 +411,21 @@ def test_extended_connect_websocket_opens_a_tunnel() -> None:
     _, client_events = p.pump()
     assert of_type(client_events, h2.events.StreamEnded)
     assert not p.server.closed
+
+
+def test_a_tunnel_the_server_ended_is_reset_without_waiting_for_the_client() -> None:
+    # The WebSocket is over once the server ends its side (closing handshake done, failed or
+    # declined): a client that never sends END_STREAM must not keep the stream, so it is reset
+    # with NO_ERROR (RFC 9113 8.1), and the connection, with no stream left, can go idle.
+    p = Pair(extended_connect=True)
+    send_head(p, 1, websocket_head(), end_stream=False)
+    p.server.send(SendResponse(stream_id=1, status=200, headers=[]), 0.0)
+    p.server.send(SendData(stream_id=1, data=b"\x88\x02\x03\xe8", end_stream=True), 0.0)
+    _, client_events = p.pump()
+    assert client_body(client_events, 1) == b"\x88\x02\x03\xe8"
+    resets = of_type(client_events, h2.events.StreamReset)
+    assert [reset.error_code for reset in resets] == [h2.errors.ErrorCodes.NO_ERROR]
+    assert p.server.next_deadline() is not None
 
 
 def test_extended_connect_can_be_declined_with_a_response() -> None:

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import collections
 import enum
+import time
 from typing import TYPE_CHECKING, Any, cast
 
 from multicorn.app.errors import ClientDisconnected, UnexpectedMessage
 from multicorn.app.http import error_response
+from multicorn.app.logs import AccessRecord, log_access
 from multicorn.app.scope import build_websocket_scope
 from multicorn.protocol.events import (
     AcknowledgeData,
@@ -44,6 +46,11 @@ if TYPE_CHECKING:
     from multicorn.protocol.events import Headers, RequestReceived
     from multicorn.runtime.base import TimerHandle, Waiter
     from multicorn.typing import Message, Scope
+
+
+# Frames waiting past this are written at once rather than at the end of the loop turn, so that
+# an application that sends without ever yielding meets the transport's backpressure.
+_WRITE_AT = 64 * 1024
 
 
 class _Stage(enum.Enum):
@@ -89,13 +96,20 @@ class WebSocketStream:
         self._messages: collections.deque[Message] = collections.deque()
         self._unacked = 0  # received bytes not yet acknowledged to the HTTP core
         self._end: tuple[int, str] | None = None  # the disconnect the app is told
-        self._end_delivered = False
         self._peer_gone = False  # nothing can reach the peer any more
         self._app_closed = False  # the application sent websocket.close
         self._deny_start: tuple[int, Headers] | None = None
         self._waiter: Waiter | None = None
+        self._flush_scheduled = False
+        self._going_away = False  # the server is shutting down
         self._timer: TimerHandle | None = None
         self._timer_at: float | None = None
+        # For the access log: the handshake's answer, and the bytes of frames sent.
+        self._method = event.method.decode("ascii")
+        self._status = 0
+        self._response_headers: Headers = []
+        self._sent_bytes = 0
+        self._start_time = time.time() if ctx.loggers.access is not None else 0.0
         self._arm()
 
     # ---- events from the connection -------------------------------------------------------
@@ -129,7 +143,8 @@ class WebSocketStream:
 
     def going_away(self) -> None:
         """The server shuts down: close with 1001 (RFC 6455 7.4.1); a handshake not yet
-        answered is left to finish as the application decides."""
+        answered is left to the application, and closed the same way if it accepts."""
+        self._going_away = True
         if self._stage is _Stage.ACCEPTED and self._session.open:
             self._session.close(GOING_AWAY, "server shutting down", self._conn.runtime.now())
             self._flush()
@@ -153,6 +168,13 @@ class WebSocketStream:
     # ---- the application call -------------------------------------------------------------
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            if self._conn.context.loggers.access is not None:
+                self._log_access()
+
+    async def _run(self) -> None:
         ctx = self._conn.context
         if self._bad_version:
             # RFC 6455 4.4: answer with the version we speak.
@@ -194,7 +216,6 @@ class WebSocketStream:
                 self._maybe_acknowledge()
                 return message
             if self._end is not None:
-                self._end_delivered = True
                 code, reason = self._end
                 return {"type": "websocket.disconnect", "code": code, "reason": reason}
             await self._wait()
@@ -241,18 +262,18 @@ class WebSocketStream:
                 continue  # the one from `subprotocol` wins (ASGI spec)
             headers.append((name, value))
         self._stage = _Stage.ACCEPTED
-        conn.send(
-            SendResponse(
-                stream_id=self.stream_id,
-                status=200,
-                headers=[*conn.context.default_headers.get(), *headers],
-            )
-        )
+        headers = [*conn.context.default_headers.get(), *headers]
+        # HTTP/1.1 writes the accept as its 101 (RFC 6455 4.2.2), HTTP/2 and HTTP/3 as a 200.
+        self._status = 101 if self.scope["http_version"] in ("1.0", "1.1") else 200
+        self._response_headers = headers
+        conn.send(SendResponse(stream_id=self.stream_id, status=200, headers=headers))
         early = b"".join(self._early)
         self._early.clear()
         events = self._session.receive_data(early, now) if early else []
         if self._ended_early:
             events.extend(self._session.peer_ended())
+        if self._going_away:
+            self._session.close(GOING_AWAY, "server shutting down", now)
         self._apply(events)
         self._maybe_acknowledge()
 
@@ -307,15 +328,13 @@ class WebSocketStream:
             status, headers = start
             if not more and not any(name == b"content-length" for name, _ in headers):
                 headers = [*headers, (b"content-length", str(len(body)).encode())]
-            commands.append(
-                SendResponse(
-                    stream_id=self.stream_id,
-                    status=status,
-                    headers=[*self._conn.context.default_headers.get(), *headers],
-                )
-            )
+            headers = [*self._conn.context.default_headers.get(), *headers]
+            self._status = status
+            self._response_headers = headers
+            commands.append(SendResponse(stream_id=self.stream_id, status=status, headers=headers))
             self._deny_start = None  # the head is out
         commands.append(SendData(stream_id=self.stream_id, data=body, end_stream=not more))
+        self._sent_bytes += len(body)
         if not more:
             self._stage = _Stage.OVER
             self._end = (ABNORMAL_CLOSURE, "")
@@ -334,6 +353,9 @@ class WebSocketStream:
         headers, body = error_response(status, self._conn.context.default_headers.get())
         if extra:
             headers = [*headers, *extra]
+        self._status = status
+        self._response_headers = headers
+        self._sent_bytes = len(body)
         self._conn.send(
             SendResponse(stream_id=self.stream_id, status=status, headers=headers),
             SendData(stream_id=self.stream_id, data=body, end_stream=True),
@@ -362,25 +384,49 @@ class WebSocketStream:
         self._flush()
 
     def _flush(self) -> None:
+        """Have what the session produced written, and the acknowledgements sent: at once when
+        the WebSocket is over or much is waiting, else once this loop turn is done, so that the
+        replies to a batch of messages go out in one write."""
+        if self._session.finished or self._session.pending_output > _WRITE_AT:
+            self._flush_now()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._conn.runtime.call_soon(self._deferred_flush)
+
+    def _deferred_flush(self) -> None:
+        self._flush_scheduled = False
+        try:
+            self._flush_now()
+        except Exception as exc:
+            self._conn.context.loggers.error.error("Exception in a WebSocket write", exc_info=exc)
+            self.abandon()
+
+    def _flush_now(self) -> None:
         """Write what the session produced; end the stream once the WebSocket is over."""
-        if self._stage is not _Stage.ACCEPTED:
-            return
-        session = self._session
-        data = session.data_to_send()
-        if session.finished:
-            self._stage = _Stage.OVER
-            self._disarm()
-            self._wake()
-            if not self._peer_gone:
-                self._conn.send(SendData(stream_id=self.stream_id, data=data, end_stream=True))
-            return
-        if data:
-            self._conn.send(SendData(stream_id=self.stream_id, data=data))
-        self._arm()
+        commands: list[AcknowledgeData | SendData] = []
+        if self._unacked and len(self._messages) < self._limits.max_queued_messages:
+            commands.append(AcknowledgeData(stream_id=self.stream_id, amount=self._unacked))
+            self._unacked = 0
+        if self._stage is _Stage.ACCEPTED:
+            session = self._session
+            data = session.data_to_send()
+            if session.finished:
+                self._stage = _Stage.OVER
+                self._disarm()
+                self._wake()
+                self._sent_bytes += len(data)
+                commands.append(SendData(stream_id=self.stream_id, data=data, end_stream=True))
+            else:
+                if data:
+                    self._sent_bytes += len(data)
+                    commands.append(SendData(stream_id=self.stream_id, data=data))
+                self._arm()
+        if commands and not self._peer_gone:
+            self._conn.send(*commands)
 
     def _maybe_acknowledge(self) -> None:
         if self._unacked and len(self._messages) < self._limits.max_queued_messages:
-            self._acknowledge()
+            self._flush()
 
     def _acknowledge(self) -> None:
         amount, self._unacked = self._unacked, 0
@@ -423,3 +469,20 @@ class WebSocketStream:
             self._waiter = self._conn.runtime.waiter()
         self._waiter.clear()
         await self._waiter.wait()
+
+    def _log_access(self) -> None:
+        scope: Any = self.scope
+        record = AccessRecord(
+            client=scope["client"],
+            method=self._method,
+            path=scope["path"],
+            query_string=scope["query_string"],
+            http_version=scope["http_version"],
+            status=self._status,
+            response_bytes=self._sent_bytes,
+            request_headers=scope["headers"],
+            response_headers=self._response_headers,
+            start_time=self._start_time,
+            duration=time.time() - self._start_time,
+        )
+        log_access(self._conn.context.loggers, record)

@@ -222,6 +222,7 @@ class _Stream:
     incremental: bool = False
     request_done: bool = False
     rejected: bool = False  # answered by the connection driver (RequestRejected), body dropped
+    tunnel: bool = False  # a WebSocket (extended CONNECT): nothing is read once it is answered
     response_done: bool = False  # END_STREAM queued or sent
     ready: bool = False  # queued in HTTP2Protocol._levels, with output to frame
     out: deque[bytes] = field(default_factory=deque)
@@ -423,6 +424,7 @@ class HTTP2Protocol:
             urgency=urgency,
             incremental=incremental,
             request_done=ended,
+            tunnel=kind is not StreamKind.REQUEST,
         )
         self._idle_since = None
         # The head passed: `:method` is a token, and `:path` is set (only a plain CONNECT
@@ -807,8 +809,12 @@ class HTTP2Protocol:
             return
         if stream.request_done:
             del self._streams[stream_id]
-        elif stream.rejected:
-            # Nobody reads the rest of a rejected request. RFC 9113 8.1: "a server MAY request
+        elif stream.rejected or stream.tunnel:
+            # Nobody reads the rest of a rejected request, nor of a WebSocket the server has
+            # ended (its closing handshake is over, or it was declined or failed): a client that
+            # never ends its side must not hold the stream, nor a draining connection, open
+            # (RFC 8441 5 maps a TCP close to END_STREAM; RFC 6455 7.1.1 has the server close
+            # first and not wait for the client's). RFC 9113 8.1: "a server MAY request
             # that the client abort transmission of a request without error by sending a
             # RST_STREAM with an error code of NO_ERROR after sending a complete response".
             del self._streams[stream_id]

@@ -17,6 +17,15 @@ Bytes in (`receive_data`), events out; messages and closes in, bytes out (`data_
 peer that breaks the protocol gets a Close with the code RFC 6455 7.4.1 names and the session
 ends at once (RFC 6455 7.1.7 "Fail the WebSocket Connection"); nothing here raises for bad
 input.
+
+The common frame takes a shorter road. The session finds frame boundaries itself, and a whole,
+unfragmented, uncompressed text or binary frame that is plainly valid (masked, no reserved
+bits, minimal length encoding, within the limit) is unmasked and decoded here; wsproto gets
+every other frame, byte for byte, at a frame boundary, so its state (a fragmented message, the
+closing handshake) is exactly what it would be had it read everything. Text frames still on
+their way go to wsproto as they arrive, so invalid UTF-8 fails the connection as soon as it is
+seen (RFC 6455 8.1), not when the frame completes. Messages out are framed here too (a server
+frame is a header and the payload); control frames are wsproto's.
 """
 
 from __future__ import annotations
@@ -61,6 +70,11 @@ _DEFLATE_TAIL: Final = b"\x00\x00\xff\xff"
 _NO_RSV: Final = RsvBits(False, False, False)
 _RSV1: Final = RsvBits(True, False, False)
 _DATA_OPCODES: Final = frozenset({Opcode.TEXT, Opcode.BINARY, Opcode.CONTINUATION})
+# First header byte of a whole, uncompressed frame (FIN, no RSV bits) and its opcode.
+_FIN_TEXT: Final = 0x81
+_FIN_BINARY: Final = 0x82
+_FIN_DATA: Final = (_FIN_TEXT, _FIN_BINARY)
+_MASKED: Final = 0x80
 _WINDOW_BITS: Final = re.compile(r"(?:[89]|1[0-5])")
 
 
@@ -321,6 +335,15 @@ class _Deflate(Extension):
     ) -> tuple[RsvBits, bytes]:
         if opcode not in _DATA_OPCODES:
             return rsv, data
+        if opcode is not Opcode.CONTINUATION:
+            rsv = RsvBits(True, rsv.rsv2, rsv.rsv3)
+        return rsv, self._compress(data, fin)
+
+    def deflate_message(self, data: bytes) -> bytes:
+        """A whole message's payload, compressed (its frame gets RSV1)."""
+        return self._compress(data, True)
+
+    def _compress(self, data: bytes, fin: bool) -> bytes:
         if self._compressor is None:
             bits = self._params.server_max_window_bits or 15
             self._compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -bits)
@@ -330,9 +353,7 @@ class _Deflate(Extension):
             out = out[: -len(_DEFLATE_TAIL)]  # 7.2.1: the sync flush's empty block goes
             if self._params.server_no_context_takeover:
                 self._compressor = None
-        if opcode is not Opcode.CONTINUATION:
-            rsv = RsvBits(True, rsv.rsv2, rsv.rsv3)
-        return rsv, out
+        return out
 
 
 # ---- the session -----------------------------------------------------------------------------
@@ -345,8 +366,16 @@ class WebSocketSession:
         self._limits = limits
         self._phase = _Phase.CONNECTING
         self._deflate = negotiate_deflate(request_headers) if limits.per_message_deflate else None
+        # wsproto's frame layer, made when a frame first needs it: most WebSockets only ever
+        # see whole simple frames, and an idle one should not carry its buffers.
         self._frames: Connection | None = None
+        self._budget = _MessageBudget(limits.max_message_size)
         self._out: list[bytes] = []
+        self._pending_out = 0  # bytes in _out
+        self._inbound = bytearray()  # input not yet consumed: a partial frame header or payload
+        self._owed = 0  # bytes of a frame already started with wsproto, still to hand it
+        self._in_message = False  # wsproto has a fragmented data message under way
+        self._deflater: _Deflate | None = None
         self._text: list[str] = []  # fragments of the message being received
         self._binary: list[bytes] = []
         self._deadline: float | None = now + limits.handshake_timeout
@@ -370,13 +399,9 @@ class WebSocketSession:
                     f"(it offered {self.offered_subprotocols})"
                 )
             headers.append((b"sec-websocket-protocol", subprotocol.encode()))
-        budget = _MessageBudget(self._limits.max_message_size)
-        extensions: list[Extension] = []
         if self._deflate is not None:
-            extensions.append(_Deflate(self._deflate, budget))
+            self._deflater = _Deflate(self._deflate, self._budget)
             headers.append((b"sec-websocket-extensions", self._deflate.response().encode()))
-        extensions.append(_SizeGuard(budget))
-        self._frames = Connection(ConnectionType.SERVER, extensions)
         self._phase = _Phase.OPEN
         self._deadline = None
         self._schedule_ping(now)
@@ -390,18 +415,122 @@ class WebSocketSession:
     # ---- inbound --------------------------------------------------------------------------
 
     def receive_data(self, data: bytes, now: float) -> list[WebSocketEvent]:
-        frames = self._frames
-        if frames is None or self._phase is _Phase.DONE or not data:
+        phase = self._phase
+        if phase is _Phase.CONNECTING or phase is _Phase.DONE or not data:
             return []
-        frames.receive_data(data)
         events: list[WebSocketEvent] = []
+        buf = self._inbound
+        buf += data
+        size = len(buf)
+        pos = 0
+        limit = self._limits.max_message_size
+        while not self.finished:
+            if self._owed:
+                take = min(self._owed, size - pos)
+                if not take:
+                    break
+                self._owed -= take
+                self._to_wsproto(bytes(buf[pos : pos + take]), now, events)
+                pos += take
+                continue
+            avail = size - pos
+            if avail < 2:
+                break
+            first = buf[pos]
+            second = buf[pos + 1]
+            length = second & 0x7F
+            head = 2
+            minimal = True
+            if length == 126:
+                if avail < 4:
+                    break
+                length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
+                head = 4
+                minimal = length > 125
+            elif length == 127:
+                if avail < 10:
+                    break
+                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                head = 10
+                minimal = 0xFFFF < length < 1 << 63
+            if second & _MASKED:
+                head += 4
+            if avail < head:
+                break
+            end = pos + head + length
+            if (
+                first in _FIN_DATA
+                and second & _MASKED
+                and minimal
+                and length <= limit
+                and not self._in_message
+            ):
+                if end <= size:
+                    payload = _unmask(buf[pos + head : end], buf[pos + head - 4 : pos + head])
+                    self._whole_frame(first, payload, events)
+                    pos = end
+                    continue
+                if first == _FIN_BINARY:
+                    break  # nothing to check until it is whole: wait (bounded by the limit)
+            # Everything else is wsproto's, from its first byte on: a header it must see
+            # (control frames, fragments, reserved bits, an oversize announcement) or a text
+            # frame to be checked as it arrives.
+            opcode = first & 0x0F
+            if opcode == 1 or opcode == 2:
+                self._in_message = not first & 0x80
+            elif opcode == 0 and first & 0x80:
+                self._in_message = False
+            take = min(end, size) - pos
+            self._owed = end - pos - take
+            self._to_wsproto(bytes(buf[pos : pos + take]), now, events)
+            pos += take
+        if self.finished:
+            buf.clear()
+        else:
+            del buf[:pos]
+        return events
+
+    def _whole_frame(self, first: int, payload: bytes, events: list[WebSocketEvent]) -> None:
+        if self._phase is not _Phase.OPEN:
+            return  # after our Close, messages are dropped
+        if first == _FIN_BINARY:
+            events.append(MessageReceived(data=payload))
+            return
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            # RFC 6455 8.1: text that is not UTF-8 fails the connection with 1007.
+            self._fail(CloseReason.INVALID_FRAME_PAYLOAD_DATA, "invalid UTF-8", events)
+            return
+        events.append(MessageReceived(data=text))
+
+    def _wsproto(self) -> Connection:
+        frames = self._frames
+        if frames is None:
+            extensions: list[Extension] = []
+            if self._deflater is not None:
+                extensions.append(self._deflater)
+            extensions.append(_SizeGuard(self._budget))  # last: it sees inflated bytes
+            frames = self._frames = Connection(ConnectionType.SERVER, extensions)
+        return frames
+
+    def _fail(self, code: int, reason: str, events: list[WebSocketEvent]) -> None:
+        if self._phase is _Phase.OPEN:
+            self._emit(self._wsproto().send(CloseConnection(code=code)))
+        events.append(WebSocketEnded(code=code, reason=reason))
+        self._phase = _Phase.DONE
+        self._deadline = None
+
+    def _to_wsproto(self, data: bytes, now: float, events: list[WebSocketEvent]) -> None:
+        frames = self._wsproto()
+        frames.receive_data(data)
         for event in frames.events():
             if isinstance(event, Message):
                 if self._phase is _Phase.OPEN:  # after our Close, messages are dropped
                     self._on_message(event, events)
             elif isinstance(event, Ping):
                 if frames.state is ConnectionState.OPEN:
-                    self._out.append(frames.send(event.response()))
+                    self._emit(frames.send(event.response()))
             elif isinstance(event, Pong):
                 if event.payload == self._ping_payload:
                     self._ping_payload = None
@@ -409,7 +538,6 @@ class WebSocketSession:
             elif isinstance(event, CloseConnection):
                 self._on_close(frames, event, events)
                 break
-        return events
 
     def _on_message(self, event: Message[Any], events: list[WebSocketEvent]) -> None:
         if isinstance(event, TextMessage):
@@ -442,7 +570,7 @@ class WebSocketSession:
         if state is ConnectionState.REMOTE_CLOSING:
             # RFC 6455 5.5.1: "the endpoint MUST send a Close frame in response", echoing the
             # status code; then the server closes the connection first (7.1.1).
-            self._out.append(frames.send(event.response()))
+            self._emit(frames.send(event.response()))
             events.append(WebSocketEnded(code=event.code, reason=event.reason or ""))
         elif state is ConnectionState.CLOSED:
             # The answer to our Close: the application already knows why it is closing.
@@ -452,7 +580,7 @@ class WebSocketSession:
             # to fail with (1002, 1007, 1009...) without changing state: fail the connection
             # (7.1.7): our Close with that code, then the end, without waiting for an answer.
             if state is ConnectionState.OPEN:
-                self._out.append(frames.send(CloseConnection(code=event.code)))
+                self._emit(frames.send(CloseConnection(code=event.code)))
             events.append(WebSocketEnded(code=event.code, reason=event.reason or ""))
         self._phase = _Phase.DONE
         self._deadline = None
@@ -469,19 +597,44 @@ class WebSocketSession:
 
     def send_message(self, data: bytes | str) -> None:
         """Queue one message (the whole of it in one frame); dropped once a Close was sent."""
-        if self._phase is not _Phase.OPEN or self._frames is None:
+        if self._phase is not _Phase.OPEN:
             return
         if isinstance(data, str):
-            self._out.append(self._frames.send(TextMessage(data=data)))
+            opcode = Opcode.TEXT
+            payload = data.encode()
         else:
-            self._out.append(self._frames.send(BytesMessage(data=data)))
+            opcode = Opcode.BINARY
+            payload = data
+        first = 0x80 | opcode  # FIN
+        if self._deflater is not None:
+            payload = self._deflater.deflate_message(payload)
+            first |= 0x40  # RSV1: compressed (RFC 7692 6)
+        length = len(payload)
+        if length < 126:
+            head = bytes((first, length))
+        elif length < 0x10000:
+            head = bytes((first, 126)) + length.to_bytes(2, "big")
+        else:
+            head = bytes((first, 127)) + length.to_bytes(8, "big")
+        self._out.append(head)
+        self._out.append(payload)
+        self._pending_out += length + len(head)
+
+    def _emit(self, data: bytes | bytearray) -> None:
+        self._out.append(bytes(data))
+        self._pending_out += len(data)
+
+    @property
+    def pending_output(self) -> int:
+        """Bytes `data_to_send()` would return."""
+        return self._pending_out
 
     def close(self, code: int, reason: str, now: float) -> None:
         """Start the closing handshake (RFC 6455 7.1.2). The peer's answering Close ends the
         session; one that never comes, `handshake_timeout` later."""
-        if self._phase is not _Phase.OPEN or self._frames is None:
+        if self._phase is not _Phase.OPEN:
             return
-        self._out.append(self._frames.send(CloseConnection(code=code, reason=reason or None)))
+        self._emit(self._wsproto().send(CloseConnection(code=code, reason=reason or None)))
         self._phase = _Phase.CLOSING
         self._deadline = now + self._limits.handshake_timeout
 
@@ -490,6 +643,7 @@ class WebSocketSession:
             return b""
         data = b"".join(self._out)
         self._out.clear()
+        self._pending_out = 0
         return data
 
     @property
@@ -521,18 +675,20 @@ class WebSocketSession:
             self._phase = _Phase.DONE
             self._deadline = None
             return [WebSocketEnded(code=ABNORMAL_CLOSURE)]
-        if phase is _Phase.OPEN and self._frames is not None:
+        if phase is _Phase.OPEN:
             if self._ping_payload is not None:
                 # The pong is overdue: the peer (or the path to it) is gone.
-                self._out.append(
-                    self._frames.send(CloseConnection(code=INTERNAL_ERROR, reason="ping timeout"))
+                self._emit(
+                    self._wsproto().send(
+                        CloseConnection(code=INTERNAL_ERROR, reason="ping timeout")
+                    )
                 )
                 self._phase = _Phase.DONE
                 self._deadline = None
                 return [WebSocketEnded(code=INTERNAL_ERROR, reason="ping timeout")]
             self._pings += 1
             self._ping_payload = struct.pack("!I", self._pings)
-            self._out.append(self._frames.send(Ping(payload=self._ping_payload)))
+            self._emit(self._wsproto().send(Ping(payload=self._ping_payload)))
             timeout = self._limits.ping_timeout
             if timeout is None:
                 self._ping_payload = None  # nothing to wait for: just keep pinging
@@ -555,3 +711,12 @@ def _subprotocols(headers: Headers) -> list[str]:
                 token.strip() for token in value.decode("latin-1").split(",") if token.strip()
             )
     return offered
+
+
+def _unmask(payload: bytearray, mask: bytearray) -> bytes:
+    """RFC 6455 5.3: XOR with the 4-byte key, repeated; done as one big-integer XOR."""
+    length = len(payload)
+    if not length:
+        return b""
+    key = int.from_bytes((bytes(mask) * ((length >> 2) + 1))[:length], "little")
+    return (int.from_bytes(payload, "little") ^ key).to_bytes(length, "little")

@@ -2,9 +2,10 @@
 
 This module owns driving the clients: wrk (HTTP/1.1, with `--latency` for percentiles),
 h2load (HTTP/2 cleartext or TLS, with `--log-file` for percentiles), the idle-connection memory
-probe (an asyncio client in this process) and the WebSocket echo client (`wsclient.py`, in
-one or more processes). Every client is pinned to the load CPUs, talks to 127.0.0.1 only, and is
-killed if it outlives its duration by more than `TIMEOUT_SLACK` seconds.
+probes for keep-alive HTTP connections and for WebSockets (asyncio clients in this process), and
+the WebSocket echo client (`wsclient.py`, in one or more processes). Every client is pinned to
+the load CPUs, talks to 127.0.0.1 only, and is killed if it outlives its duration by more than
+`TIMEOUT_SLACK` seconds.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shlex
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from typing import Any
 from bench.parsers import parse_h2load, parse_wrk, percentiles_from_h2load_log
 from bench.procutil import HOST, pinned, run_bounded
 from bench.scenarios import Scenario
+from bench.wsclient import client_frame, handshake_problem, handshake_request
 
 BENCH = Path(__file__).resolve().parent
 TIMEOUT_SLACK = 30.0
@@ -44,7 +47,6 @@ class LoadContext:
     workdir: Path
     ws_python: str
     ws_processes: int = 1
-    ws_message_size: int = 64
     idle_connections: int = 1000
 
 
@@ -134,7 +136,9 @@ def run_ws(scenario: Scenario, ctx: LoadContext, duration: float) -> dict[str, A
     for connections in per_process:
         argv = [ctx.ws_python, str(BENCH / "wsclient.py"), "--port", str(ctx.port)]
         argv += ["--duration", str(duration), "--connections", str(connections)]
-        argv += ["--window", str(scenario.streams), "--size", str(ctx.ws_message_size)]
+        argv += ["--window", str(scenario.streams), "--size", str(scenario.message_size)]
+        if scenario.binary:
+            argv.append("--binary")
         commands.append(pinned(argv, ctx.cpus))
     procs = [
         subprocess.Popen(
@@ -169,7 +173,11 @@ def run_ws(scenario: Scenario, ctx: LoadContext, duration: float) -> dict[str, A
         "messages_per_s": sum(
             out["messages"] / out["seconds"] for out in outputs if out["seconds"]
         ),
+        # Echoed payload, one way (as much went to the server): MiB = 2**20 bytes.
+        "mib_per_s": sum(out["bytes"] / out["seconds"] for out in outputs if out["seconds"])
+        / (1 << 20),
         "messages": messages,
+        "message_bytes": scenario.message_size,
         "requests": messages,
         "seconds": seconds,
         "errors": sum(out["errors"] for out in outputs),
@@ -200,11 +208,41 @@ async def _one_request(port: int, path: str) -> tuple[asyncio.StreamReader, asyn
     return reader, writer
 
 
+async def _one_websocket(
+    port: int, path: str, size: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open a WebSocket, echo one text message of `size` bytes, and leave it open."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        request, accept = handshake_request(port, path)
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        problem = handshake_problem(head[:-4], accept)
+        if problem is not None:
+            raise LoadError(problem)
+        writer.write(client_frame(b"x" * size, 0x1, os.urandom(4)))
+        first, second = await reader.readexactly(2)
+        length = second & 0x7F
+        if length >= 126:
+            length = int.from_bytes(await reader.readexactly(2 if length == 126 else 8), "big")
+        await reader.readexactly(length)
+        if first != 0x81 or length != size:  # one final text frame of the size sent
+            raise LoadError(f"unexpected echo: first byte {first:#x}, {length} bytes")
+    except BaseException:
+        writer.close()
+        raise
+    return reader, writer
+
+
+Opener = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+
+
 async def _idle(
-    port: int, path: str, count: int, sample_rss: Callable[[], int], batch: int = 50
+    open_one: Opener, count: int, sample_rss: Callable[[], int], batch: int = 50
 ) -> dict[str, Any]:
+    """Open `count` connections with `open_one` (50 at a time), idle them, measure RSS growth."""
     for _ in range(10):  # warm the server's code paths before the baseline
-        _, writer = await asyncio.wait_for(_one_request(port, path), 10)
+        _, writer = await asyncio.wait_for(open_one(), 10)
         writer.close()
     await asyncio.sleep(0.5)
     before = sample_rss()
@@ -213,10 +251,7 @@ async def _idle(
     try:
         for start in range(0, count, batch):
             results = await asyncio.gather(
-                *(
-                    asyncio.wait_for(_one_request(port, path), 10)
-                    for _ in range(min(batch, count - start))
-                ),
+                *(asyncio.wait_for(open_one(), 10) for _ in range(min(batch, count - start))),
                 return_exceptions=True,
             )
             for result in results:
@@ -241,24 +276,41 @@ async def _idle(
         "rss_after_kib": after,
         "errors": len(failures) + len(connections) - alive,
         "requests": count,
-        "load_command": f"(in-process asyncio client: {count} connections, one GET {path} each)",
     }
 
 
 def run_idle(
     scenario: Scenario, ctx: LoadContext, sample_rss: Callable[[], int], timeout: float = 120.0
 ) -> dict[str, Any]:
-    """Open `idle_connections` keep-alive connections (one request each), measure RSS growth."""
+    """Open `idle_connections` connections, leave them idle, and measure the RSS growth.
+
+    `idle`: keep-alive HTTP/1.1 connections after one GET each; `ws-idle`: WebSockets after
+    one echo each (so the app's receive loop runs on every one of them).
+    """
+    port, path, count = ctx.port, scenario.path, ctx.idle_connections
+    if scenario.tool == "ws-idle":
+        size = scenario.message_size
+
+        def open_one() -> Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+            return _one_websocket(port, path, size)
+
+        what = f"{count} WebSockets to {path}, one {size}-byte text echo each"
+    else:
+
+        def open_one() -> Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+            return _one_request(port, path)
+
+        what = f"{count} connections, one GET {path} each"
 
     async def bounded() -> dict[str, Any]:
-        return await asyncio.wait_for(
-            _idle(ctx.port, scenario.path, ctx.idle_connections, sample_rss), timeout
-        )
+        return await asyncio.wait_for(_idle(open_one, count, sample_rss), timeout)
 
     try:
-        return asyncio.run(bounded())
+        result = asyncio.run(bounded())
     except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
         raise LoadError(f"idle-connection client failed: {type(exc).__name__}: {exc}") from None
+    result["load_command"] = f"(in-process asyncio client: {what})"
+    return result
 
 
 def run_load(
@@ -271,6 +323,6 @@ def run_load(
         return run_h2load(scenario, ctx, duration)
     if scenario.tool == "ws":
         return run_ws(scenario, ctx, duration)
-    if scenario.tool == "idle":
+    if scenario.measures_idle_memory:
         return run_idle(scenario, ctx, sample_rss)
     raise ValueError(f"unknown load generator {scenario.tool!r}")

@@ -1,9 +1,10 @@
 """The results plot: `python bench/plot.py RESULTS.json OUT.png` (needs matplotlib).
 
-This module owns the picture: grouped bars of requests/s (messages/s for WebSocket) per server
-in each throughput scenario, and, when the idle-memory scenario ran, a second panel of KiB per
-idle connection. It reads only the results JSON, so any interpreter with matplotlib can draw
-it; `run.py` uses the peers' virtualenv, which has matplotlib.
+This module owns the picture: grouped bars of each scenario's headline per server, one panel
+per unit so that no panel mixes scales: requests/s (messages/s for WebSocket echo), then MiB/s
+when ws-echo-1m ran, then KiB per idle connection when an idle-memory scenario ran. It reads
+only the results JSON, so any interpreter with matplotlib can draw it; `run.py` uses the peers'
+virtualenv, which has matplotlib.
 """
 
 from __future__ import annotations
@@ -23,25 +24,34 @@ def plot(results: dict[str, Any], out: Path) -> None:
     summary: dict[str, dict[str, dict[str, Any]]] = results["summary"]
     scenarios = [s for s in results["scenario_order"] if s in summary]
     headline = results["headlines"]
-    throughput = [s for s in scenarios if headline[s] in ("requests_per_s", "messages_per_s")]
-    memory = [s for s in scenarios if headline[s] == "kib_per_connection"]
+    # (headlines drawn in the panel, its y label, its height relative to the others)
+    kinds = (
+        (("requests_per_s", "messages_per_s"), "requests/s (WebSocket echo: messages/s)", 2.0),
+        (("mib_per_s",), "MiB/s echoed (WebSocket, 1 MiB messages)", 1.0),
+        (("kib_per_connection",), "KiB per idle connection (lower is better)", 1.0),
+    )
+    panels = [
+        ([s for s in scenarios if headline[s] in keys], label, height)
+        for keys, label, height in kinds
+    ]
+    panels = [panel for panel in panels if panel[0]]
     servers = [
         name for name in results["server_order"] if any(name in summary[s] for s in scenarios)
     ]
     colours = plt.get_cmap("tab20")
     colour = {name: colours(index % 20) for index, name in enumerate(servers)}
 
-    panels = [p for p in (throughput, memory) if p]
     if not panels:
         raise SystemExit("nothing to plot")
+    widest = max(len(group) for group, _, _ in panels)
     figure, axes = plt.subplots(
         len(panels),
         1,
-        figsize=(max(10, 1.6 * len(throughput) + 4), 5.5 + 3.5 * (len(panels) - 1)),
+        figsize=(max(10, 1.6 * widest + 4), 5.5 + 3.5 * (len(panels) - 1)),
         squeeze=False,
-        gridspec_kw={"height_ratios": [2.0 if p is throughput else 1.0 for p in panels]},
+        gridspec_kw={"height_ratios": [height for _, _, height in panels]},
     )
-    for axis, group in zip((a[0] for a in axes), panels, strict=True):
+    for axis, (group, ylabel, _) in zip((a[0] for a in axes), panels, strict=True):
         width = 0.8 / max(1, len(servers))
         for index, name in enumerate(servers):
             xs, ys = [], []
@@ -55,13 +65,22 @@ def plot(results: dict[str, Any], out: Path) -> None:
                 labels = [f"{y / 1000:.1f}k" if y >= 1000 else f"{y:.1f}" for y in ys]
                 axis.bar_label(bars, labels=labels, rotation=90, fontsize=6, padding=2)
         axis.set_xticks(range(len(group)), group)
-        if group is memory:
-            axis.set_ylabel("KiB per idle connection (lower is better)")
-        else:
-            axis.set_ylabel("requests/s (ws-echo: messages/s)")
+        axis.set_ylabel(ylabel)
         axis.margins(y=0.15)
         axis.grid(axis="y", alpha=0.3)
-    axes[0][0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    # One legend for every panel: a server measured only on WebSocket has no bar in the first.
+    legend: dict[str, Any] = {}
+    for axis in (a[0] for a in axes):
+        for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    ordered = [name for name in servers if name in legend]
+    axes[0][0].legend(
+        [legend[name] for name in ordered],
+        ordered,
+        fontsize=7,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+    )
     settings = results["settings"]
     figure.suptitle(
         f"multicorn and peers, one worker each, {results['started'][:10]}, "

@@ -20,6 +20,7 @@ from bench.servers import ServerConfig
 MEDIAN_KEYS = (
     "requests_per_s",
     "messages_per_s",
+    "mib_per_s",
     "kib_per_connection",
     "latency_avg_ms",
     "latency_p50_ms",
@@ -106,18 +107,23 @@ def scenario_table(
         reverse=scenario.higher_is_better,
     )
     rss_header = "peak RSS MiB (worker / all)"
-    if scenario.tool == "idle":
+    # WebSocket echo: the headline (messages/s or MiB/s) first, the other one beside it.
+    ws_rates = [("messages/s", "messages_per_s", 0), ("MiB/s", "mib_per_s", 1)]
+    if scenario.headline == "mib_per_s":
+        ws_rates.reverse()
+    if scenario.measures_idle_memory:
         header = ["server", "KiB/connection", "connections open", "RSS before MiB"]
         header += ["RSS after MiB", "errors", rss_header]
     elif scenario.tool == "ws":
-        header = ["server", "messages/s", "server CPU %", "client CPU %", "errors", rss_header]
+        header = ["server", *(label for label, _, _ in ws_rates), "server CPU %"]
+        header += ["client CPU %", "errors", rss_header]
     else:
         header = ["server", "requests/s", "avg latency ms", "p99 latency ms", "errors"]
         header += ["server CPU %", "client CPU %", rss_header]
     lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
     for name in order:
         entry = measured[name]
-        if scenario.tool == "idle":
+        if scenario.measures_idle_memory:
             cells = [
                 _num(entry.get("kib_per_connection"), 1),
                 _num(entry.get("connections_open")),
@@ -125,8 +131,8 @@ def scenario_table(
                 _mib(entry.get("rss_after_kib")),
             ]
         elif scenario.tool == "ws":
-            cells = [
-                _num(entry.get("messages_per_s")),
+            cells = [_num(entry.get(key), digits) for _, key, digits in ws_rates]
+            cells += [
                 _num(entry.get("server_cpu_percent")),
                 _num(entry.get("client_cpu_percent")),
             ]
@@ -137,7 +143,7 @@ def scenario_table(
                 _num(entry.get("latency_p99_ms"), 2),
             ]
         cells.append(_num(entry.get("errors")))
-        if scenario.tool not in ("idle", "ws"):
+        if not scenario.measures_idle_memory and scenario.tool != "ws":
             cells += [_num(entry.get("server_cpu_percent")), _num(entry.get("client_cpu_percent"))]
         cells.append(_rss(entry))
         label = name if entry["rounds_ok"] == rounds else f"{name} ({entry['rounds_ok']}/{rounds})"
@@ -191,6 +197,14 @@ def problems(results: dict[str, Any]) -> list[str]:
         lines += ["Servers not run:", ""]
         lines += [f"- `{name}`: {reason}" for name, reason in sorted(unavailable.items())]
         lines.append("")
+    partial = [
+        f"- `{name}`, {feature}: {why}"
+        for name, info in sorted(results["servers"].items())
+        if info["available"]
+        for feature, why in sorted(info.get("missing_features", {}).items())
+    ]
+    if partial:
+        lines += ["Protocols not measured on some servers:", "", *partial, ""]
     if results["skipped_scenarios"]:
         lines += ["Scenarios not run:", ""]
         lines += [
@@ -238,7 +252,7 @@ def report_page(
         "",
     ]
     if plot_link:
-        lines += [f"![requests/s per server and scenario]({plot_link})", ""]
+        lines += [f"![headline per server and scenario]({plot_link})", ""]
     lines += ["## Results", "", *scenario_tables(results, scenarios)]
     lines += ["## Servers", "", "| server | packages | command (h1 scenarios) |", "|---|---|---|"]
     for name, info in results["servers"].items():

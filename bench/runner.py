@@ -33,7 +33,15 @@ from bench.loadgen import LoadContext, LoadError, run_load
 from bench.parsers import parse_lscpu
 from bench.procutil import kill_group, pinned, sample_group, tail, wait_ready
 from bench.scenarios import SCENARIOS, SCENARIOS_BY_NAME, TOOL_PROGRAMS, Scenario
-from bench.servers import SERVERS, SERVERS_BY_NAME, Availability, Launch, ServerConfig, command
+from bench.servers import (
+    SERVERS,
+    SERVERS_BY_NAME,
+    WS,
+    Availability,
+    Launch,
+    ServerConfig,
+    command,
+)
 from bench.servers import probe as probe_server
 
 BENCH = Path(__file__).resolve().parent
@@ -82,7 +90,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--plot",
         type=Path,
         default=RESULTS / "latest.png",
-        help="PNG of requests/s per server and scenario (default bench/results/latest.png)",
+        help="PNG of each scenario's headline per server (default bench/results/latest.png)",
     )
     parser.add_argument("--no-plot", action="store_true", help="do not draw the plot")
     parser.add_argument("--markdown", type=Path, help="also write a full report page here")
@@ -261,7 +269,7 @@ def measure(
         scenario.protocol,
         certfile,
         keyfile,
-        long_keep_alive=scenario.tool == "idle",
+        long_keep_alive=scenario.measures_idle_memory,
         config_dir=ctx.workdir,
     )
     venv = ctx.venvs[server.venv]
@@ -305,7 +313,7 @@ def measure(
         def rss() -> int:
             return sample_group(proc.pid).rss_kib
 
-        if ctx.args.warmup > 0 and scenario.tool != "idle":
+        if ctx.args.warmup > 0 and not scenario.measures_idle_memory:
             with contextlib.suppress(LoadError):
                 run_load(scenario, load, ctx.args.warmup, rss)
         before = sample_group(proc.pid)
@@ -372,19 +380,22 @@ def main(argv: list[str] | None = None) -> int:
 
     availability: dict[str, Availability] = {}
     for server in servers:
-        availability[server.name] = probe_server(server, venvs[server.venv], ROOT)
-        if not availability[server.name].ok:
-            print(
-                f"[bench] {server.name} unavailable: {availability[server.name].reason}", flush=True
-            )
+        found = availability[server.name] = probe_server(server, venvs[server.venv], ROOT)
+        if not found.ok:
+            print(f"[bench] {server.name} unavailable: {found.reason}", flush=True)
+        for feature, why in sorted(found.missing_features.items()):
+            print(f"[bench] {server.name}: {feature} not measured: {why}", flush=True)
     runnable = [server for server in servers if availability[server.name].ok]
+
+    def measured_on(server: ServerConfig, scenario: Scenario) -> bool:
+        return scenario.protocol in availability[server.name].features
 
     skipped: dict[str, str] = {}
     for scenario in scenarios:
         program = TOOL_PROGRAMS[scenario.tool]
         if program and shutil.which(program) is None:
             skipped[scenario.name] = f"{program} is not installed"
-        elif not any(scenario.protocol in server.features for server in runnable):
+        elif not any(measured_on(server, scenario) for server in runnable):
             skipped[scenario.name] = f"no selected, available server supports {scenario.protocol}"
 
     server_cpus, load_cpus = cpu_plan(args)
@@ -441,9 +452,7 @@ def main(argv: list[str] | None = None) -> int:
             order = list(runnable)
             rng.shuffle(order)
             for scenario in to_run:
-                plan += [
-                    (round_number, scenario, s) for s in order if scenario.protocol in s.features
-                ]
+                plan += [(round_number, scenario, s) for s in order if measured_on(s, scenario)]
         per_run = args.duration + args.warmup + 3
         print(
             f"[bench] {len(plan)} runs, about {len(plan) * per_run / 60:.0f} min "
@@ -462,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(
                 f"[{index}/{len(plan)}] round {round_number} "
-                f"{scenario.name:<11} {server.name:<19} {status}",
+                f"{scenario.name:<14} {server.name:<19} {status}",
                 flush=True,
             )
         for server in runnable:  # a command line for the report even if no h1 scenario ran
@@ -504,7 +513,9 @@ def main(argv: list[str] | None = None) -> int:
             server.name: {
                 "family": server.family,
                 "venv": server.venv,
-                "features": sorted(server.features),
+                # The protocols measured here, and why the row's others were not.
+                "features": sorted(availability[server.name].features or server.features),
+                "missing_features": availability[server.name].missing_features,
                 "note": server.note,
                 "available": availability[server.name].ok,
                 "reason": availability[server.name].reason,
@@ -521,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
                 "path": scenario.path,
                 "connections": scenario.connections,
                 "streams": scenario.streams,
+                "message_size": scenario.message_size if scenario.protocol == WS else None,
+                "binary": scenario.binary,
                 "headline": scenario.headline,
                 "higher_is_better": scenario.higher_is_better,
             }

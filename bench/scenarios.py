@@ -2,8 +2,9 @@
 
 This module owns the scenario table (`SCENARIOS`). A scenario names the protocol a server must
 support to take part (`servers.H1`, `H2C`, `H2_TLS`, `WS`), the load generator (`wrk`,
-`h2load`, `idle` or `ws`), the route of `bench/apps.py` it loads, the concurrency, and its
-headline figure: the one the ratios and the plot use, and whether higher or lower is better.
+`h2load`, `idle`, `ws` or `ws-idle`), the route of `bench/apps.py` it loads, the concurrency,
+the WebSocket message (size, text or binary) where there is one, and its headline figure: the
+one the ratios and the plot use, and whether higher or lower is better.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ class Scenario:
 
     name: str
     protocol: str
-    tool: str  # "wrk", "h2load", "idle" or "ws"
+    tool: str  # "wrk", "h2load", "idle", "ws" or "ws-idle"
     path: str
     connections: int
     description: str
-    streams: int = 1  # h2load -m: concurrent streams per connection
+    streams: int = 1  # h2load -m: concurrent streams per connection; ws: messages in flight
+    message_size: int = 64  # ws, ws-idle: bytes per WebSocket message
+    binary: bool = False  # ws: binary messages instead of text
     script: str | None = None  # wrk Lua script, relative to bench/
     headline: str = "requests_per_s"
     headline_label: str = "requests/s"
@@ -32,6 +35,11 @@ class Scenario:
     @property
     def tls(self) -> bool:
         return self.protocol == H2_TLS
+
+    @property
+    def measures_idle_memory(self) -> bool:
+        """Whether the load is idle connections whose memory is measured (no warm-up load)."""
+        return self.tool in ("idle", "ws-idle")
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -109,9 +117,36 @@ SCENARIOS: tuple[Scenario, ...] = (
         headline="messages_per_s",
         headline_label="messages/s",
     ),
+    Scenario(
+        "ws-echo-1m",
+        WS,
+        "ws",
+        "/ws",
+        4,
+        "WebSocket echo of 1 MiB binary messages, 4 connections x 2 messages in flight; "
+        "Daphne gets --websocket-max-message-size and --websocket-max-frame-size 16 MiB (its "
+        "defaults are 1 MiB), every other server's default limit is 16 MiB or more",
+        streams=2,
+        message_size=1 << 20,
+        binary=True,
+        headline="mib_per_s",
+        headline_label="MiB/s",
+    ),
+    Scenario(
+        "ws-idle-memory",
+        WS,
+        "ws-idle",
+        "/ws",
+        1000,
+        "1000 WebSockets left open and idle after one 64-byte text echo each: RSS growth per "
+        "connection",
+        headline="kib_per_connection",
+        headline_label="KiB/connection",
+        higher_is_better=False,
+    ),
 )
 
 SCENARIOS_BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}
 
 # The external program each load generator needs (None: the suite's own Python client).
-TOOL_PROGRAMS = {"wrk": "wrk", "h2load": "h2load", "idle": None, "ws": None}
+TOOL_PROGRAMS = {"wrk": "wrk", "h2load": "h2load", "idle": None, "ws": None, "ws-idle": None}

@@ -5,7 +5,9 @@ This module owns the list of server configurations (`SERVERS`), what each suppor
 flags in its `--help`), and the command line that starts it for one scenario. Adding a
 configuration is adding a row. A row whose `flags` are missing from the server's `--help` is
 reported as unavailable rather than run (the multicorn rows need `--http`, which picks the
-HTTP/1.1 parser).
+HTTP/1.1 parser). A protocol can be gated the same way on its own (`feature_flags`): the
+multicorn rows list `ws`, which runs only once their `--help` shows the WebSocket options, so
+the same rows measure WebSocket as soon as the multicorn under test has it.
 
 Every configuration runs one worker, serves `bench.apps:app` from the repository root, binds
 127.0.0.1 only, and logs warnings only (no access log), so the servers do the same work.
@@ -33,6 +35,9 @@ IDLE_KEEP_ALIVE = 120
 BACKLOG = 2048
 # Requests per connection allowed in the h2 scenarios, for servers that cap them (see _hypercorn).
 H2_MAX_REQUESTS = 100_000_000
+# The WebSocket message size limit most servers default to (multicorn, Uvicorn, Hypercorn,
+# Gunicorn), given to those whose default is lower (Daphne's is 1 MiB).
+WS_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -58,8 +63,9 @@ class ServerConfig:
     `family` picks the command builder, `venv` is `multicorn` or `peers`, `args` are the
     configuration's own flags (worker class, loop, parser), `features` the protocols it is
     measured on, `modules` what must import in its venv and `flags` what its `--help` must
-    list for it to be available. `packages` are the distributions whose versions the report
-    shows.
+    list for it to be available. `feature_flags` pairs a protocol with a flag its `--help`
+    must list for that protocol alone to be measured. `packages` are the distributions whose
+    versions the report shows.
     """
 
     name: str
@@ -70,6 +76,7 @@ class ServerConfig:
     packages: tuple[str, ...]
     modules: tuple[str, ...] = ()
     flags: tuple[str, ...] = ()
+    feature_flags: tuple[tuple[str, str], ...] = ()
     note: str = ""
 
     @property
@@ -77,9 +84,14 @@ class ServerConfig:
         return self.family == "multicorn"
 
 
-_MC_FEATURES = frozenset({H1, H2C, H2_TLS})  # multicorn has no WebSocket yet
+_MC_FEATURES = frozenset({H1, H2C, H2_TLS, WS})
+# WebSocket is measured once multicorn has it: this is one of the options it comes with.
+_MC_WS_FLAGS = ((WS, "--ws-per-message-deflate"),)
 _HYPERCORN_FEATURES = frozenset({H1, H2C, H2_TLS, WS})
-_MC_PACKAGES = ("multicorn", "h11", "h2")
+_MC_PACKAGES = ("multicorn", "h11", "h2", "wsproto")
+# Uvicorn's default `--ws auto` picks websockets (its Sans-I/O protocol in Uvicorn 0.54)
+# when it is installed, as uvicorn[standard] does; `uvicorn-wsproto` measures the other one.
+_UVICORN_WS_NOTE = "WebSocket: websockets (--ws auto)"
 
 SERVERS: tuple[ServerConfig, ...] = (
     # The pure-Python parser (h11) on each runtime. `--http h11` is explicit because multicorn's
@@ -92,6 +104,7 @@ SERVERS: tuple[ServerConfig, ...] = (
         _MC_FEATURES,
         _MC_PACKAGES,
         flags=("--http",),
+        feature_flags=_MC_WS_FLAGS,
         note="h11 parser",
     ),
     ServerConfig(
@@ -103,6 +116,7 @@ SERVERS: tuple[ServerConfig, ...] = (
         (*_MC_PACKAGES, "uvloop"),
         modules=("uvloop",),
         flags=("--http",),
+        feature_flags=_MC_WS_FLAGS,
         note="h11 parser",
     ),
     ServerConfig(
@@ -114,6 +128,7 @@ SERVERS: tuple[ServerConfig, ...] = (
         (*_MC_PACKAGES, "trio"),
         modules=("trio",),
         flags=("--http",),
+        feature_flags=_MC_WS_FLAGS,
         note="h11 parser",
     ),
     ServerConfig(
@@ -125,6 +140,7 @@ SERVERS: tuple[ServerConfig, ...] = (
         (*_MC_PACKAGES, "uvloop", "httptools"),
         modules=("uvloop", "httptools"),
         flags=("--http",),
+        feature_flags=_MC_WS_FLAGS,
         note="httptools parser for HTTP/1.1, uvloop (HTTP/2 is h2 either way)",
     ),
     ServerConfig(
@@ -160,6 +176,7 @@ SERVERS: tuple[ServerConfig, ...] = (
         ("--http", "h11", "--loop", "asyncio"),
         frozenset({H1, WS}),
         ("uvicorn", "h11", "websockets"),
+        note=_UVICORN_WS_NOTE,
     ),
     ServerConfig(
         "uvicorn-httptools",
@@ -169,6 +186,19 @@ SERVERS: tuple[ServerConfig, ...] = (
         frozenset({H1, WS}),
         ("uvicorn", "httptools", "uvloop", "websockets"),
         modules=("httptools", "uvloop"),
+        note=_UVICORN_WS_NOTE,
+    ),
+    # The same server with wsproto for WebSocket; its HTTP/1.1 is uvicorn-httptools', so it is
+    # measured on WebSocket only.
+    ServerConfig(
+        "uvicorn-wsproto",
+        "uvicorn",
+        "peers",
+        ("--http", "httptools", "--loop", "uvloop", "--ws", "wsproto"),
+        frozenset({WS}),
+        ("uvicorn", "httptools", "uvloop", "wsproto"),
+        modules=("httptools", "uvloop", "wsproto"),
+        note="WebSocket: wsproto (--ws wsproto); httptools, uvloop",
     ),
     ServerConfig(
         "granian-asgi",
@@ -278,6 +308,11 @@ def _daphne(server: ServerConfig, bindir: Path, launch: Launch) -> list[str]:
             f":privateKey={launch.keyfile}:certKey={launch.certfile}"
         )
     argv = [str(bindir / "daphne"), "-v", "0", *server.args, "-e", endpoint]
+    if launch.protocol == WS:
+        # Daphne refuses WebSocket messages and frames over 1 MiB by default; the other servers
+        # allow 16 MiB (or more), which ws-echo-1m needs some room under.
+        limit = str(WS_MAX_MESSAGE_SIZE)
+        argv += ["--websocket-max-message-size", limit, "--websocket-max-frame-size", limit]
     # Daphne has no keep-alive timeout: idle connections stay open.
     return [*argv, APP]
 
@@ -318,12 +353,18 @@ print(json.dumps(out))
 
 @dataclass
 class Availability:
-    """Whether a configuration can run here, and the versions it would run with."""
+    """Whether a configuration can run here, on which protocols, and with which versions.
+
+    `features` are the protocols it is measured on here: its row's, less those whose
+    `feature_flags` its `--help` lacks (`missing_features` says why, per protocol).
+    """
 
     ok: bool
     reason: str = ""
     python: str = ""
     versions: dict[str, str | None] = field(default_factory=dict)
+    features: frozenset[str] = frozenset()
+    missing_features: dict[str, str] = field(default_factory=dict)
 
 
 def probe(server: ServerConfig, venv: Path | None, cwd: Path) -> Availability:
@@ -353,12 +394,14 @@ def probe(server: ServerConfig, venv: Path | None, cwd: Path) -> Availability:
         info = json.loads(out.stdout)
     except (subprocess.TimeoutExpired, json.JSONDecodeError, OSError) as exc:
         return Availability(False, f"could not probe {venv}: {exc}")
-    availability = Availability(True, python=info["python"], versions=info["versions"])
+    availability = Availability(
+        True, python=info["python"], versions=info["versions"], features=server.features
+    )
     if info["missing"]:
         availability.ok = False
         availability.reason = "missing module(s): " + ", ".join(info["missing"])
         return availability
-    if server.flags:
+    if server.flags or server.feature_flags:
         try:
             help_text = subprocess.run(
                 [str(executable), "--help"],
@@ -376,7 +419,18 @@ def probe(server: ServerConfig, venv: Path | None, cwd: Path) -> Availability:
             availability.reason = f"{server.family} has no {', '.join(absent)} option" + (
                 f" ({server.note})" if server.note else ""
             )
+        availability.features, availability.missing_features = gated_features(server, help_text)
     return availability
+
+
+def gated_features(server: ServerConfig, help_text: str) -> tuple[frozenset[str], dict[str, str]]:
+    """The protocols `server` can be measured on given its `--help`, and why not the others."""
+    missing = {
+        feature: f"{server.family} has no {flag} option: no {feature} support yet"
+        for feature, flag in server.feature_flags
+        if feature in server.features and not has_flag(help_text, flag)
+    }
+    return server.features - missing.keys(), missing
 
 
 def has_flag(help_text: str, flag: str) -> bool:

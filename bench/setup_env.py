@@ -4,8 +4,8 @@ This module owns making the machine ready, idempotently (skip it with `--no-setu
 
 - `wrk`, `h2load` (package nghttp2-client), `taskset` (util-linux) and `openssl` through
   apt-get when missing and running as root; otherwise it prints what to install;
-- `bench/.venv-peers`: Hypercorn, Uvicorn (httptools, uvloop, websockets), Granian, Gunicorn,
-  Daphne and matplotlib for the plot;
+- `bench/.venv-peers`: Hypercorn, Uvicorn (httptools, uvloop, websockets, wsproto), Granian,
+  Gunicorn, Daphne and matplotlib for the plot;
 - `bench/.venv-multicorn`: this repository installed editable with its trio and uvloop extras,
   plus httptools (for when multicorn can use it).
 
@@ -35,6 +35,7 @@ TOOLS = {"wrk": "wrk", "h2load": "nghttp2-client", "taskset": "util-linux", "ope
 PEER_REQUIREMENTS = (
     "hypercorn[trio,uvloop]",
     "uvicorn[standard]",  # httptools, uvloop, websockets
+    "wsproto",  # uvicorn-wsproto (Hypercorn depends on it too)
     "granian",
     "gunicorn",  # its `asgi` worker ships inside gunicorn >= 24 (detected, not assumed)
     "h2",  # gunicorn's HTTP/2

@@ -7,12 +7,14 @@ machine, but fails in CI (CI=true), where wrk must be installed.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import cast
 
 import pytest
 from bench import report
@@ -27,7 +29,23 @@ from bench.parsers import (
     time_to_ms,
 )
 from bench.scenarios import SCENARIOS, SCENARIOS_BY_NAME
-from bench.servers import SERVERS, SERVERS_BY_NAME, Launch, command, has_flag
+from bench.servers import (
+    SERVERS,
+    SERVERS_BY_NAME,
+    WS,
+    Launch,
+    command,
+    gated_features,
+    has_flag,
+)
+from bench.wsclient import (
+    EchoConnection,
+    Stats,
+    client_frame,
+    handshake_problem,
+    handshake_request,
+    mask_payload,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -247,8 +265,11 @@ def test_proc_and_lscpu_parsers():
 def test_tables_are_data_driven():
     assert len({server.name for server in SERVERS}) == len(SERVERS)
     assert len({scenario.name for scenario in SCENARIOS}) == len(SCENARIOS)
-    # multicorn speaks no WebSocket yet; the future httptools row is listed and flag-gated.
-    assert not any("ws" in server.features for server in SERVERS if server.is_multicorn)
+    # Every multicorn row lists WebSocket, measured only once its --help shows the ws options.
+    for server in SERVERS:
+        if server.is_multicorn:
+            assert WS in server.features
+            assert (WS, "--ws-per-message-deflate") in server.feature_flags
     assert SERVERS_BY_NAME["multicorn-httptools"].flags == ("--http",)
     assert has_flag("  [--http {h11,httptools}]", "--http")
     assert not has_flag("  [--http2-max-frame-size N] [--h2c {off}]", "--http")
@@ -256,6 +277,109 @@ def test_tables_are_data_driven():
     argv = command(SERVERS_BY_NAME["multicorn-trio"], Path("/venv"), launch)
     assert argv[:2] == ["/venv/bin/multicorn", "bench.apps:app"]
     assert "--certfile" in argv and "trio" in argv
+
+
+def test_ws_features_follow_the_help_text():
+    server = SERVERS_BY_NAME["multicorn-uvloop"]
+    features, missing = gated_features(server, "  --http {auto,h11,httptools}\n")
+    assert WS not in features and "h1" in features
+    assert "--ws-per-message-deflate" in missing[WS]
+    help_text = "  --ws-per-message-deflate, --no-ws-per-message-deflate\n"
+    assert gated_features(server, help_text) == (server.features, {})
+    # Peers have no gate: their rows are measured on what they list.
+    assert gated_features(SERVERS_BY_NAME["uvicorn-wsproto"], "") == (frozenset({WS}), {})
+
+
+def test_ws_scenarios_and_server_flags():
+    one_mib = SCENARIOS_BY_NAME["ws-echo-1m"]
+    assert (one_mib.message_size, one_mib.binary, one_mib.headline) == (1 << 20, True, "mib_per_s")
+    # Under the 16 MiB default of multicorn, Uvicorn (--ws-max-size) and Hypercorn.
+    assert one_mib.message_size < 16 * 1024 * 1024
+    idle = SCENARIOS_BY_NAME["ws-idle-memory"]
+    assert idle.measures_idle_memory and not idle.higher_is_better
+    assert SCENARIOS_BY_NAME["idle-memory"].measures_idle_memory
+    assert not SCENARIOS_BY_NAME["ws-echo"].measures_idle_memory
+    wsproto = command(SERVERS_BY_NAME["uvicorn-wsproto"], Path("/v"), Launch(8000, WS))
+    assert wsproto[wsproto.index("--ws") + 1] == "wsproto"
+    daphne_ws = command(SERVERS_BY_NAME["daphne"], Path("/v"), Launch(8000, WS))
+    assert daphne_ws[daphne_ws.index("--websocket-max-message-size") + 1] == str(16 << 20)
+    assert "--websocket-max-message-size" not in command(
+        SERVERS_BY_NAME["daphne"], Path("/v"), Launch(8000, "h1")
+    )
+
+
+def test_ws_masking_and_handshake():
+    mask = b"\x01\x80\x00\xff"
+    payload = bytes(range(256)) * 5 + b"\x00"  # leading and trailing zero bytes survive
+    assert mask_payload(payload, mask) == bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    assert mask_payload(mask_payload(payload, mask), mask) == payload
+    assert mask_payload(b"", mask) == b""
+    frame = client_frame(b"x" * 70000, 0x2, mask)
+    assert frame[:2] == b"\x82\xff" and int.from_bytes(frame[2:10], "big") == 70000
+    request, accept = handshake_request(8000)
+    assert request.startswith(b"GET /ws HTTP/1.1\r\n") and b"Sec-WebSocket-Version: 13" in request
+    ok = b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: " + accept
+    assert handshake_problem(ok, accept) is None
+    assert "wrong" in (handshake_problem(ok + b"x", accept) or "")
+    assert "403" in (handshake_problem(b"HTTP/1.1 403 Forbidden", accept) or "")
+
+
+class _Transport:
+    """Records what the client writes."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def abort(self) -> None:
+        raise AssertionError("the client gave up on a valid stream")
+
+
+def _server_frame(payload: bytes, opcode: int, final: bool = True) -> bytes:
+    length = len(payload)
+    first = (0x80 if final else 0) | opcode
+    if length < 126:
+        return bytes([first, length]) + payload
+    if length < 1 << 16:
+        return bytes([first, 126]) + length.to_bytes(2, "big") + payload
+    return bytes([first, 127]) + length.to_bytes(8, "big") + payload
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 1000, 65536, 1 << 30])
+def test_ws_client_counts_echoes_however_they_are_split(chunk):
+    size = 70000  # a 64-bit length, as 1 MiB has
+    stream_parts = [
+        _server_frame(b"y" * size, 0x2),
+        _server_frame(b"hi", 0x9),  # a ping between messages: answered with a pong
+        _server_frame(b"y" * 300, 0x2, final=False),  # one message in three fragments
+        _server_frame(b"y" * (size - 400), 0x0, final=False),
+        _server_frame(b"y" * 100, 0x0),
+        _server_frame(b"y" * (size - 1), 0x2),  # one byte short: an error
+        _server_frame(b"y" * size, 0x2),
+    ]
+
+    async def feed() -> tuple[Stats, _Transport, EchoConnection]:
+        stats = Stats()
+        connection = EchoConnection(8000, size, 2, True, stats)
+        transport = _Transport()
+        connection.connection_made(cast(asyncio.Transport, transport))
+        head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        head += b"Sec-WebSocket-Accept: " + connection.accept + b"\r\n\r\n"
+        stream = head + b"".join(stream_parts)
+        for start in range(0, len(stream), chunk):
+            connection.data_received(stream[start : start + chunk])
+        return stats, transport, connection
+
+    stats, transport, connection = asyncio.run(feed())
+    assert (stats.upgraded, stats.messages, stats.errors) == (1, 4, 1)
+    assert connection.ready.done() and not connection.buffer and not connection.skip
+    written = b"".join(transport.written[1:])  # after the handshake request
+    pong = client_frame(b"hi", 0xA, connection.mask)
+    assert written.count(pong) == 1
+    # The window (2), then one more frame per echo: the client keeps the window full.
+    assert written.replace(pong, b"") == connection.frame * (2 + 4)
 
 
 def test_ratios_compare_multicorn_with_every_peer():
@@ -277,6 +401,38 @@ def test_ratios_compare_multicorn_with_every_peer():
     runs.append({"scenario": "h1-get", "server": "daphne", "ok": False, "metrics": {}})
     entry = report.summarize(runs)["h1-get"]["daphne"]
     assert (entry["requests_per_s"], entry["rounds_ok"], entry["rounds_failed"]) == (2.0, 3, 1)
+
+
+def test_ws_tables_show_their_headline_and_ratios():
+    scenario = SCENARIOS_BY_NAME["ws-echo-1m"]
+    measured = {
+        "multicorn-trio": {"mib_per_s": 300.0, "messages_per_s": 300.0, "rounds_ok": 1},
+        "uvicorn-wsproto": {"mib_per_s": 600.0, "messages_per_s": 600.0, "rounds_ok": 1},
+    }
+    table = report.scenario_table(scenario, measured, 1)
+    assert table[0].startswith("| server | MiB/s | messages/s |")
+    assert table[2].startswith("| uvicorn-wsproto | 600.0 | 600 |")
+    ratios = report.ratios({scenario.name: measured}, [scenario], SERVERS)
+    assert ratios == {"ws-echo-1m": {"multicorn-trio": {"uvicorn-wsproto": 0.5}}}
+    assert "Ratio of MiB/s" in report.ratio_table(scenario, ratios["ws-echo-1m"])[0]
+    idle = SCENARIOS_BY_NAME["ws-idle-memory"]
+    idle_table = report.scenario_table(
+        idle, {"daphne": {"kib_per_connection": 20.25, "rounds_ok": 1}}, 1
+    )
+    assert idle_table[0].startswith("| server | KiB/connection |")
+    assert idle_table[2].startswith("| daphne | 20.2 |")
+    results = {
+        "servers": {
+            "multicorn-trio": {
+                "available": True,
+                "reason": "",
+                "missing_features": {WS: "multicorn has no --ws-per-message-deflate option"},
+            }
+        },
+        "skipped_scenarios": {},
+        "runs": [],
+    }
+    assert any("`multicorn-trio`, ws:" in line for line in report.problems(results))
 
 
 def test_quick_run_end_to_end(tmp_path):

@@ -203,6 +203,24 @@ def test_whole_frames_fragments_and_pings_in_any_chunking(
     assert answers == [Pong(payload=p) for p in pongs]
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=70_000), min_size=1, max_size=4),
+    chunk=st.integers(min_value=1, max_value=40_000),
+)
+def test_large_binary_frames_gathered_in_pieces(sizes: list[int], chunk: int) -> None:
+    """Large frames are kept in pieces until whole and unmasked from a view: whatever the read
+    size, and whatever follows them in the same read, the messages come out whole."""
+    ws, client = opened()
+    messages = [bytes([i % 251]) * size for i, size in enumerate(sizes)]
+    wire = b"".join(client.send(BytesMessage(data=m)) for m in messages)
+    wire += client.send(TextMessage(data="after"))
+    events: list[WebSocketEvent] = []
+    for start in range(0, len(wire), chunk):
+        events += ws.receive_data(wire[start : start + chunk], 0.0)
+    assert events == [*(MessageReceived(data=m) for m in messages), MessageReceived(data="after")]
+
+
 def test_peer_close_is_echoed_and_ends_the_session() -> None:
     ws, client = opened()
     events = ws.receive_data(client.send(CloseConnection(code=4000, reason="bye")), 1.0)

@@ -50,6 +50,7 @@ from wsproto.extensions import Extension
 from wsproto.frame_protocol import CloseReason, Opcode, RsvBits
 
 from multicorn.protocol.errors import LocalProtocolError
+from multicorn.protocol.masking import unmask
 
 if TYPE_CHECKING:
     from wsproto.frame_protocol import FrameDecoder, FrameProtocol
@@ -75,6 +76,9 @@ _FIN_TEXT: Final = 0x81
 _FIN_BINARY: Final = 0x82
 _FIN_DATA: Final = (_FIN_TEXT, _FIN_BINARY)
 _MASKED: Final = 0x80
+# Payloads from this size on are unmasked from a view of the input and gathered in pieces while
+# they arrive, rather than copied into the input buffer.
+_VIEW_AT: Final = 16 * 1024
 _WINDOW_BITS: Final = re.compile(r"(?:[89]|1[0-5])")
 
 
@@ -376,6 +380,9 @@ class WebSocketSession:
         self._out: list[bytes] = []
         self._pending_out = 0  # bytes in _out
         self._inbound = bytearray()  # input not yet consumed: a partial frame header or payload
+        self._parts: list[bytes] = []  # a large binary frame still arriving, piece by piece
+        self._have = 0  # bytes in _parts
+        self._wanted = 0  # bytes of the whole frame (header included)
         self._owed = 0  # bytes of a frame already started with wsproto, still to hand it
         self._in_message = False  # wsproto has a fragmented data message under way
         self._deflater: _Deflate | None = None
@@ -421,9 +428,23 @@ class WebSocketSession:
     def receive_data(self, data: bytes, now: float) -> list[WebSocketEvent]:
         if not self._reading or not data:
             return []
+        parts = self._parts
+        if parts:
+            # The rest of a large binary frame: joined once, when all of it is here.
+            parts.append(data)
+            self._have += len(data)
+            if self._have < self._wanted:
+                return []
+            data = b"".join(parts)
+            parts.clear()
         events: list[WebSocketEvent] = []
-        buf = self._inbound
-        buf += data
+        inbound = self._inbound
+        buf: bytes | bytearray
+        if inbound:
+            inbound += data
+            buf = inbound
+        else:
+            buf = data  # the common case: nothing left over, nothing to copy
         size = len(buf)
         pos = 0
         limit = self._limits.max_message_size
@@ -469,12 +490,23 @@ class WebSocketSession:
                 and not self._in_message
             ):
                 if end <= size:
-                    payload = _unmask(buf[pos + head : end], buf[pos + head - 4 : pos + head])
+                    mask = bytes(buf[pos + head - 4 : pos + head])
+                    if length < _VIEW_AT:
+                        payload = unmask(buf[pos + head : end], mask)
+                    else:  # no copy of a large payload before the one unmasking makes
+                        payload = unmask(memoryview(buf)[pos + head : end], mask)
                     self._whole_frame(first, payload, now, events)
                     pos = end
                     continue
                 if first == _FIN_BINARY:
-                    break  # nothing to check until it is whole: wait (bounded by the limit)
+                    # Nothing to check until it is whole: wait (bounded by the limit). A large
+                    # frame's pieces are kept as they come and joined once.
+                    if end - pos >= _VIEW_AT:
+                        self._parts.append(bytes(buf[pos:]))
+                        self._have = size - pos
+                        self._wanted = end - pos
+                        pos = size
+                    break
             # Everything else is wsproto's, from its first byte on: a header it must see
             # (control frames, fragments, reserved bits, an oversize announcement) or a text
             # frame to be checked as it arrives.
@@ -487,10 +519,12 @@ class WebSocketSession:
             self._owed = end - pos - take
             self._to_wsproto(bytes(buf[pos : pos + take]), now, events)
             pos += take
-        if self._reading:
-            del buf[:pos]
-        else:
-            buf.clear()  # the peer's input is over: the rest is never read
+        if not self._reading:
+            inbound.clear()  # the peer's input is over: the rest is never read
+        elif buf is inbound:
+            del inbound[:pos]
+        elif pos < size:
+            inbound += buf[pos:]
         return events
 
     def _whole_frame(
@@ -756,12 +790,3 @@ def _subprotocols(headers: Headers) -> list[str]:
                 token.strip() for token in value.decode("latin-1").split(",") if token.strip()
             )
     return offered
-
-
-def _unmask(payload: bytearray, mask: bytearray) -> bytes:
-    """RFC 6455 5.3: XOR with the 4-byte key, repeated; done as one big-integer XOR."""
-    length = len(payload)
-    if not length:
-        return b""
-    key = int.from_bytes((bytes(mask) * ((length >> 2) + 1))[:length], "little")
-    return (int.from_bytes(payload, "little") ^ key).to_bytes(length, "little")

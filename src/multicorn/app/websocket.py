@@ -14,7 +14,6 @@ handshake done, failed, or timed out), even when the application returns first.
 
 from __future__ import annotations
 
-import collections
 import enum
 import time
 from typing import TYPE_CHECKING, Any, cast
@@ -67,6 +66,36 @@ def _headers(raw: Any) -> Headers:
 class WebSocketStream:
     """See the module docstring. Created by the connection handler per WEBSOCKET stream."""
 
+    # Slots: an idle WebSocket is mostly this object, its session and its task.
+    __slots__ = (
+        "_app_closed",
+        "_bad_version",
+        "_conn",
+        "_connected",
+        "_deny_start",
+        "_early",
+        "_end",
+        "_ended_early",
+        "_flush_scheduled",
+        "_going_away",
+        "_limits",
+        "_messages",
+        "_method",
+        "_peer_gone",
+        "_response_headers",
+        "_sent_bytes",
+        "_session",
+        "_stage",
+        "_start_time",
+        "_status",
+        "_timer",
+        "_timer_at",
+        "_unacked",
+        "_waiter",
+        "scope",
+        "stream_id",
+    )
+
     def __init__(self, conn: ConnectionHandler, event: RequestReceived) -> None:
         self._conn = conn
         self.stream_id = event.stream_id
@@ -93,7 +122,7 @@ class WebSocketStream:
         self._connected = False  # websocket.connect was delivered
         self._early: list[bytes] = []  # bytes that came before the accept
         self._ended_early = False  # the peer stopped sending before the accept
-        self._messages: collections.deque[Message] = collections.deque()
+        self._messages: list[Message] = []  # at most max_queued_messages: a list is enough
         self._unacked = 0  # received bytes not yet acknowledged to the HTTP core
         self._end: tuple[int, str] | None = None  # the disconnect the app is told
         self._peer_gone = False  # nothing can reach the peer any more
@@ -170,17 +199,12 @@ class WebSocketStream:
     # ---- the application call -------------------------------------------------------------
 
     async def run(self) -> None:
-        try:
-            await self._run()
-        finally:
-            if self._conn.context.loggers.access is not None:
-                self._log_access()
-
-    async def _run(self) -> None:
         ctx = self._conn.context
         if self._bad_version:
             # RFC 6455 4.4: answer with the version we speak.
             self._respond(426, [(b"sec-websocket-version", b"13")])
+            if ctx.loggers.access is not None:
+                self._log_access()
             return
         try:
             await ctx.app(self.scope, self.receive, self.send)
@@ -205,6 +229,9 @@ class WebSocketStream:
                 self._flush()
             else:
                 self._conclude()
+        finally:
+            if ctx.loggers.access is not None:
+                self._log_access()
         # The closing handshake may still be under way: the stream lasts until it is over (the
         # session's deadline bounds the wait).
         while self._stage is _Stage.ACCEPTED:
@@ -216,7 +243,7 @@ class WebSocketStream:
             return {"type": "websocket.connect"}
         while True:
             if self._messages:
-                message = self._messages.popleft()
+                message = self._messages.pop(0)
                 self._maybe_acknowledge()
                 return message
             if self._end is not None:
@@ -224,7 +251,13 @@ class WebSocketStream:
                 self._conclude()
                 code, reason = self._end
                 return {"type": "websocket.disconnect", "code": code, "reason": reason}
-            await self._wait()
+            # Inlined rather than self._wait(): an idle WebSocket waits here, and every
+            # coroutine frame on its stack is memory it holds.
+            waiter = self._waiter
+            if waiter is None:
+                waiter = self._waiter = self._conn.runtime.waiter()
+            waiter.clear()
+            await waiter.wait()
 
     async def send(self, message: Message) -> None:
         kind = message["type"]

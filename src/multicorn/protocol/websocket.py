@@ -369,6 +369,30 @@ class _Deflate(Extension):
 class WebSocketSession:
     """See the module docstring. One per WEBSOCKET stream, created when its request arrives."""
 
+    __slots__ = (
+        "_binary",
+        "_budget",
+        "_deadline",
+        "_deflate",
+        "_deflater",
+        "_frames",
+        "_have",
+        "_in_message",
+        "_inbound",
+        "_limits",
+        "_out",
+        "_owed",
+        "_parts",
+        "_pending_out",
+        "_phase",
+        "_ping_payload",
+        "_pings",
+        "_reply",
+        "_text",
+        "_wanted",
+        "offered_subprotocols",
+    )
+
     def __init__(self, *, limits: WebSocketLimits, request_headers: Headers, now: float) -> None:
         self._limits = limits
         self._phase = _Phase.CONNECTING

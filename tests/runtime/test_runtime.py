@@ -259,6 +259,33 @@ async def test_waiter_set_clear_wait(backend: BackendUnderTest):
         await eventually(lambda: woken == ["woken"], "the waiting task")
 
 
+async def test_waiter_wakes_every_waiter_and_survives_a_cancelled_one(
+    backend: BackendUnderTest,
+):
+    """Several tasks wait on one waiter (HTTP/2 streams on a connection's write waiter): set()
+    wakes them all, and one cut short by a timeout leaves nothing behind that breaks the next."""
+    async with backend.running() as b:
+        runtime = b.runtime
+        waiter = runtime.waiter()
+        woken: list[int] = []
+
+        async def sleeper(n: int) -> None:
+            await waiter.wait()
+            woken.append(n)
+
+        for n in range(3):
+            runtime.spawn(sleeper, n)
+        assert await runtime.wait_for(waiter, 0.05) is False  # a waiter that gives up
+        waiter.set()
+        await eventually(lambda: sorted(woken) == [0, 1, 2], "every waiting task")
+        waiter.clear()
+        runtime.spawn(sleeper, 3)
+        await anyio.sleep(0.02)
+        assert woken == [*woken[:3]]
+        waiter.set()
+        await eventually(lambda: 3 in woken, "a task waiting after the clear")
+
+
 async def test_wait_for_returns_true_when_set_false_on_timeout(backend: BackendUnderTest):
     async with backend.running() as b:
         runtime = b.runtime

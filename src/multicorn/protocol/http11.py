@@ -862,10 +862,7 @@ class HTTP11Protocol:
             # A client still waiting for its 100 will not send the body we would drain.
             self._continue = C_REFUSED
         self._mode = mode
-        status_line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status
-        self._out.append(
-            b"".join([status_line, *[n + b": " + v + b"\r\n" for n, v in headers], b"\r\n"])
-        )
+        self._out.append(_head(status, headers))
 
     def _write_informational(self, status: int, headers: Headers) -> None:
         if status == 101:
@@ -880,10 +877,7 @@ class HTTP11Protocol:
                 return
             self._continue = C_NO
         validate_response_headers(headers)
-        status_line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status
-        self._out.append(
-            b"".join([status_line, *[n + b": " + v + b"\r\n" for n, v in headers], b"\r\n"])
-        )
+        self._out.append(_head(status, headers))
 
     def _write_body(self, data: bytes) -> None:
         mode = self._mode
@@ -1009,6 +1003,15 @@ class HTTP11Protocol:
     @property
     def closed(self) -> bool:
         return self._state is S_CLOSED
+
+
+def _head(status: int, headers: Headers) -> bytes:
+    """A response head: status line, `name: value` lines (checked by the caller), blank line."""
+    status_line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status
+    if not headers:
+        return status_line + b"\r\n"
+    # `b": ".join` of each (name, value) pair: the lines are built in C, with no Python loop.
+    return b"".join([status_line, b"\r\n".join(map(b": ".join, headers)), b"\r\n\r\n"])
 
 
 def _tokens(value: bytes) -> set[bytes]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from multicorn.app.errors import ClientDisconnected, UnexpectedMessage
 from multicorn.app.logs import AccessRecord, log_access
@@ -108,10 +108,12 @@ class HTTPStream:
         self._conn = conn
         self.stream_id = event.stream_id
         ctx = conn.context
-        self.scope = cast(
-            "Scope",
-            build_http_scope(event, conn.info, root_path=ctx.settings.root_path, state=ctx.state),
+        # Typed through Any rather than cast(): cast() is a function call at run time, and this
+        # runs for every request.
+        scope: Any = build_http_scope(
+            event, conn.info, root_path=ctx.settings.root_path, state=ctx.state
         )
+        self.scope: Scope = scope
         self._body: list[bytes] = []
         self._body_complete = False
         self._final_sent = False  # the `more_body: False` request message was delivered

@@ -35,8 +35,10 @@ def build_http_scope(
     else:
         raw_path, query = split_target(target)
     # ASGI: percent-escapes and UTF-8 sequences decoded into characters.
-    decoded = unquote_to_bytes(raw_path) if b"%" in raw_path else raw_path
-    path = decoded.decode("utf-8", errors="replace")
+    if b"%" in raw_path:
+        path = unquote_to_bytes(raw_path).decode("utf-8", "replace")
+    else:
+        path = raw_path.decode("utf-8", "replace")
     if root_path and not path.startswith(root_path):
         # The proxy in front stripped the mount point; ASGI's path is the full path.
         path = root_path + path

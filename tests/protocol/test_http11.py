@@ -1161,6 +1161,10 @@ def test_too_much_data_for_content_length_raises_local_error() -> None:
         [(b"", b"v")],
         [(b"x:y", b"v")],
         [(b"ok", b"fine"), (b"x", b"\n")],
+        # NULs that would line up as separators in the joined form the fast check reads.
+        [(b"x", b"a\x00b\x00c")],
+        [(b"x", b"a\x00b\x00c"), (b"y", b"z")],
+        [(b"x\x00y", b"z\x00w")],
     ],
 )
 def test_validate_response_headers_refuses(headers) -> None:

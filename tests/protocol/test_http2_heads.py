@@ -117,6 +117,8 @@ MALFORMED = {
         b"G{T", authority=None, extra=[(b"host", b"a"), (b"host", b"a")]
     ),
     "NUL in a field value": head(extra=[(b"x-a", b"a\x00b")]),
+    # Laid out like the separators of the joined form the shared check matches in one go.
+    "NULs in a field value that look like separators": head(extra=[(b"x-a", b"a\x00b\x00c")]),
     "CR in a field value": head(extra=[(b"x-a", b"a\rb")]),
     "leading space in a field value": head(extra=[(b"x-a", b" a")]),
     "colon in a field name": head(extra=[(b"x:a", b"1")]),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from multicorn.app.errors import ClientDisconnected, UnexpectedMessage
 from multicorn.app.logs import AccessRecord, log_access
@@ -108,10 +108,12 @@ class HTTPStream:
         self._conn = conn
         self.stream_id = event.stream_id
         ctx = conn.context
-        self.scope = cast(
-            "Scope",
-            build_http_scope(event, conn.info, root_path=ctx.settings.root_path, state=ctx.state),
+        # Typed through Any rather than cast(): cast() is a function call at run time, and this
+        # runs for every request.
+        scope: Any = build_http_scope(
+            event, conn.info, root_path=ctx.settings.root_path, state=ctx.state
         )
+        self.scope: Scope = scope
         self._body: list[bytes] = []
         self._body_complete = False
         self._final_sent = False  # the `more_body: False` request message was delivered
@@ -227,7 +229,9 @@ class HTTPStream:
             raise self._disconnect
         kind = message["type"]
         if kind == "http.response.body":
-            await self._send_body(message)
+            # The body path is synchronous up to the drain: no coroutine of its own per message.
+            if self._send_body(message):
+                await self._conn.drain(self.stream_id)
         elif kind == "http.response.start":
             if self._response_started:
                 raise UnexpectedMessage("http.response.start sent twice")
@@ -237,9 +241,8 @@ class HTTPStream:
             self._status = status
             self._pending_start = (status, headers)
             # Trailers only where the extension was offered (the client sent TE: trailers).
-            self._trailers = bool(message.get("trailers", False)) and (
-                "http.response.trailers" in self.scope["extensions"]
-            )
+            if message.get("trailers", False):
+                self._trailers = "http.response.trailers" in self.scope["extensions"]
         elif kind == "http.response.trailers":
             self._send_trailers(message)
         elif kind == "http.response.early_hint":
@@ -274,7 +277,9 @@ class HTTPStream:
             self._conn.send(SendTrailers(stream_id=self.stream_id, headers=self._trailer_fields))
             self._wake()
 
-    async def _send_body(self, message: Message) -> None:
+    def _send_body(self, message: Message) -> bool:
+        """Hand one body message to the connection; True when the app may send more, so that
+        `send()` waits for the transport to drain."""
         if not self._response_started:
             raise UnexpectedMessage("http.response.body sent before http.response.start")
         if self._response_complete or self._body_sent:
@@ -293,13 +298,13 @@ class HTTPStream:
         else:
             self._conn.send(data)
         self._response_bytes += len(body)
-        if not more:
-            self._body_sent = True
-            self._response_complete = ends
         if more:
-            await self._conn.drain(self.stream_id)
-        if self._response_complete:
+            return True
+        self._body_sent = True
+        if ends:
+            self._response_complete = True
             self._wake()
+        return False
 
     def _response_command(self, start: tuple[int, Headers], body: bytes, more: bool) -> Command:
         status, headers = start
@@ -311,11 +316,11 @@ class HTTPStream:
                 has_date = True
             elif name == b"server":
                 has_server = True
-        extra: Headers = [
-            item
-            for item in self._conn.context.default_headers.get()
-            if not (has_date if item[0] == b"date" else has_server)
-        ]
+        defaults = self._conn.context.default_headers.get()
+        if has_date or has_server:
+            defaults = [
+                item for item in defaults if not (has_date if item[0] == b"date" else has_server)
+            ]
         if (
             not framed
             and not more
@@ -324,9 +329,9 @@ class HTTPStream:
             and status >= 200
             and (body or self.scope["method"] != "HEAD")
         ):
-            headers = [*headers, (b"content-length", str(len(body)).encode())]
-        if extra:
-            headers = [*extra, *headers]
+            headers = [*defaults, *headers, (b"content-length", b"%d" % len(body))]
+        elif defaults:
+            headers = [*defaults, *headers]
         self._sent_headers = headers
         return SendResponse(stream_id=self.stream_id, status=status, headers=headers)
 

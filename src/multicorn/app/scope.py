@@ -30,14 +30,32 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
 def build_http_scope(
     event: RequestReceived, info: ConnectionInfo, *, root_path: str, state: dict[str, object]
 ) -> HTTPScope:
-    raw_path, query = split_target(event.target)
+    target = event.target
+    if target[:1] == b"/":  # origin-form, nearly every request: no scheme or authority to drop
+        raw_path, _, query = target.partition(b"?")
+    else:
+        raw_path, query = split_target(target)
     # ASGI: percent-escapes and UTF-8 sequences decoded into characters.
-    decoded = unquote_to_bytes(raw_path) if b"%" in raw_path else raw_path
-    path = decoded.decode("utf-8", errors="replace")
+    if b"%" in raw_path:
+        path = unquote_to_bytes(raw_path).decode("utf-8", "replace")
+    else:
+        path = raw_path.decode("utf-8", "replace")
     if root_path and not path.startswith(root_path):
         # The proxy in front stripped the mount point; ASGI's path is the full path.
         path = root_path + path
         raw_path = root_path.encode() + raw_path
+    headers = event.headers
+    # Extensions, inline: this runs for every request.
+    extensions: dict[str, dict[str, object]] = {"http.response.early_hint": {}}
+    for name, value in headers:
+        if name == b"te" and b"trailers" in value.lower():
+            extensions["http.response.trailers"] = {}
+            break
+    if event.http_version == "2":
+        extensions["http.response.push"] = {}
+    if info.tls is not None:
+        # ASGI TLS extension: present on TLS connections only, never on cleartext ones.
+        extensions["tls"] = info.tls
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.5"},
@@ -48,26 +66,12 @@ def build_http_scope(
         "raw_path": raw_path,
         "query_string": query,
         "root_path": root_path,
-        "headers": event.headers,
+        "headers": headers,
         "client": info.client,
         "server": info.server,
-        "state": dict(state),
-        "extensions": _extensions(event, info),
+        "state": state.copy(),
+        "extensions": extensions,
     }
-
-
-def _extensions(event: RequestReceived, info: ConnectionInfo) -> dict[str, dict[str, object]]:
-    extensions: dict[str, dict[str, object]] = {"http.response.early_hint": {}}
-    for name, value in event.headers:  # a plain loop: this runs for every request
-        if name == b"te" and b"trailers" in value.lower():
-            extensions["http.response.trailers"] = {}
-            break
-    if event.http_version == "2":
-        extensions["http.response.push"] = {}
-    if info.tls is not None:
-        # ASGI TLS extension: present on TLS connections only, never on cleartext ones.
-        extensions["tls"] = info.tls
-    return extensions
 
 
 def build_websocket_scope(

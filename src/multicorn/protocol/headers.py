@@ -8,7 +8,6 @@ refused here rather than trusted to the encoder.
 from __future__ import annotations
 
 import re
-from itertools import chain
 
 from multicorn.protocol.errors import LocalProtocolError
 
@@ -18,15 +17,27 @@ TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-# Every field of a list at once, as `name NUL value NUL` pairs: RFC 9110 5.1 (a name is a token)
-# and 5.5 (a value has no CTL but HTAB). NUL is valid in neither, so it separates them without
-# ambiguity, and checking a whole list is one C-level join and one match: it runs per message.
-_FIELDS = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+\x00[\t\x20-\x7e\x80-\xff]*\x00)*").fullmatch
+# Every field of a list at once: RFC 9110 5.1 (a name is a token) and 5.5 (a value has no CTL but
+# HTAB). The names are joined and searched for a byte that is not a token character, the values
+# joined and searched for a control character: a few C-level calls per list, whatever its length,
+# since this runs twice per request. Joining without separators loses nothing: each check is about
+# single bytes, and an empty name (which a join would hide) is looked for on its own.
+_NOT_TCHAR = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z]").search
+_CONTROL = _BAD_VALUE.search
 
 
 def fields_valid(headers: list[tuple[bytes, bytes]]) -> bool:
     """Whether every name is a token and no value has a control character (HTAB aside)."""
-    return _FIELDS(b"\x00".join(chain.from_iterable(headers)) + b"\x00") is not None or not headers
+    if not headers:
+        return True
+    # Each item is a pair, so zip(*) gives the names and the values. No `strict=`: any keyword
+    # argument to zip() (even strict=False) costs more than the rest of this function.
+    names, values = zip(*headers)  # noqa: B905
+    return (
+        b"" not in names
+        and _NOT_TCHAR(b"".join(names)) is None
+        and _CONTROL(b"".join(values)) is None
+    )
 
 
 def validate_response_headers(headers: list[tuple[bytes, bytes]]) -> None:

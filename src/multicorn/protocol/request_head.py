@@ -27,7 +27,7 @@ from multicorn.protocol.headers import TOKEN, fields_valid
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # RFC 3986 and RFC 9112 3.2: a request-target is visible US-ASCII with no spaces; "#" begins a
 # fragment, which is never sent (RFC 9110 7.1).
-_TARGET = re.compile(rb"[\x21-\x22\x24-\x7e]+")
+_TARGET = re.compile(rb"[\x21-\x22\x24-\x7e]+").fullmatch
 # RFC 9113 8.2.1: a field value must not start or end with whitespace (h1 parsers strip OWS).
 _EDGE_SPACE = (b" ", b"\t")
 # RFC 9110 9.1: method = token. The registered methods skip the regex (a set lookup is cheaper).
@@ -79,7 +79,8 @@ def check_request_head(
     elif protocol is not None and multiplexed:
         # RFC 8441 4: `:protocol` belongs to CONNECT requests only (h2 enforces it too).
         raise MalformedHead(":protocol on a request that is not a CONNECT")
-    _check_target(method, target, multiplexed=multiplexed)
+    if target[:1] != b"/" or _TARGET(target) is None:
+        _check_target(method, target, multiplexed=multiplexed)  # all but a valid origin-form
     if protocol is None:
         return _REQUEST
     kind = _TUNNELS.get(protocol.lower() if not multiplexed else protocol)
@@ -101,7 +102,7 @@ def _field_error(headers: Headers) -> None:
 
 
 def _check_target(method: bytes, target: bytes, *, multiplexed: bool) -> None:
-    if _TARGET.fullmatch(target) is None:
+    if _TARGET(target) is None:
         error = "empty request target" if not target else f"invalid request target {target[:64]!r}"
         if multiplexed:
             raise MalformedHead(error)  # RFC 9113 8.3.1: a bad :path makes the request malformed

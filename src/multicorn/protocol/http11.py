@@ -85,7 +85,10 @@ from multicorn.protocol.http11_parsers import (
     DataOp,
     EndOp,
     ErrorOp,
+    H11Parser,
     HeadOp,
+    HttptoolsParser,
+    SpentParser,
     UpgradeOp,
     new_parser,
 )
@@ -311,7 +314,9 @@ class HTTP11Protocol:
 
     def __init__(self, *, limits: HTTP11Limits, now: float) -> None:
         self._limits = limits
-        self._parser = new_parser(limits.engine, limits.max_incomplete_size)
+        self._parser: H11Parser | HttptoolsParser | SpentParser = new_parser(
+            limits.engine, limits.max_incomplete_size
+        )
         self._out: list[bytes] = []
         self._state = S_IDLE
         self._mode = M_IDLE
@@ -791,6 +796,7 @@ class HTTP11Protocol:
         self._state = _TRANSITIONS[self._state, E_ACCEPT]
         self._write_switch(command.headers)
         self._mode = M_TUNNEL
+        self._parser = SpentParser()  # what follows is the tunnel's, never HTTP
         events: list[Event] = []
         if self._held:
             data = b"".join(self._held)

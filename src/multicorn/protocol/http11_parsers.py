@@ -327,6 +327,23 @@ class HttptoolsParser:
         self.ops.append(END)
 
 
+class SpentParser:
+    """Stands in for the parser once the connection is a tunnel (an accepted WebSocket): no
+    more HTTP is parsed on it, and an idle WebSocket should not keep a parser's state (h11's
+    connection, llhttp's buffers) alive for its whole life."""
+
+    __slots__ = ()
+
+    ops: deque[Op] = deque(maxlen=0)  # shared, and always empty: nothing can be added
+    partial = False
+
+    def feed(self, data: bytes) -> None:
+        raise LocalProtocolError("no HTTP is parsed on a tunnelled connection")
+
+    def resume(self, leftover: bytes) -> None:
+        raise LocalProtocolError("no HTTP is parsed on a tunnelled connection")
+
+
 def new_parser(engine: str, max_size: int) -> H11Parser | HttptoolsParser:
     if engine == "httptools":
         return HttptoolsParser(max_size)

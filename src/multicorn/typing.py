@@ -17,35 +17,28 @@ class ASGIVersions(TypedDict):
     spec_version: str
 
 
-class HTTPScope(TypedDict):
+class _RequestScope(TypedDict):
+    """What the `http` and `websocket` scopes share: the request that opened the stream."""
+
+    asgi: ASGIVersions
+    http_version: str
+    scheme: str
+    path: str
+    raw_path: bytes
+    query_string: bytes
+    root_path: str
+    headers: Iterable[tuple[bytes, bytes]]
+    client: tuple[str, int] | None
+    server: tuple[str, int | None] | None
+    state: dict[str, Any]
+    extensions: dict[str, dict[str, object]]
+
+
+class HTTPScope(_RequestScope):
     type: Literal["http"]
-    asgi: ASGIVersions
-    http_version: str
     method: str
-    scheme: str
-    path: str
-    raw_path: bytes
-    query_string: bytes
-    root_path: str
-    headers: Iterable[tuple[bytes, bytes]]
-    client: tuple[str, int] | None
-    server: tuple[str, int | None] | None
-    state: dict[str, Any]
-    extensions: dict[str, dict[str, object]]
 
 
-class WebSocketScope(TypedDict):
+class WebSocketScope(_RequestScope):
     type: Literal["websocket"]
-    asgi: ASGIVersions
-    http_version: str
-    scheme: str
-    path: str
-    raw_path: bytes
-    query_string: bytes
-    root_path: str
-    headers: Iterable[tuple[bytes, bytes]]
-    client: tuple[str, int] | None
-    server: tuple[str, int | None] | None
     subprotocols: list[str]
-    state: dict[str, Any]
-    extensions: dict[str, dict[str, object]]

@@ -6,8 +6,8 @@ This module owns making the machine ready, idempotently (skip it with `--no-setu
   apt-get when missing and running as root; otherwise it prints what to install;
 - `bench/.venv-peers`: Hypercorn, Uvicorn (httptools, uvloop, websockets, wsproto), Granian,
   Gunicorn, Daphne and matplotlib for the plot;
-- `bench/.venv-multicorn`: this repository installed editable with its trio and uvloop extras,
-  plus httptools (for when multicorn can use it).
+- `bench/.venv-multicorn`: this repository installed editable with its trio and speed extras
+  (httptools, uvloop, and websockets, whose C extension unmasks WebSocket frames).
 
 A venv is only re-installed when its requirement list changed (a stamp file inside it records
 the last one), so a second run starts at once.
@@ -44,7 +44,7 @@ PEER_REQUIREMENTS = (
     "sniffio",  # bench/apps.py
     "matplotlib",  # bench/plot.py
 )
-MULTICORN_EXTRA_REQUIREMENTS = ("httptools", "sniffio")
+MULTICORN_EXTRA_REQUIREMENTS = ("sniffio",)
 
 
 def log(message: str) -> None:
@@ -113,7 +113,7 @@ def ensure_venv(venv: Path, requirements: list[str], editable: Path | None = Non
     pip = [str(python), "-m", "pip", "--disable-pip-version-check", "install", "--quiet"]
     args = list(requirements)
     if editable is not None:
-        args = ["-e", str(editable) + "[trio,uvloop]", *args]
+        args = ["-e", str(editable) + "[trio,speed]", *args]
     pip_log = venv / "pip.log"
     log(f"pip install {' '.join(args)} into {venv.relative_to(ROOT)} (log: {pip_log})")
     try:

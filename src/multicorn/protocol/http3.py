@@ -36,8 +36,11 @@ Limitations, by aioquic's design:
 - Outbound, aioquic buffers whatever it is given; `pending_send()` reads how much of a stream's
   data has not been sent yet from aioquic's stream state (no public accessor), so the
   connection driver's `drain()` still holds a fast application back.
-- Server push is off: `PushPromise` is ignored (MAX_PUSH_ID is never raised by our clients'
-  libraries anyway). Request trailers are read and dropped, as on HTTP/2.
+- aioquic's own head check runs first and is stricter than ours in one place: it requires
+  `:authority`, so a request carrying only a Host field is reset (H3_MESSAGE_ERROR) where
+  HTTP/2 would serve it. RFC 9114 4.3.1 allows either.
+- Server push is off: `PushPromise` is ignored. Request trailers are read and dropped, as on
+  HTTP/2.
 """
 
 from __future__ import annotations

@@ -35,7 +35,6 @@ import binascii
 import bisect
 import contextlib
 import enum
-import re
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -74,7 +73,12 @@ from multicorn.protocol.events import (
     StreamReset,
 )
 from multicorn.protocol.headers import validate_response_headers
-from multicorn.protocol.request_head import MalformedHead, check_request_head
+from multicorn.protocol.request_head import (
+    CONNECTION_HEADERS,
+    MalformedHead,
+    check_pseudo_head,
+    split_pseudo_head,
+)
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -83,16 +87,11 @@ _GOAWAY_PING = b"mc-drain"
 _GOAWAY_PING_WAIT = 1.0  # seconds to wait for the drain PING before the final GOAWAY
 _PRIORITY_UPDATE = 0x10  # RFC 9218 frame type
 _UPGRADE_HEADERS = frozenset({b"connection", b"upgrade", b"http2-settings"})
-_REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path", b":protocol"})
-_SCHEME = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*")  # RFC 3986 3.1
-_UPPERCASE = re.compile(rb"[A-Z]")
 # Real header blocks need one or two CONTINUATIONs; dozens of tiny ones are a flood.
 _MAX_CONTINUATIONS = 32
 # HTTP/1.1 connection-specific fields that HTTP/2 forbids (RFC 9113 8.2.2); dropped from
 # responses rather than failing an application written for HTTP/1.1.
-_CONNECTION_HEADERS = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
-)
+_CONNECTION_HEADERS = CONNECTION_HEADERS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -391,7 +390,7 @@ class HTTP2Protocol:
         self._last_stream_id = max(self._last_stream_id, stream_id)
         ended = event.stream_ended is not None
         try:
-            pseudo, headers, priority, hosts = _split_head(event.headers)
+            pseudo, headers, priority, hosts = split_pseudo_head(event.headers)
             authority = pseudo.get(b":authority")
             scheme = pseudo.get(b":scheme")
             kind = self._check_head(pseudo, headers, hosts)
@@ -448,49 +447,15 @@ class HTTP2Protocol:
         return False
 
     def _check_head(self, pseudo: dict[bytes, bytes], headers: Headers, hosts: int) -> StreamKind:
-        """What only HTTP/2 has (pseudo-header structure), then the rules every version shares.
+        """The pseudo-header structure HTTP/2 shares with HTTP/3, then the rules every version
+        shares (request_head.py).
 
         h2's own header validation is off: it would make each of these a connection error,
         where RFC 9113 8.1.1 asks for a stream error.
         """
-        method = pseudo.get(b":method")
-        scheme = pseudo.get(b":scheme")
-        path = pseudo.get(b":path")
-        authority = pseudo.get(b":authority")
-        protocol = pseudo.get(b":protocol")
-        # RFC 9113 8.3.1: "All HTTP/2 requests MUST include exactly one valid value for the
-        # ':method', ':scheme', and ':path' pseudo-header fields, unless they are CONNECT
-        # requests (Section 8.5). An HTTP request that omits mandatory pseudo-header fields is
-        # malformed."
-        if method is None:
-            raise MalformedHead("request without :method")
-        if scheme is not None and _SCHEME.fullmatch(scheme) is None:
-            raise MalformedHead(f"invalid :scheme {scheme[:32]!r}")  # RFC 3986 3.1
-        if protocol is not None:
-            # RFC 8441 3: a client uses :protocol only once the server has sent
-            # SETTINGS_ENABLE_CONNECT_PROTOCOL = 1; without it the request is not one we know.
-            if not self._limits.extended_connect:
-                raise MalformedHead(":protocol without SETTINGS_ENABLE_CONNECT_PROTOCOL")
-            # RFC 8441 4: "On requests that contain the :protocol pseudo-header field, the
-            # :scheme and :path pseudo-header fields of the target URI [...] MUST also be
-            # included." :authority stays as required as for any CONNECT (RFC 9113 8.5), only
-            # read as for other requests.
-            if method == b"CONNECT" and (scheme is None or path is None or authority is None):
-                raise MalformedHead("extended CONNECT without :scheme, :path or :authority")
-        elif method == b"CONNECT":
-            # RFC 9113 8.5: "The :scheme and :path pseudo-header fields MUST be omitted."
-            if scheme is not None or path is not None:
-                raise MalformedHead("CONNECT with :scheme or :path")
-        elif scheme is None or path is None:
-            raise MalformedHead("request without :scheme or :path")
-        kind = check_request_head(method, path or b"", headers, multiplexed=True, protocol=protocol)
-        if hosts > 1 or (authority is None and not hosts):
-            # RFC 9113 8.3.1 lets a request carry its authority in :authority or Host. RFC 9112
-            # 3.2: "A server MUST respond with a 400 (Bad Request) status code to any HTTP/1.1
-            # request message that lacks a Host header field and to any request message that
-            # contains more than one Host header field line".
-            raise RemoteProtocolError("request without one :authority or Host")
-        return kind
+        return check_pseudo_head(
+            pseudo, headers, hosts, extended_connect=self._limits.extended_connect
+        )
 
     def _on_data(self, event: h2.events.DataReceived, events: list[Event]) -> None:
         stream_id = event.stream_id
@@ -963,56 +928,6 @@ class HTTP2Protocol:
     @property
     def closed(self) -> bool:
         return self._phase is _Phase.CLOSED
-
-
-def _split_head(raw: Headers) -> tuple[dict[bytes, bytes], Headers, bytes | None, int]:
-    """Pseudo-header fields, regular fields (with :authority as the first `host`), the
-    Priority field and the number of Host fields of a request header block; MalformedHead for
-    what RFC 9113 8 forbids."""
-    pseudo: dict[bytes, bytes] = {}
-    headers: Headers = []
-    priority = None
-    hosts = 0
-    regular = False
-    for name, value in raw:
-        if name[:1] == b":":
-            # RFC 9113 8.3: "Endpoints MUST treat a request or response that contains undefined
-            # or invalid pseudo-header fields as malformed" and "All pseudo-header fields MUST
-            # appear in a field block before all regular field lines"; 8.3.1: "exactly one
-            # valid value" of each.
-            if regular or name in pseudo or name not in _REQUEST_PSEUDO:
-                raise MalformedHead(f"misplaced, repeated or unknown {name[:32]!r}")
-            pseudo[name] = value
-            continue
-        regular = True
-        if name in _CONNECTION_HEADERS or (name == b"te" and value.lower() != b"trailers"):
-            # RFC 9113 8.2.2: "An endpoint MUST NOT generate an HTTP/2 message containing
-            # connection-specific header fields. [...] Any message containing
-            # connection-specific header fields MUST be treated as malformed." TE may only
-            # say "trailers".
-            raise MalformedHead(f"connection-specific field {name[:32]!r}")
-        if name == b"host":
-            hosts += 1
-            authority = pseudo.get(b":authority")
-            if authority is not None:
-                # RFC 9113 8.3.1: "A server SHOULD treat a request as malformed if it contains
-                # a Host header field that identifies an entity that differs from the entity
-                # in the :authority pseudo-header field."
-                if value != authority:
-                    raise MalformedHead("Host differs from :authority")
-                continue  # the :authority copy goes first, below
-        elif name == b"priority":
-            priority = value
-        headers.append((name, value))
-    # RFC 9113 8.2.1: "A request or response containing uppercase characters in field names
-    # MUST be treated as malformed." One search over all names: this runs for every request.
-    if _UPPERCASE.search(b"".join(name for name, _ in headers)) is not None:
-        raise MalformedHead("uppercase characters in a field name")
-    authority = pseudo.get(b":authority")
-    if authority is not None:
-        # ASGI: :authority becomes the host header, first, replacing any other.
-        headers.insert(0, (b"host", authority))
-    return pseudo, headers, priority, hosts
 
 
 def _goaway(last_stream_id: int, error_code: int) -> bytes:

@@ -3,12 +3,15 @@
 Each core parses its own wire format (h11 or llhttp lines, h2's HPACK blocks, later HTTP/3's
 QPACK) and then hands the method, target and fields here before any event leaves protocol/.
 What stays in a core is what only its version has: HTTP/1.1 framing (Host, Content-Length,
-Transfer-Encoding), HTTP/2 and HTTP/3 pseudo-header structure.
+Transfer-Encoding). HTTP/2 and HTTP/3 share their pseudo-header structure (RFC 9113 8.3 and
+RFC 9114 4.3 say the same things in the same words), so `split_pseudo_head` and
+`check_pseudo_head` below serve both.
 
 Two verdicts, because the versions answer them differently:
 - `MalformedHead`: the head breaks the message syntax (a method that is not a token, a control
   character in a field). RFC 9113 8.1.1 and RFC 9114 4.1.2 call such a request malformed: its
-  stream is reset with PROTOCOL_ERROR. HTTP/1.1 has no streams: 400, then close.
+  stream is reset (PROTOCOL_ERROR on HTTP/2, H3_MESSAGE_ERROR on HTTP/3). HTTP/1.1 has no
+  streams: 400, then close.
 - any other `RemoteProtocolError`: the head is well-formed but the request cannot be served
   (CONNECT to a server that is no proxy, `*` with a method other than OPTIONS). It gets a
   response with `error_status_hint`, on every version.
@@ -37,6 +40,18 @@ _METHODS = frozenset(
 
 # Extended CONNECT protocols (RFC 8441 4, RFC 9220 3) this server can carry.
 _TUNNELS = {b"websocket": StreamKind.WEBSOCKET}
+# Pseudo-header fields a request may carry (RFC 9113 8.3.1, RFC 9114 4.3.1; `:protocol` from
+# RFC 8441 4 and RFC 9220 3).
+_REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path", b":protocol"})
+_SCHEME = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*")  # RFC 3986 3.1
+_UPPERCASE = re.compile(rb"[A-Z]")
+# HTTP/1.1 connection-specific fields that HTTP/2 and HTTP/3 forbid (RFC 9113 8.2.2, RFC 9114
+# 4.2). A core drops them from responses rather than failing an application written for
+# HTTP/1.1.
+CONNECTION_HEADERS = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
+
 # Looking an enum member up through its class costs ~150 ns on CPython 3.11; this runs per request.
 _REQUEST = StreamKind.REQUEST
 
@@ -119,3 +134,103 @@ def _check_target(method: bytes, target: bytes, *, multiplexed: bool) -> None:
     # RFC 9112 3.2.2: absolute-form, which a server must accept even though only proxies need it.
     if not target.startswith((b"http://", b"https://")):
         raise RemoteProtocolError("request target is not in origin-form or absolute-form")
+
+
+def split_pseudo_head(raw: Headers) -> tuple[dict[bytes, bytes], Headers, bytes | None, int]:
+    """Pseudo-header fields, regular fields (with :authority as the first `host`), the
+    Priority field and the number of Host fields of an HTTP/2 or HTTP/3 request header block;
+    MalformedHead for what RFC 9113 8 and RFC 9114 4 forbid."""
+    pseudo: dict[bytes, bytes] = {}
+    headers: Headers = []
+    priority = None
+    hosts = 0
+    regular = False
+    for name, value in raw:
+        if name[:1] == b":":
+            # RFC 9113 8.3: "Endpoints MUST treat a request or response that contains undefined
+            # or invalid pseudo-header fields as malformed" and "All pseudo-header fields MUST
+            # appear in a field block before all regular field lines"; 8.3.1: "exactly one
+            # valid value" of each. RFC 9114 4.3 says the same for HTTP/3.
+            if regular or name in pseudo or name not in _REQUEST_PSEUDO:
+                raise MalformedHead(f"misplaced, repeated or unknown {name[:32]!r}")
+            pseudo[name] = value
+            continue
+        regular = True
+        if name in CONNECTION_HEADERS or (name == b"te" and value.lower() != b"trailers"):
+            # RFC 9113 8.2.2: "An endpoint MUST NOT generate an HTTP/2 message containing
+            # connection-specific header fields. [...] Any message containing
+            # connection-specific header fields MUST be treated as malformed." TE may only
+            # say "trailers". RFC 9114 4.2 has the same rule for HTTP/3.
+            raise MalformedHead(f"connection-specific field {name[:32]!r}")
+        if name == b"host":
+            hosts += 1
+            authority = pseudo.get(b":authority")
+            if authority is not None:
+                # RFC 9113 8.3.1: "A server SHOULD treat a request as malformed if it contains
+                # a Host header field that identifies an entity that differs from the entity
+                # in the :authority pseudo-header field." (RFC 9114 4.3.1: "MUST NOT differ")
+                if value != authority:
+                    raise MalformedHead("Host differs from :authority")
+                continue  # the :authority copy goes first, below
+        elif name == b"priority":
+            priority = value
+        headers.append((name, value))
+    # RFC 9113 8.2.1: "A request or response containing uppercase characters in field names
+    # MUST be treated as malformed." (RFC 9114 4.2: "MUST be treated as malformed" too.) One
+    # search over all names: this runs for every request.
+    if _UPPERCASE.search(b"".join(name for name, _ in headers)) is not None:
+        raise MalformedHead("uppercase characters in a field name")
+    authority = pseudo.get(b":authority")
+    if authority is not None:
+        # ASGI: :authority becomes the host header, first, replacing any other.
+        headers.insert(0, (b"host", authority))
+    return pseudo, headers, priority, hosts
+
+
+def check_pseudo_head(
+    pseudo: dict[bytes, bytes], headers: Headers, hosts: int, *, extended_connect: bool
+) -> StreamKind:
+    """The pseudo-header structure of an HTTP/2 or HTTP/3 request (from `split_pseudo_head`),
+    then `check_request_head`; returns the stream's kind, or raises.
+
+    `extended_connect`: whether the server advertised SETTINGS_ENABLE_CONNECT_PROTOCOL
+    (RFC 8441 3 for HTTP/2, RFC 9220 3 for HTTP/3).
+    """
+    method = pseudo.get(b":method")
+    scheme = pseudo.get(b":scheme")
+    path = pseudo.get(b":path")
+    authority = pseudo.get(b":authority")
+    protocol = pseudo.get(b":protocol")
+    # RFC 9113 8.3.1: "All HTTP/2 requests MUST include exactly one valid value for the
+    # ':method', ':scheme', and ':path' pseudo-header fields, unless they are CONNECT
+    # requests (Section 8.5). An HTTP request that omits mandatory pseudo-header fields is
+    # malformed." RFC 9114 4.3.1 words it the same way for HTTP/3.
+    if method is None:
+        raise MalformedHead("request without :method")
+    if scheme is not None and _SCHEME.fullmatch(scheme) is None:
+        raise MalformedHead(f"invalid :scheme {scheme[:32]!r}")  # RFC 3986 3.1
+    if protocol is not None:
+        # RFC 8441 3: a client uses :protocol only once the server has sent
+        # SETTINGS_ENABLE_CONNECT_PROTOCOL = 1; without it the request is not one we know.
+        if not extended_connect:
+            raise MalformedHead(":protocol without SETTINGS_ENABLE_CONNECT_PROTOCOL")
+        # RFC 8441 4: "On requests that contain the :protocol pseudo-header field, the
+        # :scheme and :path pseudo-header fields of the target URI [...] MUST also be
+        # included." :authority stays as required as for any CONNECT (RFC 9113 8.5), only
+        # read as for other requests.
+        if method == b"CONNECT" and (scheme is None or path is None or authority is None):
+            raise MalformedHead("extended CONNECT without :scheme, :path or :authority")
+    elif method == b"CONNECT":
+        # RFC 9113 8.5: "The :scheme and :path pseudo-header fields MUST be omitted."
+        if scheme is not None or path is not None:
+            raise MalformedHead("CONNECT with :scheme or :path")
+    elif scheme is None or path is None:
+        raise MalformedHead("request without :scheme or :path")
+    kind = check_request_head(method, path or b"", headers, multiplexed=True, protocol=protocol)
+    if hosts > 1 or (authority is None and not hosts):
+        # RFC 9113 8.3.1 lets a request carry its authority in :authority or Host. RFC 9112
+        # 3.2: "A server MUST respond with a 400 (Bad Request) status code to any HTTP/1.1
+        # request message that lacks a Host header field and to any request message that
+        # contains more than one Host header field line".
+        raise RemoteProtocolError("request without one :authority or Host")
+    return kind

@@ -1,0 +1,563 @@
+"""HTTP/3 server core over one QUIC connection (aioquic's H3Connection), behind the stream-event
+interface.
+
+Theory of operation. `protocol/quic.py`'s `QuicEndpoint` owns the UDP side: it routes datagrams
+to the `QuicConnection` they belong to, collects what every connection has to send, and keeps
+the QUIC timers. For each QUIC connection it holds one `HTTP3Protocol`, and hands it the QUIC
+events of that connection (`quic_event_received`); this module turns them into our stream events
+(`RequestReceived(http_version="3")`, `DataReceived`, `StreamEnded`, `StreamReset`,
+`RequestRejected`, `ConnectionClosed`) and our commands into HTTP/3 frames, which it queues into
+the QuicConnection. So input never arrives here as bytes, and output never leaves as bytes:
+`data_to_send()` is always empty and the endpoint's `datagrams_to_send()` carries everything.
+Apart from input, the object has the `ServerProtocol` shape (protocol/base.py): `send`,
+`pending_send`, the deadline pair, `wants_read`, `closed`, `multiplexed`.
+
+What this module adds to aioquic's H3Connection:
+- request heads checked by the same rules as HTTP/2 (request_head.py: `split_pseudo_head`,
+  `check_pseudo_head`); a malformed head costs its stream (RESET_STREAM and STOP_SENDING with
+  H3_MESSAGE_ERROR, RFC 9114 4.1.2), a well-formed one the server will not serve becomes
+  RequestRejected. aioquic validates request heads itself and makes each violation a connection
+  error (`MessageError` closes the QUIC connection); `_ServerH3` catches that on request streams
+  and turns it into the same stream error, so one bad request never costs the connection;
+- extended CONNECT (RFC 9220): `:protocol websocket` opens a WEBSOCKET stream when
+  `HTTP3Limits.extended_connect` is on. aioquic always advertises
+  SETTINGS_ENABLE_CONNECT_PROTOCOL = 1; `_ServerH3` leaves it out when the option is off;
+- graceful close (RFC 9114 5.2): GOAWAY naming the first stream not served, requests at or
+  above it refused with H3_REQUEST_REJECTED (safe for the client to retry), and CONNECTION_CLOSE
+  (H3_NO_ERROR) once every accepted stream is done and its last bytes were acknowledged;
+- fault containment: whatever raises while one stream's event or command is handled resets
+  that stream (H3_INTERNAL_ERROR) and leaves the others alone.
+
+Limitations, by aioquic's design:
+- Inbound flow control is not tied to the application. aioquic raises a stream's (and the
+  connection's) credit by doubling it whenever the peer has used half, on receipt rather than
+  on consumption, and has no switch for it, so `AcknowledgeData` is a no-op here: a client can
+  send a request body faster than the application reads it, and the bridge buffers it.
+- Outbound, aioquic buffers whatever it is given; `pending_send()` reads how much of a stream's
+  data has not been sent yet from aioquic's stream state (no public accessor), so the
+  connection driver's `drain()` still holds a fast application back.
+- aioquic's own head check runs first and is stricter than ours in one place: it requires
+  `:authority`, so a request carrying only a Host field is reset (H3_MESSAGE_ERROR) where
+  HTTP/2 would serve it. RFC 9114 4.3.1 allows either.
+- Server push is off: `PushPromise` is ignored. Request trailers are read and dropped, as on
+  HTTP/2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from dataclasses import dataclass
+
+from aioquic.buffer import encode_uint_var
+from aioquic.h3 import events as h3_events
+from aioquic.h3.connection import (
+    ErrorCode,
+    FrameType,
+    H3Connection,
+    H3Stream,
+    HeadersState,
+    MessageError,
+    Setting,
+    encode_frame,
+)
+from aioquic.quic import events as quic_events
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import QuicErrorCode
+
+from multicorn.protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from multicorn.protocol.events import (
+    AcknowledgeData,
+    CloseConnection,
+    Command,
+    ConnectionClosed,
+    DataReceived,
+    Event,
+    Headers,
+    PushPromise,
+    RequestReceived,
+    RequestRejected,
+    ResetStream,
+    SendData,
+    SendInformational,
+    SendResponse,
+    SendTrailers,
+    StreamEnded,
+    StreamKind,
+    StreamReset,
+)
+from multicorn.protocol.headers import validate_response_headers
+from multicorn.protocol.request_head import (
+    CONNECTION_HEADERS,
+    MalformedHead,
+    check_pseudo_head,
+    split_pseudo_head,
+)
+
+# RFC 9114 5.2: a server's GOAWAY carries a client-initiated bidirectional stream ID; with no
+# request seen yet, 0 refuses them all.
+_FIRST_REQUEST_STREAM = 0
+# What a QUIC connection that ended without trouble reports (ours or the peer's close, idle).
+_CLEAN_CLOSE = frozenset({QuicErrorCode.NO_ERROR, ErrorCode.H3_NO_ERROR})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HTTP3Limits:
+    # RFC 9220: advertise SETTINGS_ENABLE_CONNECT_PROTOCOL and accept extended CONNECT (the
+    # WebSocket bootstrap over HTTP/3). Off until a WebSocket bridge sits above this core.
+    extended_connect: bool = False
+
+
+@dataclass
+class _MalformedMessage(h3_events.H3Event):
+    """aioquic found a request stream's message malformed (RFC 9114 4.1.2): a stream error."""
+
+    stream_id: int
+    reason: str
+
+
+class _ServerH3(H3Connection):
+    """aioquic's H3Connection with stream errors for malformed requests, the extended CONNECT
+    setting made optional, GOAWAY, and a way to forget a stream that was reset."""
+
+    def __init__(self, quic: QuicConnection, *, extended_connect: bool) -> None:
+        # Read by _get_local_settings, which the base constructor calls.
+        self._extended_connect = extended_connect
+        super().__init__(quic, enable_webtransport=False)
+
+    def _get_local_settings(self) -> dict[int, int]:
+        settings = super()._get_local_settings()
+        if not self._extended_connect:
+            # RFC 9220 3: a client may use :protocol only once the server has sent
+            # SETTINGS_ENABLE_CONNECT_PROTOCOL = 1.
+            settings.pop(Setting.ENABLE_CONNECT_PROTOCOL, None)
+        return settings
+
+    def _handle_request_or_push_frame(
+        self,
+        frame_type: int,
+        frame_data: bytes | None,
+        stream: H3Stream,
+        stream_ended: bool,
+    ) -> list[h3_events.H3Event]:
+        try:
+            return super()._handle_request_or_push_frame(
+                frame_type, frame_data, stream, stream_ended
+            )
+        except MessageError as exc:
+            return self._malformed(stream, exc)
+
+    def _handle_request_or_push_end(self, stream: H3Stream) -> list[h3_events.H3Event]:
+        try:
+            return super()._handle_request_or_push_end(stream)
+        except MessageError as exc:
+            return self._malformed(stream, exc)
+
+    def _malformed(self, stream: H3Stream, exc: MessageError) -> list[h3_events.H3Event]:
+        if self._is_client or stream.push_id is not None:
+            raise exc
+        # RFC 9114 4.1.2: "Malformed requests or responses that are detected MUST be treated
+        # as a stream error of type H3_MESSAGE_ERROR." aioquic raises it as a connection
+        # error; here it stays with its stream. Frames still arriving on the stream are parsed
+        # as body (which HTTP3Protocol drops) rather than failing the connection as DATA before
+        # HEADERS, and a Content-Length read before the fault no longer applies.
+        stream.headers_recv_state = HeadersState.AFTER_HEADERS
+        stream.expected_content_length = None
+        return [_MalformedMessage(stream_id=stream.stream_id, reason=exc.reason_phrase)]
+
+    def send_goaway(self, stream_id: int) -> None:
+        """RFC 9114 7.2.6: a GOAWAY frame on our control stream."""
+        control = self._local_control_stream_id
+        if control is not None:
+            self._quic.send_stream_data(
+                control, encode_frame(FrameType.GOAWAY, encode_uint_var(stream_id))
+            )
+
+    def forget(self, stream_id: int) -> None:
+        """Drop aioquic's state for a stream reset in both directions; its H3Stream is only
+        dropped once both halves ended cleanly, which a reset stream never reports."""
+        self._stream.pop(stream_id, None)
+
+
+class _Phase(enum.Enum):
+    OPEN = enum.auto()
+    DRAINING = enum.auto()  # GOAWAY sent, finishing the streams that were accepted
+    CLOSED = enum.auto()  # CONNECTION_CLOSE queued or received
+
+
+@dataclass(slots=True)
+class _Stream:
+    request_done: bool = False
+    rejected: bool = False  # answered by the connection driver (RequestRejected), body dropped
+    tunnel: bool = False  # a WebSocket (extended CONNECT)
+    head_sent: bool = False  # the final response head is queued
+    response_done: bool = False  # the response's end is queued
+
+
+class HTTP3Protocol:
+    """One HTTP/3 connection, server side, over the QUIC connection `quic`. See the module
+    docstring; `QuicEndpoint` creates these."""
+
+    multiplexed = True
+
+    def __init__(self, *, quic: QuicConnection, limits: HTTP3Limits, now: float) -> None:
+        self.quic = quic
+        self._limits = limits
+        self._h3: _ServerH3 | None = None  # from ProtocolNegotiated on
+        self._streams: dict[int, _Stream] = {}
+        self._phase = _Phase.OPEN
+        self._last_stream_id = -4  # the highest request stream seen
+        self._goaway_id: int | None = None
+        self._terminated = False
+        # Streams reset in both directions whose input may still be arriving; the client
+        # answers STOP_SENDING with RESET_STREAM (RFC 9000 3.5), which ends the entry.
+        self._abandoned: set[int] = set()
+        self.handshake_complete = False
+        self.alpn_protocol: str | None = None
+        # Something was queued into `quic` since the endpoint last collected its datagrams.
+        self.wants_transmit = False
+
+    # ---- input, from the endpoint ---------------------------------------------------------
+
+    def quic_event_received(self, event: quic_events.QuicEvent, now: float) -> list[Event]:
+        """Handle one event of the QUIC connection (the endpoint keeps the connection-ID ones)."""
+        if self._terminated:
+            return []
+        if isinstance(event, quic_events.ProtocolNegotiated):
+            self.alpn_protocol = event.alpn_protocol
+            if self._h3 is None:
+                # The control and QPACK streams go out with the first 1-RTT packets.
+                self._h3 = _ServerH3(self.quic, extended_connect=self._limits.extended_connect)
+                self.wants_transmit = True
+            return []
+        if isinstance(event, quic_events.HandshakeCompleted):
+            self.handshake_complete = True
+            return []
+        if isinstance(event, quic_events.ConnectionTerminated):
+            return self._terminate(event)
+        h3 = self._h3
+        if h3 is None:
+            return []
+        if isinstance(event, (quic_events.StreamDataReceived, quic_events.StreamReset)):
+            abandoned = self._abandoned
+            if event.stream_id in abandoned:
+                # What was in flight before the client heard of the reset. aioquic's
+                # H3Connection no longer knows the stream and would read a DATA frame on it as
+                # a connection error (DATA before HEADERS).
+                if isinstance(event, quic_events.StreamReset) or event.end_stream:
+                    abandoned.discard(event.stream_id)
+                return []
+        events: list[Event] = []
+        if isinstance(event, (quic_events.StreamReset, quic_events.StopSendingReceived)):
+            # RESET_STREAM: the client abandoned its request; STOP_SENDING: it wants no more
+            # of the response (aioquic has already reset our side). Either way, the exchange
+            # is over for the application.
+            self._peer_reset(event.stream_id, events)
+        for h3_event in h3.handle_event(event):
+            stream_id: int = getattr(h3_event, "stream_id", -1)
+            try:
+                self._on_h3_event(h3_event, events)
+            except Exception:
+                if stream_id < 0:
+                    raise  # not one stream's fault: the endpoint closes the connection
+                self._fail(stream_id, events)  # a fault in one stream costs that stream only
+        self.wants_transmit = True
+        return events
+
+    def upkeep(self, now: float) -> list[Event]:
+        """Called by the endpoint after each batch of input: close once draining is over."""
+        if self._phase is _Phase.DRAINING and not self._streams and self._all_sent():
+            # RFC 9114 5.2: "Once all accepted requests have been processed, the server can
+            # permit the connection to become idle, or it MAY initiate an immediate closure of
+            # the connection." Only once the responses' last bytes were acknowledged: a
+            # CONNECTION_CLOSE discards whatever QUIC still had to (re)send.
+            self.quic.close(error_code=ErrorCode.H3_NO_ERROR)
+            self._phase = _Phase.CLOSED
+            self.wants_transmit = True
+        return []
+
+    def _on_h3_event(self, event: h3_events.H3Event, events: list[Event]) -> None:
+        if isinstance(event, h3_events.HeadersReceived):
+            stream_id = event.stream_id
+            stream = self._streams.get(stream_id)
+            if stream is None:
+                if stream_id > self._last_stream_id:
+                    self._on_request(stream_id, event.headers, event.stream_ended, events)
+                # else: a stream already finished with (its trailers, say): nothing to do.
+                return
+            # Request trailers: not passed on (ASGI has no place for them); aioquic has
+            # checked that they hold no pseudo-header (RFC 9114 4.1.2 makes that malformed).
+            if event.stream_ended:
+                self._request_ended(stream_id, stream, events)
+        elif isinstance(event, h3_events.DataReceived):
+            stream = self._streams.get(event.stream_id)
+            if stream is None:
+                return  # a stream rejected, reset or finished with: its body goes nowhere
+            if event.data and not stream.rejected:
+                events.append(DataReceived(stream_id=event.stream_id, data=event.data))
+            if event.stream_ended:
+                self._request_ended(event.stream_id, stream, events)
+        elif isinstance(event, _MalformedMessage):
+            stream_id = event.stream_id
+            self._last_stream_id = max(self._last_stream_id, stream_id)
+            if self._streams.pop(stream_id, None) is not None:
+                events.append(StreamReset(stream_id=stream_id))
+            self._abandon(stream_id, ErrorCode.H3_MESSAGE_ERROR)
+
+    def _on_request(self, stream_id: int, raw: Headers, ended: bool, events: list[Event]) -> None:
+        self._last_stream_id = stream_id
+        if self._goaway_id is not None and stream_id >= self._goaway_id:
+            # RFC 9114 5.2: "Requests on stream IDs less than the stream ID in a GOAWAY frame
+            # from the server might have been processed; their status cannot be known until a
+            # response is received" and requests at or above it were not: "the server MAY
+            # reject individual requests ... with the H3_REQUEST_REJECTED error code".
+            self._abandon(stream_id, ErrorCode.H3_REQUEST_REJECTED)
+            return
+        try:
+            pseudo, headers, _priority, hosts = split_pseudo_head(raw)
+            kind = check_pseudo_head(
+                pseudo, headers, hosts, extended_connect=self._limits.extended_connect
+            )
+        except MalformedHead:
+            # RFC 9114 4.1.2: "A malformed request or response is equivalent to a stream
+            # error of type H3_MESSAGE_ERROR." The application never hears of it.
+            self._abandon(stream_id, ErrorCode.H3_MESSAGE_ERROR)
+            return
+        except RemoteProtocolError as exc:
+            # Well-formed, but not a request this server serves: the connection driver
+            # answers it on this stream; a body the client still sends is dropped.
+            self._streams[stream_id] = _Stream(request_done=ended, rejected=True)
+            events.append(RequestRejected(stream_id=stream_id, error=exc))
+            return
+        self._streams[stream_id] = _Stream(
+            request_done=ended, tunnel=kind is not StreamKind.REQUEST
+        )
+        # The head passed: `:method` is a token and `:path` is set (only a plain CONNECT
+        # lacks one, and that is always rejected).
+        events.append(
+            RequestReceived(
+                stream_id=stream_id,
+                method=pseudo[b":method"],
+                target=pseudo[b":path"],
+                http_version="3",
+                headers=headers,
+                expects_continue=(
+                    not ended
+                    and any(n == b"expect" and v.lower() == b"100-continue" for n, v in headers)
+                ),
+                kind=kind,
+            )
+        )
+        if ended:
+            events.append(StreamEnded(stream_id=stream_id))
+
+    def _request_ended(self, stream_id: int, stream: _Stream, events: list[Event]) -> None:
+        if stream.request_done:
+            return
+        stream.request_done = True
+        if not stream.rejected:
+            events.append(StreamEnded(stream_id=stream_id))
+        self._stream_output_done(stream_id)
+
+    def _peer_reset(self, stream_id: int, events: list[Event]) -> None:
+        stream = self._streams.pop(stream_id, None)
+        if stream is None:
+            return
+        events.append(StreamReset(stream_id=stream_id))
+        # Whichever half the peer did not end yet is ended here.
+        with contextlib.suppress(ValueError):
+            self.quic.reset_stream(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+        if not stream.request_done:
+            with contextlib.suppress(ValueError):
+                self.quic.stop_stream(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+
+    # ---- commands -------------------------------------------------------------------------
+
+    def send(self, command: Command, now: float) -> list[Event]:
+        h3 = self._h3
+        if self._phase is _Phase.CLOSED or h3 is None:
+            return []
+        events: list[Event] = []
+        if isinstance(command, AcknowledgeData):
+            return events  # aioquic grants credit on receipt; see the module docstring
+        if isinstance(command, CloseConnection):
+            self._start_drain(h3)
+            events.extend(self.upkeep(now))
+            return events
+        if isinstance(command, PushPromise):
+            return events  # server push is off
+        stream_id = command.stream_id
+        stream = self._streams.get(stream_id)
+        if stream is None or (stream.response_done and not isinstance(command, ResetStream)):
+            return events  # the peer reset it, or it is finished: nothing more to send
+        self.wants_transmit = True
+        try:
+            if isinstance(command, SendData):
+                if command.end_stream:
+                    stream.response_done = True
+                h3.send_data(stream_id, command.data, command.end_stream)
+            elif isinstance(command, SendResponse):
+                validate_response_headers(command.headers)
+                headers = [(b":status", str(command.status).encode())]
+                # RFC 9114 4.2: "An endpoint MUST NOT generate an HTTP/3 field section
+                # containing connection-specific fields"; dropped rather than failing an
+                # application written for HTTP/1.1.
+                headers.extend(h for h in command.headers if h[0] not in CONNECTION_HEADERS)
+                stream.head_sent = True
+                if command.end_stream:
+                    stream.response_done = True
+                h3.send_headers(stream_id, headers, end_stream=command.end_stream)
+            elif isinstance(command, SendInformational):
+                validate_response_headers(command.headers)
+                if stream.head_sent:
+                    return events  # too late for a 1xx: it would go out as trailers
+                h3.send_headers(
+                    stream_id, [(b":status", str(command.status).encode()), *command.headers]
+                )
+            elif isinstance(command, SendTrailers):
+                validate_response_headers(command.headers)
+                stream.response_done = True
+                trailers = [h for h in command.headers if h[0] not in CONNECTION_HEADERS]
+                h3.send_headers(stream_id, trailers, end_stream=True)
+            elif isinstance(command, ResetStream):
+                del self._streams[stream_id]
+                self._abandon(stream_id, ErrorCode.H3_INTERNAL_ERROR)
+                return events
+        except LocalProtocolError:
+            raise  # the application asked for something invalid: its layer answers 500
+        except Exception:  # a fault in one stream costs that stream only (see _fail)
+            self._fail(stream_id, events)
+            return events
+        if stream.response_done:
+            self._stream_output_done(stream_id)
+        events.extend(self.upkeep(now))
+        return events
+
+    def _stream_output_done(self, stream_id: int) -> None:
+        """Forget a stream once both directions are finished."""
+        stream = self._streams.get(stream_id)
+        if stream is None or not stream.response_done:
+            return
+        if stream.request_done:
+            del self._streams[stream_id]
+        elif stream.rejected or stream.tunnel:
+            # Nobody reads the rest of a rejected request, nor of a WebSocket the server has
+            # ended. RFC 9114 4.1.1: "When the server does not need to receive the remainder
+            # of the request, it MAY abort reading the request stream, send a complete
+            # response, and cleanly close the sending part of the stream. The error code
+            # H3_NO_ERROR SHOULD be used when requesting that the client stop sending on the
+            # request stream."
+            del self._streams[stream_id]
+            with contextlib.suppress(ValueError):
+                self.quic.stop_stream(stream_id, ErrorCode.H3_NO_ERROR)
+
+    def _abandon(self, stream_id: int, code: int) -> None:
+        """Reset a stream in both directions (RFC 9114 8: a stream error is signalled with
+        RESET_STREAM and STOP_SENDING) and forget it."""
+        with contextlib.suppress(ValueError):
+            self.quic.reset_stream(stream_id, code)
+        with contextlib.suppress(ValueError):
+            self.quic.stop_stream(stream_id, code)
+        if self._h3 is not None:
+            self._h3.forget(stream_id)
+            self._abandoned.add(stream_id)
+        self.wants_transmit = True
+
+    def _fail(self, stream_id: int, events: list[Event]) -> None:
+        """Something raised while one stream was handled: that stream is reset, nothing else."""
+        if self._streams.pop(stream_id, None) is not None:
+            events.append(StreamReset(stream_id=stream_id))
+        self._abandon(stream_id, ErrorCode.H3_INTERNAL_ERROR)
+
+    # ---- connection lifetime --------------------------------------------------------------
+
+    def _start_drain(self, h3: _ServerH3) -> None:
+        if self._phase is not _Phase.OPEN:
+            return
+        # RFC 9114 5.2: the GOAWAY "contains a client-initiated bidirectional stream ID [...]
+        # requests on streams with that ID or greater" will not be processed.
+        self._goaway_id = max(_FIRST_REQUEST_STREAM, self._last_stream_id + 4)
+        h3.send_goaway(self._goaway_id)
+        self._phase = _Phase.DRAINING
+        self.wants_transmit = True
+
+    def _all_sent(self) -> bool:
+        """Has the peer acknowledged everything sent on every stream (the GOAWAY on the
+        control stream too)? aioquic has no public accessor, so this reads its stream table:
+        acknowledged bytes leave a sender's buffer, and a finished sender had its end (or its
+        reset) acknowledged."""
+        for stream in self.quic._streams.values():
+            sender = stream.sender
+            if not sender.is_finished and sender._buffer_start != sender._buffer_stop:
+                return False
+        return True
+
+    def _terminate(self, event: quic_events.ConnectionTerminated) -> list[Event]:
+        self._terminated = True
+        self._phase = _Phase.CLOSED
+        events: list[Event] = [StreamReset(stream_id=sid) for sid in self._streams]
+        self._streams.clear()
+        error: ProtocolError | None = None
+        if event.error_code not in _CLEAN_CLOSE and event.reason_phrase != "Idle timeout":
+            error = RemoteProtocolError(
+                f"QUIC connection closed with error 0x{event.error_code:x}: "
+                f"{event.reason_phrase or 'no reason given'}"
+            )
+        events.append(ConnectionClosed(error=error))
+        return events
+
+    def fail(self, exc: Exception) -> list[Event]:
+        """A fault outside any stream (the endpoint caught it): close the whole connection."""
+        if self._terminated:
+            return []
+        self.quic.close(error_code=ErrorCode.H3_INTERNAL_ERROR, reason_phrase="internal error")
+        self.wants_transmit = True
+        self._terminated = True
+        self._phase = _Phase.CLOSED
+        events: list[Event] = [StreamReset(stream_id=sid) for sid in self._streams]
+        self._streams.clear()
+        events.append(ConnectionClosed(error=LocalProtocolError(f"HTTP/3 internal error: {exc!r}")))
+        return events
+
+    def abort(self) -> None:
+        """Close the QUIC connection now (H3_INTERNAL_ERROR), whatever is in flight."""
+        if self._phase is not _Phase.CLOSED:
+            self.quic.close(error_code=ErrorCode.H3_INTERNAL_ERROR, reason_phrase="aborted")
+            self._phase = _Phase.CLOSED
+            self._streams.clear()
+            self.wants_transmit = True
+
+    # ---- the rest of the ServerProtocol shape ---------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        # Output is queued into the QuicConnection; the endpoint sends it as datagrams.
+        return b""
+
+    def pending_send(self, stream_id: int) -> int:
+        stream = self.quic._streams.get(stream_id)
+        if stream is None:
+            return 0
+        sender = stream.sender
+        # Bytes written to the stream but never sent yet (flow control or congestion holds
+        # them); aioquic keeps no public count.
+        return max(0, sender._buffer_stop - sender.highest_offset)
+
+    def next_deadline(self) -> float | None:
+        return None  # QUIC's timers (idle, loss, ACK) are the endpoint's
+
+    def handle_deadline(self, now: float) -> list[Event]:
+        return []
+
+    @property
+    def wants_read(self) -> bool:
+        return not self._terminated
+
+    @property
+    def closed(self) -> bool:
+        return self._phase is _Phase.CLOSED
+
+    @property
+    def peer_address(self) -> tuple[object, ...] | None:
+        """Where the client is now (it may migrate, RFC 9000 9)."""
+        addr = self.quic.get_peer_address()
+        return None if addr is None else tuple(addr)

@@ -25,7 +25,7 @@ from multicorn.protocol.events import (
     StreamReset,
 )
 
-from .fakes import TEST_LOGGER, FakeProtocol, make_handler
+from .fakes import TEST_LOGGER, FakeProtocol, make_handler, ok_app
 
 
 def request(stream_id: int, kind: StreamKind, target: bytes = b"/chat") -> RequestReceived:
@@ -149,3 +149,28 @@ def test_a_kind_without_a_bridge_is_answered_501(caplog: pytest.LogCaptureFixtur
     assert not transport.aborted
     [record] = [r for r in caplog.records if r.name == TEST_LOGGER]
     assert record.levelno == logging.DEBUG and "websocket" in record.getMessage()
+
+
+class FaultyOnShutdown(RecordingBridge):
+    def going_away(self) -> None:
+        super().going_away()
+        raise RuntimeError("a bug in one stream's shutdown")
+
+
+def test_a_fault_in_one_streams_shutdown_costs_that_stream(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    protocol = FakeProtocol()
+    bridges = {StreamKind.REQUEST: FaultyOnShutdown, StreamKind.WEBSOCKET: RecordingBridge}
+    handler, runtime, transport = make_handler(protocol, ok_app, bridges=bridges)
+    protocol.feed(request(1, StreamKind.REQUEST), request(3, StreamKind.WEBSOCKET))
+    handler.data_received(b"")
+    runtime.run()
+    caplog.set_level(logging.ERROR, logger=TEST_LOGGER)
+    handler.shutdown()
+    runtime.run()
+    faulty, healthy = RecordingBridge.made
+    assert "going away" in faulty.calls and "abandon" in faulty.calls
+    assert "going away" in healthy.calls and "abandon" not in healthy.calls
+    assert not transport.aborted
+    assert any("stream 1" in r.getMessage() for r in caplog.records)

@@ -144,10 +144,14 @@ class ConnectionHandler:
         if not self._transport_closed:
             try:
                 self.send(CloseConnection())
-                for stream in list(self._streams.values()):
-                    stream.going_away()
             except Exception as exc:
                 self._broken(exc)  # one broken connection must not stop the server's drain
+                return
+            for stream in list(self._streams.values()):
+                try:
+                    stream.going_away()  # a WebSocket starts its closing handshake
+                except Exception as exc:
+                    self._stream_failed(stream.stream_id, exc)
 
     def abort(self) -> None:
         """Drop the socket now, unsent data and all. The streams learn at once that their peer

@@ -55,6 +55,31 @@ def error_response(status: int, default_headers: Headers) -> tuple[Headers, byte
     return headers, body
 
 
+def response_headers(
+    status: int, headers: Headers, defaults: Headers, *, length: int | None
+) -> Headers:
+    """A response head as sent: the server's default fields (`date`, `server`) unless the app
+    set its own, the app's fields, and `content-length: length` when the whole body is known
+    (`length` not None) and the app framed it neither way. Runs for every response: one pass."""
+    framed = has_date = has_server = False
+    for name, _ in headers:
+        if name == b"content-length" or name == b"transfer-encoding":
+            framed = True
+        elif name == b"date":
+            has_date = True
+        elif name == b"server":
+            has_server = True
+    if has_date or has_server:
+        defaults = [
+            item for item in defaults if not (has_date if item[0] == b"date" else has_server)
+        ]
+    if length is not None and not framed and status not in _NO_BODY_STATUS:
+        return [*defaults, *headers, (b"content-length", b"%d" % length)]
+    if defaults:
+        return [*defaults, *headers]
+    return headers
+
+
 # Apps that use task groups get the disconnect back wrapped in an exception group.
 if sys.version_info >= (3, 11):
     from builtins import BaseExceptionGroup as _Group
@@ -147,7 +172,7 @@ class HTTPStream:
         self._wake()
 
     def going_away(self) -> None:
-        pass  # the exchange finishes as it is; the protocol core refuses new ones
+        """Nothing to start: the exchange finishes as it is; the core refuses new requests."""
 
     def _wake(self) -> None:
         if self._waiter is not None:
@@ -308,30 +333,18 @@ class HTTPStream:
 
     def _response_command(self, start: tuple[int, Headers], body: bytes, more: bool) -> Command:
         status, headers = start
-        framed = has_date = has_server = False
-        for name, _ in headers:  # one pass: this runs for every response
-            if name == b"content-length" or name == b"transfer-encoding":
-                framed = True
-            elif name == b"date":
-                has_date = True
-            elif name == b"server":
-                has_server = True
-        defaults = self._conn.context.default_headers.get()
-        if has_date or has_server:
-            defaults = [
-                item for item in defaults if not (has_date if item[0] == b"date" else has_server)
-            ]
-        if (
-            not framed
-            and not more
+        known = (
+            not more
             and not self._trailers
-            and status not in _NO_BODY_STATUS
             and status >= 200
             and (body or self.scope["method"] != "HEAD")
-        ):
-            headers = [*defaults, *headers, (b"content-length", b"%d" % len(body))]
-        elif defaults:
-            headers = [*defaults, *headers]
+        )
+        headers = response_headers(
+            status,
+            headers,
+            self._conn.context.default_headers.get(),
+            length=len(body) if known else None,
+        )
         self._sent_headers = headers
         return SendResponse(stream_id=self.stream_id, status=status, headers=headers)
 

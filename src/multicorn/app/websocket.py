@@ -19,7 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any, cast
 
 from multicorn.app.errors import ClientDisconnected, UnexpectedMessage
-from multicorn.app.http import error_response
+from multicorn.app.http import error_response, response_headers
 from multicorn.app.logs import AccessRecord, log_access
 from multicorn.app.scope import build_websocket_scope
 from multicorn.protocol.events import (
@@ -368,9 +368,12 @@ class WebSocketStream:
         start = self._deny_start
         if start is not None:
             status, headers = start
-            if not more and not any(name == b"content-length" for name, _ in headers):
-                headers = [*headers, (b"content-length", str(len(body)).encode())]
-            headers = [*self._conn.context.default_headers.get(), *headers]
+            headers = response_headers(
+                status,
+                headers,
+                self._conn.context.default_headers.get(),
+                length=None if more else len(body),
+            )
             self._status = status
             self._response_headers = headers
             commands.append(SendResponse(stream_id=self.stream_id, status=status, headers=headers))

@@ -26,7 +26,13 @@ What this module adds to aioquic's H3Connection:
   above it refused with H3_REQUEST_REJECTED (safe for the client to retry), and CONNECTION_CLOSE
   (H3_NO_ERROR) once every accepted stream is done and its last bytes were acknowledged;
 - fault containment: whatever raises while one stream's event or command is handled resets
-  that stream (H3_INTERNAL_ERROR) and leaves the others alone.
+  that stream (H3_INTERNAL_ERROR) and leaves the others alone;
+- early data (RFC 8470): when the endpoint accepted 0-RTT, requests can arrive before the
+  handshake completes, and could be replayed by an attacker. A request that arrives then with a
+  safe method (`EARLY_DATA_METHODS`) is passed on at once; any other is held, with whatever its
+  stream brings after it, until the handshake completes (RFC 8470 5.1: "a server can choose to
+  delay processing of early data until after the TLS handshake completes"), then passed on in
+  order. If the handshake never completes, the application never hears of it.
 
 Limitations, by aioquic's design:
 - Inbound flow control is not tied to the application. aioquic raises a stream's (and the
@@ -99,6 +105,10 @@ from multicorn.protocol.request_head import (
 _FIRST_REQUEST_STREAM = 0
 # What a QUIC connection that ended without trouble reports (ours or the peer's close, idle).
 _CLEAN_CLOSE = frozenset({QuicErrorCode.NO_ERROR, ErrorCode.H3_NO_ERROR})
+# Methods served from 0-RTT data before the handshake completes. RFC 9110 9.2.1: "the GET,
+# HEAD, OPTIONS, and TRACE methods are defined to be safe"; TRACE is left to wait, as nothing
+# needs it early. RFC 8470 2: requests that are not safe carry a replay risk.
+EARLY_DATA_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -213,6 +223,12 @@ class HTTP3Protocol:
         # answers STOP_SENDING with RESET_STREAM (RFC 9000 3.5), which ends the entry.
         self._abandoned: set[int] = set()
         self.handshake_complete = False
+        # The client's 0-RTT was accepted: requests may arrive before the handshake completes.
+        self.early_data_accepted = False
+        # Events of requests that came in early data with an unsafe method, and their streams:
+        # passed on once the handshake completes.
+        self._held: list[Event] = []
+        self._held_streams: set[int] = set()
         self.alpn_protocol: str | None = None
         # Something was queued into `quic` since the endpoint last collected its datagrams.
         self.wants_transmit = False
@@ -225,6 +241,9 @@ class HTTP3Protocol:
             return []
         if isinstance(event, quic_events.ProtocolNegotiated):
             self.alpn_protocol = event.alpn_protocol
+            # The TLS layer settled this while handling the ClientHello, before any 0-RTT
+            # packet could be decrypted.
+            self.early_data_accepted = bool(self.quic.tls.early_data_accepted)
             if self._h3 is None:
                 # The control and QPACK streams go out with the first 1-RTT packets.
                 self._h3 = _ServerH3(self.quic, extended_connect=self._limits.extended_connect)
@@ -232,7 +251,12 @@ class HTTP3Protocol:
             return []
         if isinstance(event, quic_events.HandshakeCompleted):
             self.handshake_complete = True
-            return []
+            # RFC 8470 5.1: once the handshake is complete, requests that arrived in early
+            # data can no longer be replayed and are processed as usual.
+            held = self._held
+            self._held = []
+            self._held_streams.clear()
+            return held
         if isinstance(event, quic_events.ConnectionTerminated):
             return self._terminate(event)
         h3 = self._h3
@@ -262,7 +286,20 @@ class HTTP3Protocol:
                     raise  # not one stream's fault: the endpoint closes the connection
                 self._fail(stream_id, events)  # a fault in one stream costs that stream only
         self.wants_transmit = True
+        if self._held_streams:
+            events = self._hold(events)
         return events
+
+    def _hold(self, events: list[Event]) -> list[Event]:
+        """Keep back the events of streams held until the handshake completes."""
+        held = self._held_streams
+        out: list[Event] = []
+        for event in events:
+            if getattr(event, "stream_id", None) in held:
+                self._held.append(event)
+            else:
+                out.append(event)
+        return out
 
     def upkeep(self, now: float) -> list[Event]:
         """Called by the endpoint after each batch of input: close once draining is over."""
@@ -332,6 +369,12 @@ class HTTP3Protocol:
         self._streams[stream_id] = _Stream(
             request_done=ended, tunnel=kind is not StreamKind.REQUEST
         )
+        if not self.handshake_complete and pseudo[b":method"] not in EARLY_DATA_METHODS:
+            # Before the handshake completes, request data can only have come in 0-RTT packets
+            # (the client's 1-RTT keys are installed with its Finished), which an attacker can
+            # replay. RFC 8470 5.1: the server can "delay processing of early data until after
+            # the TLS handshake completes".
+            self._held_streams.add(stream_id)
         # The head passed: `:method` is a token and `:path` is set (only a plain CONNECT
         # lacks one, and that is always rejected).
         events.append(
@@ -495,8 +538,7 @@ class HTTP3Protocol:
     def _terminate(self, event: quic_events.ConnectionTerminated) -> list[Event]:
         self._terminated = True
         self._phase = _Phase.CLOSED
-        events: list[Event] = [StreamReset(stream_id=sid) for sid in self._streams]
-        self._streams.clear()
+        events = self._reset_all()
         error: ProtocolError | None = None
         if event.error_code not in _CLEAN_CLOSE and event.reason_phrase != "Idle timeout":
             error = RemoteProtocolError(
@@ -514,9 +556,19 @@ class HTTP3Protocol:
         self.wants_transmit = True
         self._terminated = True
         self._phase = _Phase.CLOSED
-        events: list[Event] = [StreamReset(stream_id=sid) for sid in self._streams]
-        self._streams.clear()
+        events = self._reset_all()
         events.append(ConnectionClosed(error=LocalProtocolError(f"HTTP/3 internal error: {exc!r}")))
+        return events
+
+    def _reset_all(self) -> list[Event]:
+        """StreamReset for every stream the application knows of; held ones it never saw."""
+        held = self._held_streams
+        events: list[Event] = [
+            StreamReset(stream_id=sid) for sid in self._streams if sid not in held
+        ]
+        self._streams.clear()
+        self._held.clear()
+        held.clear()
         return events
 
     def abort(self) -> None:
@@ -525,6 +577,8 @@ class HTTP3Protocol:
             self.quic.close(error_code=ErrorCode.H3_INTERNAL_ERROR, reason_phrase="aborted")
             self._phase = _Phase.CLOSED
             self._streams.clear()
+            self._held.clear()
+            self._held_streams.clear()
             self.wants_transmit = True
 
     # ---- the rest of the ServerProtocol shape ---------------------------------------------

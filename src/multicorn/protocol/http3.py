@@ -217,6 +217,8 @@ class HTTP3Protocol:
         self._streams: dict[int, _Stream] = {}
         self._phase = _Phase.OPEN
         self._last_stream_id = -4  # the highest request stream seen
+        # Request streams below it whose head has not arrived yet (packets are reordered).
+        self._unseen: set[int] = set()
         self._goaway_id: int | None = None
         self._terminated = False
         # Streams reset in both directions whose input may still be arriving; the client
@@ -318,7 +320,7 @@ class HTTP3Protocol:
             stream_id = event.stream_id
             stream = self._streams.get(stream_id)
             if stream is None:
-                if stream_id > self._last_stream_id:
+                if self._first_sight(stream_id):
                     self._on_request(stream_id, event.headers, event.stream_ended, events)
                 # else: a stream already finished with (its trailers, say): nothing to do.
                 return
@@ -336,13 +338,28 @@ class HTTP3Protocol:
                 self._request_ended(event.stream_id, stream, events)
         elif isinstance(event, _MalformedMessage):
             stream_id = event.stream_id
-            self._last_stream_id = max(self._last_stream_id, stream_id)
+            self._first_sight(stream_id)
             if self._streams.pop(stream_id, None) is not None:
                 events.append(StreamReset(stream_id=stream_id))
             self._abandon(stream_id, ErrorCode.H3_MESSAGE_ERROR)
 
+    def _first_sight(self, stream_id: int) -> bool:
+        """Is this the first HEADERS of request stream `stream_id` (not its trailers, nor a
+        stream finished with)? Heads arrive out of order when packets do."""
+        last = self._last_stream_id
+        if stream_id > last:
+            # RFC 9000 3.2: "Before a stream is created, all streams of the same type with
+            # lower-numbered stream IDs MUST be created", so the ones skipped are open and
+            # their heads are still to come. QUIC's stream limit bounds how many.
+            self._unseen.update(range(last + 4, stream_id, 4))
+            self._last_stream_id = stream_id
+            return True
+        if stream_id in self._unseen:
+            self._unseen.discard(stream_id)
+            return True
+        return False
+
     def _on_request(self, stream_id: int, raw: Headers, ended: bool, events: list[Event]) -> None:
-        self._last_stream_id = stream_id
         if self._goaway_id is not None and stream_id >= self._goaway_id:
             # RFC 9114 5.2: "Requests on stream IDs less than the stream ID in a GOAWAY frame
             # from the server might have been processed; their status cannot be known until a
@@ -403,6 +420,7 @@ class HTTP3Protocol:
         self._stream_output_done(stream_id)
 
     def _peer_reset(self, stream_id: int, events: list[Event]) -> None:
+        self._unseen.discard(stream_id)  # reset before its head arrived: none will
         stream = self._streams.pop(stream_id, None)
         if stream is None:
             return

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from aioquic.quic.connection import QuicConnection
 
+from multicorn.protocol.events import SendResponse
 from multicorn.protocol.quic import DatagramIgnored, QuicEndpoint
 from tests.protocol.h3helpers import SERVER_ADDR, Pair, Pki, client_configuration, make_pki
 from tests.protocol.test_quic import serve_one
@@ -195,3 +196,51 @@ def test_live_connections_get_no_reset(pki: Pki) -> None:
     for _ in range(3):
         serve_one(p, b"/alive")
     assert p.ignored() == []
+
+
+# ---- timers and output, per connection --------------------------------------------------------
+
+
+def brute_force_deadline(endpoint: QuicEndpoint) -> float | None:
+    timers = [t for c in endpoint.connections if (t := c.quic.get_timer()) is not None]
+    return min(timers, default=None)
+
+
+def test_the_timer_heap_agrees_with_every_connection(pki: Pki) -> None:
+    first = Pair(pki)
+    pairs = [first]
+    for n in range(1, 5):
+        pairs.append(Pair(pki, endpoint=first.endpoint, client_addr=("198.51.100.7", 50000 + n)))
+    endpoint = first.endpoint
+    for round_ in range(3):
+        for n, p in enumerate(pairs):
+            serve_one(p, f"/{round_}/{n}".encode())
+            assert endpoint.next_deadline() == brute_force_deadline(endpoint)
+    # Let the clock run: ACK delays, then the idle timeouts, one connection after another.
+    now = max(p.now for p in pairs)
+    while endpoint.connections:
+        deadline = endpoint.next_deadline()
+        assert deadline == brute_force_deadline(endpoint)
+        assert deadline is not None
+        now = max(now, deadline)
+        endpoint.handle_deadline(now)
+        endpoint.datagrams_to_send(now)
+    assert endpoint.next_deadline() is None
+    # Stale entries do not pile up.
+    assert len(endpoint._timers) <= 64
+
+
+def test_idle_connections_are_not_visited(pki: Pki) -> None:
+    first = Pair(pki)
+    second = Pair(pki, endpoint=first.endpoint, client_addr=("198.51.100.8", 1))
+    endpoint = first.endpoint
+    assert endpoint._dirty == {}  # everything collected
+    serve_one(second, b"/busy")
+    assert endpoint._dirty == {}
+    # A command on one connection marks that one only.
+    sid = first.request(b"/x")
+    first.transfer()
+    first.events()
+    first.server.send(SendResponse(stream_id=sid, status=204, headers=[]), first.now)
+    (marked,) = endpoint._dirty.values()
+    assert marked.protocol is first.server

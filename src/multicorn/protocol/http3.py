@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aioquic.buffer import encode_uint_var
@@ -210,8 +211,16 @@ class HTTP3Protocol:
 
     multiplexed = True
 
-    def __init__(self, *, quic: QuicConnection, limits: HTTP3Limits, now: float) -> None:
+    def __init__(
+        self,
+        *,
+        quic: QuicConnection,
+        limits: HTTP3Limits,
+        now: float,
+        on_transmit: Callable[[], None] | None = None,
+    ) -> None:
         self.quic = quic
+        self._on_transmit = on_transmit
         self._limits = limits
         self._h3: _ServerH3 | None = None  # from ProtocolNegotiated on
         self._streams: dict[int, _Stream] = {}
@@ -232,8 +241,16 @@ class HTTP3Protocol:
         self._held: list[Event] = []
         self._held_streams: set[int] = set()
         self.alpn_protocol: str | None = None
-        # Something was queued into `quic` since the endpoint last collected its datagrams.
+        # Something was queued into `quic` since the endpoint last collected its datagrams
+        # (the endpoint clears it); `on_transmit` is called each time it becomes true, so the
+        # endpoint need not look at every connection to find the ones with output.
         self.wants_transmit = False
+
+    def _transmit(self) -> None:
+        if not self.wants_transmit:
+            self.wants_transmit = True
+            if self._on_transmit is not None:
+                self._on_transmit()
 
     # ---- input, from the endpoint ---------------------------------------------------------
 
@@ -249,7 +266,7 @@ class HTTP3Protocol:
             if self._h3 is None:
                 # The control and QPACK streams go out with the first 1-RTT packets.
                 self._h3 = _ServerH3(self.quic, extended_connect=self._limits.extended_connect)
-                self.wants_transmit = True
+                self._transmit()
             return []
         if isinstance(event, quic_events.HandshakeCompleted):
             self.handshake_complete = True
@@ -287,7 +304,7 @@ class HTTP3Protocol:
                 if stream_id < 0:
                     raise  # not one stream's fault: the endpoint closes the connection
                 self._fail(stream_id, events)  # a fault in one stream costs that stream only
-        self.wants_transmit = True
+        self._transmit()
         if self._held_streams:
             events = self._hold(events)
         return events
@@ -312,7 +329,7 @@ class HTTP3Protocol:
             # CONNECTION_CLOSE discards whatever QUIC still had to (re)send.
             self.quic.close(error_code=ErrorCode.H3_NO_ERROR)
             self._phase = _Phase.CLOSED
-            self.wants_transmit = True
+            self._transmit()
         return []
 
     def _on_h3_event(self, event: h3_events.H3Event, events: list[Event]) -> None:
@@ -451,7 +468,7 @@ class HTTP3Protocol:
         stream = self._streams.get(stream_id)
         if stream is None or (stream.response_done and not isinstance(command, ResetStream)):
             return events  # the peer reset it, or it is finished: nothing more to send
-        self.wants_transmit = True
+        self._transmit()
         try:
             if isinstance(command, SendData):
                 if command.end_stream:
@@ -522,7 +539,7 @@ class HTTP3Protocol:
         if self._h3 is not None:
             self._h3.forget(stream_id)
             self._abandoned.add(stream_id)
-        self.wants_transmit = True
+        self._transmit()
 
     def _fail(self, stream_id: int, events: list[Event]) -> None:
         """Something raised while one stream was handled: that stream is reset, nothing else."""
@@ -540,7 +557,7 @@ class HTTP3Protocol:
         self._goaway_id = max(_FIRST_REQUEST_STREAM, self._last_stream_id + 4)
         h3.send_goaway(self._goaway_id)
         self._phase = _Phase.DRAINING
-        self.wants_transmit = True
+        self._transmit()
 
     def _all_sent(self) -> bool:
         """Has the peer acknowledged everything sent on every stream (the GOAWAY on the
@@ -571,7 +588,7 @@ class HTTP3Protocol:
         if self._terminated:
             return []
         self.quic.close(error_code=ErrorCode.H3_INTERNAL_ERROR, reason_phrase="internal error")
-        self.wants_transmit = True
+        self._transmit()
         self._terminated = True
         self._phase = _Phase.CLOSED
         events = self._reset_all()
@@ -597,7 +614,7 @@ class HTTP3Protocol:
             self._streams.clear()
             self._held.clear()
             self._held_streams.clear()
-            self.wants_transmit = True
+            self._transmit()
 
     # ---- the rest of the ServerProtocol shape ---------------------------------------------
 

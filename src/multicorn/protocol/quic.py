@@ -12,6 +12,12 @@ into one deadline for the whole socket: `next_deadline()` / `handle_deadline(now
 always an argument; nothing here reads one, opens a file or touches a socket, and the only
 randomness is aioquic's own (connection IDs, TLS).
 
+Work per wake-up follows the connections involved, not all of them. A connection's timer only
+moves when the endpoint drives it (a datagram in, datagrams out, its timer), so each time the
+endpoint re-reads it and pushes it on a heap; stale heap entries are skipped when they surface,
+and the heap is rebuilt when they pile up. Connections with output are found the same way: input
+and timers mark them, and HTTP3Protocol reports commands that queued output (`on_transmit`).
+
 Routing is by connection ID, never by address (RFC 9000 5.2, 9): a client that migrates or is
 rebound by a NAT keeps its connection, and aioquic validates the new path itself. The map from
 connection ID to connection holds the client's first destination CID (until the connection
@@ -81,15 +87,16 @@ stateless reset, which only ends the connection if both processes derive reset t
 same `secret`: give each process its own unless packets are routed by connection ID. Session
 tickets and 0-RTT anti-replay are per process too.
 
-Not done yet: a timer heap (next_deadline and datagrams_to_send walk every connection), NEW_TOKEN
-(address validation for a later connection), and CONNECTION_CLOSE with INVALID_TOKEN for a bad
-Retry token (RFC 9000 8.1.3 allows dropping it, which is what happens).
+Not done yet: NEW_TOKEN (address validation for a later connection), and CONNECTION_CLOSE with
+INVALID_TOKEN for a bad Retry token (RFC 9000 8.1.3 allows dropping it, which is what happens).
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import hmac
+import itertools
 import struct
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -141,6 +148,8 @@ _RESET_RATE = 10.0  # stateless resets per second, on average
 _RESET_BURST = 20
 _TICKETS = 4096  # session tickets kept (a few hundred bytes each)
 _TICKET_LIFETIME = 3600.0  # seconds a session ticket may be used for resumption
+# The timer heap is rebuilt once it holds this many entries per connection (most stale).
+_HEAP_SLACK = 4
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -306,7 +315,9 @@ class _Peer:
     cids: set[bytes] = field(default_factory=set)
     announced: bool = False  # ConnectionOpened reported
     handshaking: bool = True  # counted in QuicEndpoint._handshakes
-    touched: bool = True  # input or a timer since its datagrams were last collected
+    # The timer its live heap entry carries (None: no entry; heap entries with another value
+    # are stale).
+    deadline: float | None = None
     # QUIC events that came out of datagrams_to_send (other than connection IDs), handled at
     # the next handle_deadline.
     backlog: list[quic_events.QuicEvent] = field(default_factory=list)
@@ -368,6 +379,11 @@ class QuicEndpoint:
         )
         self._by_cid: dict[bytes, _Peer] = {}
         self._peers: dict[int, _Peer] = {}  # by id(), in creation order
+        # (timer, tie-breaker, connection): at least one live entry per connection with a timer.
+        self._timers: list[tuple[float, int, _Peer]] = []
+        self._tie = itertools.count()
+        self._dirty: dict[int, _Peer] = {}  # may have output: collect at datagrams_to_send
+        self._backlogged: dict[int, _Peer] = {}  # events waiting for handle_deadline
         self._handshakes: dict[Any, int] = {}  # client IP -> connections still handshaking
         # Datagrams due but not collected yet: the endpoint's own answers, new connections'
         # first flights.
@@ -384,7 +400,6 @@ class QuicEndpoint:
         peer = peer_or_reason
         fresh = id(peer) not in self._peers
         peer.quic.receive_datagram(data, addr, now)
-        peer.touched = True
         if fresh:
             # A connection is only kept once its first datagram held a packet that decrypted:
             # that always calls for an answer (an ACK and the server's Initial), garbage never
@@ -398,7 +413,11 @@ class QuicEndpoint:
             for cid in peer.cids:
                 self._by_cid[cid] = peer
             self._queued.extend(first)
-        return self._service(peer, now)
+        else:
+            self._dirty[id(peer)] = peer
+        out = self._service(peer, now)
+        self._schedule(peer)
+        return out
 
     def _route(self, data: bytes, addr: Address, now: float) -> _Peer | str:
         """The connection a datagram belongs to (a new one for a client Initial), or why it
@@ -589,7 +608,14 @@ class QuicEndpoint:
             session_ticket_fetcher=None if tickets is None else tickets.take,
             session_ticket_handler=None if tickets is None else tickets.add,
         )
-        peer = _Peer(protocol=HTTP3Protocol(quic=quic, limits=self._limits, now=now), host=host)
+
+        def on_transmit() -> None:
+            # Commands queued output: collect it at the next datagrams_to_send. (`peer` is
+            # bound below, before anything can be queued.)
+            self._dirty[id(peer)] = peer
+
+        protocol = HTTP3Protocol(quic=quic, limits=self._limits, now=now, on_transmit=on_transmit)
+        peer = _Peer(protocol=protocol, host=host)
         # Registered in the routing map once its first datagram proves it real (see
         # receive_datagram).
         peer.cids.update((client_dcid, quic.host_cid))
@@ -606,13 +632,16 @@ class QuicEndpoint:
         try:
             pending = peer.backlog
             peer.backlog = []
+            self._backlogged.pop(id(peer), None)
             for event in self._quic_events(peer, pending):
                 events.extend(protocol.quic_event_received(event, now))
             events.extend(protocol.upkeep(now))
         except Exception as exc:
             # A fault outside any stream (the protocol contains its streams' own): this
-            # connection goes, the endpoint and every other connection carry on.
+            # connection goes, the endpoint and every other connection carry on. Its
+            # CONNECTION_CLOSE goes out with the next datagrams.
             events.extend(protocol.fail(exc))
+            self._queued.extend(peer.quic.datagrams_to_send(now))
             self._forget(peer)
         if peer.handshaking and protocol.handshake_complete:
             self._handshake_done(peer)
@@ -659,6 +688,9 @@ class QuicEndpoint:
             if self._by_cid.get(cid) is peer:
                 del self._by_cid[cid]
         peer.cids.clear()
+        self._dirty.pop(id(peer), None)
+        self._backlogged.pop(id(peer), None)
+        peer.deadline = None  # its heap entries are stale now
         if self._peers.pop(id(peer), None) is not None and peer.handshaking:
             self._handshake_done(peer)
 
@@ -668,13 +700,16 @@ class QuicEndpoint:
         """Every datagram due now, with its destination; each is returned once."""
         out = self._queued
         self._queued = []
-        for peer in list(self._peers.values()):
-            if peer.touched or peer.protocol.wants_transmit:
+        dirty = self._dirty
+        self._dirty = {}
+        peers = self._peers
+        for key, peer in dirty.items():
+            if peers.get(key) is peer:
                 out.extend(self._collect(peer, now))
+                self._schedule(peer)
         return out
 
     def _collect(self, peer: _Peer, now: float) -> list[tuple[bytes, Address]]:
-        peer.touched = False
         peer.protocol.wants_transmit = False
         quic = peer.quic
         datagrams = quic.datagrams_to_send(now)
@@ -685,31 +720,67 @@ class QuicEndpoint:
                 self._add_cid(peer, event.connection_id)
             else:
                 peer.backlog.append(event)
+                self._backlogged[id(peer)] = peer
         return datagrams
+
+    def _schedule(self, peer: _Peer) -> None:
+        """Put the connection's timer on the heap, after anything that may have moved it."""
+        if self._peers.get(id(peer)) is not peer:
+            return
+        timer = peer.quic.get_timer()
+        if timer == peer.deadline:
+            return
+        peer.deadline = timer
+        if timer is None:
+            return
+        timers = self._timers
+        heapq.heappush(timers, (timer, next(self._tie), peer))
+        if len(timers) > _HEAP_SLACK * len(self._peers) + 64:
+            # Mostly stale entries (each move of a timer leaves one): keep the live ones.
+            self._timers = timers = [entry for entry in timers if entry[2].deadline == entry[0]]
+            heapq.heapify(timers)
+
+    def _live(self, entry: tuple[float, int, _Peer]) -> bool:
+        peer = entry[2]
+        return peer.deadline == entry[0] and self._peers.get(id(peer)) is peer
 
     def next_deadline(self) -> float | None:
         """When `handle_deadline` must run next (0.0: at once), or None."""
-        deadline: float | None = None
-        for peer in self._peers.values():
-            if peer.backlog:
-                return 0.0
-            timer = peer.quic.get_timer()
-            if timer is not None and (deadline is None or timer < deadline):
-                deadline = timer
-        return deadline
+        if self._backlogged:
+            return 0.0
+        timers = self._timers
+        while timers:
+            if self._live(timers[0]):
+                return timers[0][0]
+            heapq.heappop(timers)
+        return None
 
     def handle_deadline(self, now: float) -> list[EndpointEvent]:
         if self._tickets is not None:
             self._tickets.now = now
+        due: dict[int, _Peer] = {}
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            entry = heapq.heappop(timers)
+            if self._live(entry):
+                peer = entry[2]
+                peer.deadline = None  # its entry is used up: _schedule pushes a new one
+                due[id(peer)] = peer
+        due.update(self._backlogged)
         out: list[EndpointEvent] = []
-        for peer in list(self._peers.values()):
+        peers = self._peers
+        for key, peer in due.items():
+            if peers.get(key) is not peer:
+                continue  # ended while an earlier one was handled
+            # aioquic's handle_timer relies on what get_timer computed (its loss timer).
             timer = peer.quic.get_timer()
-            due = timer is not None and timer <= now
-            if due:
+            fired = timer is not None and timer <= now
+            if fired:
                 peer.quic.handle_timer(now)
-                peer.touched = True
-            if due or peer.backlog:
+                self._dirty[key] = peer
+            if fired or peer.backlog:
                 out.extend(self._service(peer, now))
+            self._schedule(peer)
         return out
 
     # ---- introspection --------------------------------------------------------------------

@@ -226,3 +226,31 @@ def test_junk_between_real_datagrams_changes_nothing(pki: Pki, junk: list[bytes]
     p.transfer()
     assert p.connection is not None
     assert len(p.endpoint.connections) == 1
+
+
+def test_a_fault_outside_any_stream_closes_only_that_connection(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aioquic.h3.connection import ErrorCode
+
+    from multicorn.protocol.events import ConnectionClosed
+
+    broken = Pair(pki)
+    other = Pair(pki, endpoint=broken.endpoint, client_addr=("198.51.100.8", 50001))
+
+    def explode(now: float) -> list:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(broken.server, "upkeep", explode)
+    broken.request(b"/boom")
+    broken.transfer()
+    (closed,) = [e for e in broken.events() if isinstance(e, ConnectionClosed)]
+    assert closed.error is not None
+    # The client hears why (its CONNECTION_CLOSE went out although the endpoint let go), at
+    # the end of its draining period.
+    broken.advance(5.0)
+    terminated = broken.terminated()
+    assert terminated is not None
+    assert terminated.error_code == ErrorCode.H3_INTERNAL_ERROR
+    assert broken.server not in broken.endpoint.connections
+    serve_one(other, b"/unaffected")

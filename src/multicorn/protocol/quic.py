@@ -129,7 +129,8 @@ _MIN_INITIAL_DATAGRAM = 1200
 # length".
 _MIN_ORIGINAL_DCID = 8
 _SHORT_DCID = "Initial with a destination connection ID shorter than 8 bytes"
-# RFC 9000 8.1.4 (via 8.1.2): a Retry token is returned at once, so it need not live long.
+# Tokens carry an expiry (RFC 9000 8.1.3 asks for one); a client returns a Retry token in its
+# very next Initial, so a few seconds are plenty and a token captured later is worthless.
 _RETRY_TOKEN_LIFETIME = 10.0
 # First byte of our Retry tokens: a token without it is not ours (another server's NEW_TOKEN,
 # say) and is answered as if there were none (RFC 9000 8.1.3).

@@ -244,3 +244,15 @@ def test_idle_connections_are_not_visited(pki: Pki) -> None:
     first.server.send(SendResponse(stream_id=sid, status=204, headers=[]), first.now)
     (marked,) = endpoint._dirty.values()
     assert marked.protocol is first.server
+
+
+def test_cid_and_address_changes_with_derived_tokens(pki: Pki) -> None:
+    p = Pair(pki, secret=SECRET)
+    serve_one(p, b"/first")
+    for n in range(3):
+        p.client.change_connection_id()
+        p.client_addr = ("198.51.100.99", 41000 + n)
+        serve_one(p, f"/moved/{n}".encode())
+    assert p.server.peer_address == p.client_addr
+    assert p.ignored() == []  # no packet fell through to a stateless reset
+    assert p.terminated() is None

@@ -10,7 +10,9 @@ events of that connection (`quic_event_received`); this module turns them into o
 the QuicConnection. So input never arrives here as bytes, and output never leaves as bytes:
 `data_to_send()` is always empty and the endpoint's `datagrams_to_send()` carries everything.
 Apart from input, the object has the `ServerProtocol` shape (protocol/base.py): `send`,
-`pending_send`, the deadline pair, `wants_read`, `closed`, `multiplexed`.
+`pending_send`, the deadline pair, `wants_read`, `closed`, `multiplexed`. Whenever it queues
+output it sets `wants_transmit` and calls the endpoint's `on_transmit`, so that the endpoint
+collects datagrams from the connections that have some and no others.
 
 What this module adds to aioquic's H3Connection:
 - request heads checked by the same rules as HTTP/2 (request_head.py: `split_pseudo_head`,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import trustme
 from aioquic.h3 import events as h3e
@@ -16,6 +17,7 @@ from aioquic.h3.connection import H3Connection
 from aioquic.quic import events as qe
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from aioquic.tls import SessionTicket
 
 from multicorn.net.quic import quic_configuration
 from multicorn.protocol.events import Command, Event, Headers
@@ -72,7 +74,12 @@ def client_configuration(pki: Pki) -> QuicConfiguration:
 
 
 class Pair:
-    """One client connection and the server endpoint."""
+    """One client connection and the server endpoint.
+
+    `options` go to a new QuicEndpoint. `session_ticket` resumes a session (the client's
+    tickets are collected in `tickets`); with `early`, the client's HTTP/3 layer exists from
+    the start, so requests made before the handshake completes go out as 0-RTT.
+    """
 
     def __init__(
         self,
@@ -81,15 +88,25 @@ class Pair:
         limits: HTTP3Limits | None = None,
         handshake: bool = True,
         endpoint: QuicEndpoint | None = None,
+        now: float = 1000.0,
+        client_addr: Address = CLIENT_ADDR,
+        session_ticket: SessionTicket | None = None,
+        early: bool = False,
+        **options: Any,
     ) -> None:
-        self.now = 1000.0
+        self.now = now
         self.endpoint = endpoint or QuicEndpoint(
-            configuration=pki.server, now=self.now, limits=limits
+            configuration=pki.server, now=self.now, limits=limits, **options
         )
-        self.client = QuicConnection(configuration=client_configuration(pki))
+        config = client_configuration(pki)
+        config.session_ticket = session_ticket
+        self.tickets: list[SessionTicket] = []
+        self.client = QuicConnection(
+            configuration=config, session_ticket_handler=self.tickets.append
+        )
         self.client.connect(SERVER_ADDR, now=self.now)
-        self.client_addr = CLIENT_ADDR
-        self.h3: H3Connection | None = None
+        self.client_addr = client_addr
+        self.h3: H3Connection | None = H3Connection(self.client) if early else None
         self.endpoint_events: list[EndpointEvent] = []
         self.quic_events: list[qe.QuicEvent] = []  # what the client's QUIC connection reported
         self.h3_events: list[h3e.H3Event] = []  # what the client's HTTP/3 layer reported
@@ -199,6 +216,11 @@ class Pair:
 
     def ignored(self) -> list[DatagramIgnored]:
         return [e for e in self.endpoint_events if isinstance(e, DatagramIgnored)]
+
+    def handshake_completed(self) -> qe.HandshakeCompleted:
+        """What the client's QUIC connection reported at the end of its handshake."""
+        (done,) = [e for e in self.quic_events if isinstance(e, qe.HandshakeCompleted)]
+        return done
 
     def send(self, *commands: Command) -> list[Event]:
         out: list[Event] = []

@@ -10,7 +10,9 @@ events of that connection (`quic_event_received`); this module turns them into o
 the QuicConnection. So input never arrives here as bytes, and output never leaves as bytes:
 `data_to_send()` is always empty and the endpoint's `datagrams_to_send()` carries everything.
 Apart from input, the object has the `ServerProtocol` shape (protocol/base.py): `send`,
-`pending_send`, the deadline pair, `wants_read`, `closed`, `multiplexed`.
+`pending_send`, the deadline pair, `wants_read`, `closed`, `multiplexed`. Whenever it queues
+output it sets `wants_transmit` and calls the endpoint's `on_transmit`, so that the endpoint
+collects datagrams from the connections that have some and no others.
 
 What this module adds to aioquic's H3Connection:
 - request heads checked by the same rules as HTTP/2 (request_head.py: `split_pseudo_head`,
@@ -26,7 +28,13 @@ What this module adds to aioquic's H3Connection:
   above it refused with H3_REQUEST_REJECTED (safe for the client to retry), and CONNECTION_CLOSE
   (H3_NO_ERROR) once every accepted stream is done and its last bytes were acknowledged;
 - fault containment: whatever raises while one stream's event or command is handled resets
-  that stream (H3_INTERNAL_ERROR) and leaves the others alone.
+  that stream (H3_INTERNAL_ERROR) and leaves the others alone;
+- early data (RFC 8470): when the endpoint accepted 0-RTT, requests can arrive before the
+  handshake completes, and could be replayed by an attacker. A request that arrives then with a
+  safe method (`EARLY_DATA_METHODS`) is passed on at once; any other is held, with whatever its
+  stream brings after it, until the handshake completes (RFC 8470 5.1: "a server can choose to
+  delay processing of early data until after the TLS handshake completes"), then passed on in
+  order. If the handshake never completes, the application never hears of it.
 
 Limitations, by aioquic's design:
 - Inbound flow control is not tied to the application. aioquic raises a stream's (and the
@@ -47,6 +55,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aioquic.buffer import encode_uint_var
@@ -99,6 +108,10 @@ from multicorn.protocol.request_head import (
 _FIRST_REQUEST_STREAM = 0
 # What a QUIC connection that ended without trouble reports (ours or the peer's close, idle).
 _CLEAN_CLOSE = frozenset({QuicErrorCode.NO_ERROR, ErrorCode.H3_NO_ERROR})
+# Methods served from 0-RTT data before the handshake completes. RFC 9110 9.2.1: "the GET,
+# HEAD, OPTIONS, and TRACE methods are defined to be safe"; TRACE is left to wait, as nothing
+# needs it early. RFC 8470 2: requests that are not safe carry a replay risk.
+EARLY_DATA_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -200,22 +213,46 @@ class HTTP3Protocol:
 
     multiplexed = True
 
-    def __init__(self, *, quic: QuicConnection, limits: HTTP3Limits, now: float) -> None:
+    def __init__(
+        self,
+        *,
+        quic: QuicConnection,
+        limits: HTTP3Limits,
+        now: float,
+        on_transmit: Callable[[], None] | None = None,
+    ) -> None:
         self.quic = quic
+        self._on_transmit = on_transmit
         self._limits = limits
         self._h3: _ServerH3 | None = None  # from ProtocolNegotiated on
         self._streams: dict[int, _Stream] = {}
         self._phase = _Phase.OPEN
         self._last_stream_id = -4  # the highest request stream seen
+        # Request streams below it whose head has not arrived yet (packets are reordered).
+        self._unseen: set[int] = set()
         self._goaway_id: int | None = None
         self._terminated = False
         # Streams reset in both directions whose input may still be arriving; the client
         # answers STOP_SENDING with RESET_STREAM (RFC 9000 3.5), which ends the entry.
         self._abandoned: set[int] = set()
         self.handshake_complete = False
+        # The client's 0-RTT was accepted: requests may arrive before the handshake completes.
+        self.early_data_accepted = False
+        # Events of requests that came in early data with an unsafe method, and their streams:
+        # passed on once the handshake completes.
+        self._held: list[Event] = []
+        self._held_streams: set[int] = set()
         self.alpn_protocol: str | None = None
-        # Something was queued into `quic` since the endpoint last collected its datagrams.
+        # Something was queued into `quic` since the endpoint last collected its datagrams
+        # (the endpoint clears it); `on_transmit` is called each time it becomes true, so the
+        # endpoint need not look at every connection to find the ones with output.
         self.wants_transmit = False
+
+    def _transmit(self) -> None:
+        if not self.wants_transmit:
+            self.wants_transmit = True
+            if self._on_transmit is not None:
+                self._on_transmit()
 
     # ---- input, from the endpoint ---------------------------------------------------------
 
@@ -225,14 +262,22 @@ class HTTP3Protocol:
             return []
         if isinstance(event, quic_events.ProtocolNegotiated):
             self.alpn_protocol = event.alpn_protocol
+            # The TLS layer settled this while handling the ClientHello, before any 0-RTT
+            # packet could be decrypted.
+            self.early_data_accepted = bool(self.quic.tls.early_data_accepted)
             if self._h3 is None:
                 # The control and QPACK streams go out with the first 1-RTT packets.
                 self._h3 = _ServerH3(self.quic, extended_connect=self._limits.extended_connect)
-                self.wants_transmit = True
+                self._transmit()
             return []
         if isinstance(event, quic_events.HandshakeCompleted):
             self.handshake_complete = True
-            return []
+            # RFC 8470 5.1: once the handshake is complete, requests that arrived in early
+            # data can no longer be replayed and are processed as usual.
+            held = self._held
+            self._held = []
+            self._held_streams.clear()
+            return held
         if isinstance(event, quic_events.ConnectionTerminated):
             return self._terminate(event)
         h3 = self._h3
@@ -261,8 +306,21 @@ class HTTP3Protocol:
                 if stream_id < 0:
                     raise  # not one stream's fault: the endpoint closes the connection
                 self._fail(stream_id, events)  # a fault in one stream costs that stream only
-        self.wants_transmit = True
+        self._transmit()
+        if self._held_streams:
+            events = self._hold(events)
         return events
+
+    def _hold(self, events: list[Event]) -> list[Event]:
+        """Keep back the events of streams held until the handshake completes."""
+        held = self._held_streams
+        out: list[Event] = []
+        for event in events:
+            if getattr(event, "stream_id", None) in held:
+                self._held.append(event)
+            else:
+                out.append(event)
+        return out
 
     def upkeep(self, now: float) -> list[Event]:
         """Called by the endpoint after each batch of input: close once draining is over."""
@@ -273,7 +331,7 @@ class HTTP3Protocol:
             # CONNECTION_CLOSE discards whatever QUIC still had to (re)send.
             self.quic.close(error_code=ErrorCode.H3_NO_ERROR)
             self._phase = _Phase.CLOSED
-            self.wants_transmit = True
+            self._transmit()
         return []
 
     def _on_h3_event(self, event: h3_events.H3Event, events: list[Event]) -> None:
@@ -281,7 +339,7 @@ class HTTP3Protocol:
             stream_id = event.stream_id
             stream = self._streams.get(stream_id)
             if stream is None:
-                if stream_id > self._last_stream_id:
+                if self._first_sight(stream_id):
                     self._on_request(stream_id, event.headers, event.stream_ended, events)
                 # else: a stream already finished with (its trailers, say): nothing to do.
                 return
@@ -299,13 +357,28 @@ class HTTP3Protocol:
                 self._request_ended(event.stream_id, stream, events)
         elif isinstance(event, _MalformedMessage):
             stream_id = event.stream_id
-            self._last_stream_id = max(self._last_stream_id, stream_id)
+            self._first_sight(stream_id)
             if self._streams.pop(stream_id, None) is not None:
                 events.append(StreamReset(stream_id=stream_id))
             self._abandon(stream_id, ErrorCode.H3_MESSAGE_ERROR)
 
+    def _first_sight(self, stream_id: int) -> bool:
+        """Is this the first HEADERS of request stream `stream_id` (not its trailers, nor a
+        stream finished with)? Heads arrive out of order when packets do."""
+        last = self._last_stream_id
+        if stream_id > last:
+            # RFC 9000 3.2: "Before a stream is created, all streams of the same type with
+            # lower-numbered stream IDs MUST be created", so the ones skipped are open and
+            # their heads are still to come. QUIC's stream limit bounds how many.
+            self._unseen.update(range(last + 4, stream_id, 4))
+            self._last_stream_id = stream_id
+            return True
+        if stream_id in self._unseen:
+            self._unseen.discard(stream_id)
+            return True
+        return False
+
     def _on_request(self, stream_id: int, raw: Headers, ended: bool, events: list[Event]) -> None:
-        self._last_stream_id = stream_id
         if self._goaway_id is not None and stream_id >= self._goaway_id:
             # RFC 9114 5.2: "Requests on stream IDs less than the stream ID in a GOAWAY frame
             # from the server might have been processed; their status cannot be known until a
@@ -332,6 +405,12 @@ class HTTP3Protocol:
         self._streams[stream_id] = _Stream(
             request_done=ended, tunnel=kind is not StreamKind.REQUEST
         )
+        if not self.handshake_complete and pseudo[b":method"] not in EARLY_DATA_METHODS:
+            # Before the handshake completes, request data can only have come in 0-RTT packets
+            # (the client's 1-RTT keys are installed with its Finished), which an attacker can
+            # replay. RFC 8470 5.1: the server can "delay processing of early data until after
+            # the TLS handshake completes".
+            self._held_streams.add(stream_id)
         # The head passed: `:method` is a token and `:path` is set (only a plain CONNECT
         # lacks one, and that is always rejected).
         events.append(
@@ -360,6 +439,7 @@ class HTTP3Protocol:
         self._stream_output_done(stream_id)
 
     def _peer_reset(self, stream_id: int, events: list[Event]) -> None:
+        self._unseen.discard(stream_id)  # reset before its head arrived: none will
         stream = self._streams.pop(stream_id, None)
         if stream is None:
             return
@@ -390,7 +470,7 @@ class HTTP3Protocol:
         stream = self._streams.get(stream_id)
         if stream is None or (stream.response_done and not isinstance(command, ResetStream)):
             return events  # the peer reset it, or it is finished: nothing more to send
-        self.wants_transmit = True
+        self._transmit()
         try:
             if isinstance(command, SendData):
                 if command.end_stream:
@@ -461,7 +541,7 @@ class HTTP3Protocol:
         if self._h3 is not None:
             self._h3.forget(stream_id)
             self._abandoned.add(stream_id)
-        self.wants_transmit = True
+        self._transmit()
 
     def _fail(self, stream_id: int, events: list[Event]) -> None:
         """Something raised while one stream was handled: that stream is reset, nothing else."""
@@ -479,7 +559,7 @@ class HTTP3Protocol:
         self._goaway_id = max(_FIRST_REQUEST_STREAM, self._last_stream_id + 4)
         h3.send_goaway(self._goaway_id)
         self._phase = _Phase.DRAINING
-        self.wants_transmit = True
+        self._transmit()
 
     def _all_sent(self) -> bool:
         """Has the peer acknowledged everything sent on every stream (the GOAWAY on the
@@ -495,8 +575,7 @@ class HTTP3Protocol:
     def _terminate(self, event: quic_events.ConnectionTerminated) -> list[Event]:
         self._terminated = True
         self._phase = _Phase.CLOSED
-        events: list[Event] = [StreamReset(stream_id=sid) for sid in self._streams]
-        self._streams.clear()
+        events = self._reset_all()
         error: ProtocolError | None = None
         if event.error_code not in _CLEAN_CLOSE and event.reason_phrase != "Idle timeout":
             error = RemoteProtocolError(
@@ -511,12 +590,22 @@ class HTTP3Protocol:
         if self._terminated:
             return []
         self.quic.close(error_code=ErrorCode.H3_INTERNAL_ERROR, reason_phrase="internal error")
-        self.wants_transmit = True
+        self._transmit()
         self._terminated = True
         self._phase = _Phase.CLOSED
-        events: list[Event] = [StreamReset(stream_id=sid) for sid in self._streams]
-        self._streams.clear()
+        events = self._reset_all()
         events.append(ConnectionClosed(error=LocalProtocolError(f"HTTP/3 internal error: {exc!r}")))
+        return events
+
+    def _reset_all(self) -> list[Event]:
+        """StreamReset for every stream the application knows of; held ones it never saw."""
+        held = self._held_streams
+        events: list[Event] = [
+            StreamReset(stream_id=sid) for sid in self._streams if sid not in held
+        ]
+        self._streams.clear()
+        self._held.clear()
+        held.clear()
         return events
 
     def abort(self) -> None:
@@ -525,7 +614,9 @@ class HTTP3Protocol:
             self.quic.close(error_code=ErrorCode.H3_INTERNAL_ERROR, reason_phrase="aborted")
             self._phase = _Phase.CLOSED
             self._streams.clear()
-            self.wants_transmit = True
+            self._held.clear()
+            self._held_streams.clear()
+            self._transmit()
 
     # ---- the rest of the ServerProtocol shape ---------------------------------------------
 

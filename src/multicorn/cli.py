@@ -384,6 +384,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="QUIC per-connection receive window",
     )
+    setting(
+        "--quic-max-connections",
+        dest="quic_max_connections",
+        metavar="N",
+        help="QUIC connections one listener holds at once; more Initials are dropped",
+    )
+    switch(
+        "--quic-retry",
+        dest="quic_retry",
+        help="validate each QUIC client's address with a Retry before keeping any state",
+    )
+    switch(
+        "--quic-0rtt",
+        dest="quic_0rtt",
+        help="accept 0-RTT early data (only GET, HEAD and OPTIONS before the handshake ends)",
+    )
     parser.add_argument("--version", action="version", version=f"multicorn {__version__}")
     return parser
 

@@ -113,6 +113,12 @@ class Config:
     quic_max_concurrent_streams: int = 100  # HTTP/3 request streams a client may have open
     quic_max_stream_data: int = 1024 * 1024  # per-stream receive window, bytes
     quic_max_data: int = 4 * 1024 * 1024  # per-connection receive window, bytes
+    quic_max_connections: int = 10_000  # QUIC connections per listener, handshaking or not
+    # Validate client addresses with a Retry before keeping any state (costs one round trip).
+    quic_retry: bool = False
+    # Accept 0-RTT early data from resuming clients (only GET, HEAD, OPTIONS are served before
+    # the handshake completes; other requests wait for it).
+    quic_0rtt: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -223,6 +229,9 @@ _RULES: Final[Mapping[str, _Rule]] = MappingProxyType(
         "quic_max_concurrent_streams": _positive_int("a whole number of streams"),
         "quic_max_stream_data": _Rule("int", "a window from 1024 bytes", minimum=1024),
         "quic_max_data": _Rule("int", "a window from 1024 bytes", minimum=1024),
+        "quic_max_connections": _positive_int("a whole number of connections"),
+        "quic_retry": _BOOL,
+        "quic_0rtt": _BOOL,
     }
 )
 

@@ -30,7 +30,8 @@ Headers = list[tuple[bytes, bytes]]
 @dataclass
 class H3Stream:
     stream_id: int
-    headers: list[Headers] = field(default_factory=list)  # every header block (1xx, final, trailers)
+    # Every header block: 1xx, the final head, trailers.
+    headers: list[Headers] = field(default_factory=list)
     body: bytes = b""
     ended: bool = False
     reset_code: int | None = None  # the server reset the stream (RESET_STREAM) with this code

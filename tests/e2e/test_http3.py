@@ -220,20 +220,26 @@ async def test_garbage_datagrams_leave_the_listener_serving(certs):
             b"",
             b"\x00",
             os.urandom(20),
-            b"\x40" + os.urandom(30),  # a short header with an unknown connection ID
             b"\xc0\x00\x00\x00\x01\x08" + os.urandom(1300),  # an Initial that does not decrypt
             b"\xc0\x00\x00\x00\x01\xff" + os.urandom(10),  # a CID length past the packet
         ]
+        unknown_cid = b"\x40" + os.urandom(40)  # a short header no connection has
         unsupported = b"\xc0\x1a\x2a\x3a\x4a\x08" + b"D" * 8 + b"\x08" + b"S" * 8
         unsupported += bytes(1200 - len(unsupported))
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
             raw.settimeout(5)
             for datagram in junk:
                 raw.sendto(datagram, ("127.0.0.1", port))
+            raw.sendto(unknown_cid, ("127.0.0.1", port))
+            # RFC 9000 10.3: a stateless reset looks like a short-header packet, is smaller
+            # than what triggered it, and ends in a 16-byte token.
+            reset = await anyio.to_thread.run_sync(raw.recv, 2048)
             raw.sendto(unsupported, ("127.0.0.1", port))
             # RFC 9000 6.1: an unsupported version in a datagram that could start a connection
             # is answered with Version Negotiation (version 0), the CIDs swapped.
             answer = await anyio.to_thread.run_sync(raw.recv, 2048)
+        assert reset[0] & 0xC0 == 0x40
+        assert 21 <= len(reset) < len(unknown_cid)
         assert answer[1:5] == b"\x00\x00\x00\x00"
         assert answer[6:14] == b"S" * 8 and answer[15:23] == b"D" * 8
         async with H3Client.connect("127.0.0.1", port, cafile=certs.ca_path) as client:
@@ -275,8 +281,8 @@ async def test_websocket_over_http3(certs):
         await client.wait_for(lambda: bool(stream.headers))
         assert stream.status == 200
         frames = Connection(ConnectionType.CLIENT)
-        await client.send_data(stream, frames.send(TextMessage(data="hi")), end_stream=False)
-        await client.send_data(stream, frames.send(BytesMessage(data=b"\x00\x01")), end_stream=False)
+        for event in (TextMessage(data="hi"), BytesMessage(data=b"\x00\x01")):
+            await client.send_data(stream, frames.send(event), end_stream=False)
         received: list[Any] = []
         seen = 0
 
@@ -285,13 +291,17 @@ async def test_websocket_over_http3(certs):
             frames.receive_data(stream.body[seen:])
             seen = len(stream.body)
             received.extend(frames.events())
-            return len(received) >= 2
+            return len(received) >= wanted
 
+        wanted = 2
         await client.wait_for(collect)
         assert received[0] == TextMessage(data="echo: hi")
         assert received[1] == BytesMessage(data=bytearray(b"\x00\x01"))
         await client.send_data(stream, frames.send(CloseConnection(code=1000)), end_stream=False)
-        await client.wait_for(lambda: collect() or any(isinstance(e, CloseConnection) for e in received))
+        wanted = 3  # the server's Close answering ours (RFC 6455 5.5.1)
+        await client.wait_for(collect)
+        assert isinstance(received[2], CloseConnection)
+        assert received[2].code == 1000
 
 
 async def test_websocket_off_means_no_extended_connect(certs):
@@ -306,18 +316,31 @@ async def test_websocket_off_means_no_extended_connect(certs):
 
 async def test_graceful_shutdown_finishes_in_flight_requests(certs):
     STARTED["slow"] = anyio.Event()
-    async with serving(app, **quic_settings(certs)) as server:
-        async with H3Client.connect("127.0.0.1", quic_port(server), cafile=certs.ca_path) as client:
-            slow = await client.open_stream(client.request_headers("/slow"), end_stream=True)
-            with anyio.fail_after(5):
-                await STARTED["slow"].wait()
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(server.shutdown)
-                await client.finished(slow)
-                assert slow.status == 200
-                assert slow.body == b"slow done"
-                # RFC 9114 5.2: once the accepted requests are done, the server closes the
-                # connection with H3_NO_ERROR.
-                await client.wait_for(lambda: client.terminated is not None)
-            assert client.terminated is not None
-            assert client.terminated.error_code == ErrorCode.H3_NO_ERROR
+    async with (
+        serving(app, **quic_settings(certs)) as server,
+        H3Client.connect("127.0.0.1", quic_port(server), cafile=certs.ca_path) as client,
+    ):
+        slow = await client.open_stream(client.request_headers("/slow"), end_stream=True)
+        with anyio.fail_after(5):
+            await STARTED["slow"].wait()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.shutdown)
+            await client.finished(slow)
+            assert slow.status == 200
+            assert slow.body == b"slow done"
+            # RFC 9114 5.2: once the accepted requests are done, the server closes the
+            # connection with H3_NO_ERROR.
+            await client.wait_for(lambda: client.terminated is not None)
+        assert client.terminated is not None
+        assert client.terminated.error_code == ErrorCode.H3_NO_ERROR
+
+
+async def test_address_validation_with_retry(certs):
+    async with (
+        serving(app, **quic_settings(certs, quic_retry=True)) as server,
+        H3Client.connect("127.0.0.1", quic_port(server), cafile=certs.ca_path) as client,
+    ):
+        # RFC 9000 7.3: after a Retry the server's transport parameters name the Retry's
+        # source CID, which aioquic's client checks before completing the handshake.
+        assert client.quic._retry_source_connection_id is not None
+        assert (await client.request("/")).status == 200

@@ -117,8 +117,11 @@ EARLY_DATA_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HTTP3Limits:
     # RFC 9220: advertise SETTINGS_ENABLE_CONNECT_PROTOCOL and accept extended CONNECT (the
-    # WebSocket bootstrap over HTTP/3). Off until a WebSocket bridge sits above this core.
+    # WebSocket bootstrap over HTTP/3); serve.py turns it on with WebSocket.
     extended_connect: bool = False
+    # Request streams a client may have open at once (QUIC's initial_max_streams_bidi; one
+    # more is granted as each ends, RFC 9000 4.6).
+    max_concurrent_streams: int = 100
 
 
 @dataclass

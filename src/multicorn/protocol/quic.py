@@ -609,6 +609,9 @@ class QuicEndpoint:
             session_ticket_fetcher=None if tickets is None else tickets.take,
             session_ticket_handler=None if tickets is None else tickets.add,
         )
+        # aioquic has no setting for it (it always offers 128); the transport parameters are
+        # written from this value when the first Initial is handled, after this.
+        quic._local_max_streams_bidi.value = self._limits.max_concurrent_streams
 
         def on_transmit() -> None:
             # Commands queued output: collect it at the next datagrams_to_send. (`peer` is

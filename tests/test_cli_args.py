@@ -52,6 +52,15 @@ def test_bind_is_repeatable():
         (["--log-level", "trace"], "log_level", "trace"),
         (["--factory"], "factory", True),
         (["--app-dir", "src"], "app_dir", "src"),
+        (["--quic-bind", "0.0.0.0:443"], "quic_bind", ["0.0.0.0:443"]),
+        (["--no-alt-svc-headers"], "alt_svc_headers", False),
+        (["--quic-idle-timeout", "10"], "quic_idle_timeout", 10.0),
+        (["--quic-max-concurrent-streams", "50"], "quic_max_concurrent_streams", 50),
+        (["--quic-max-stream-data", "65536"], "quic_max_stream_data", 65536),
+        (["--quic-max-data", "1048576"], "quic_max_data", 1048576),
+        (["--quic-max-connections", "100"], "quic_max_connections", 100),
+        (["--quic-retry"], "quic_retry", True),
+        (["--quic-0rtt"], "quic_0rtt", True),
     ],
 )
 def test_each_flag(argv, field, expected):
@@ -86,6 +95,8 @@ def test_last_boolean_flag_wins():
         ["x:app", "-b", "host:port"],
         ["x:app", "--root-path", "api"],
         ["x:app", "--no-such-flag"],
+        ["x:app", "--quic-bind", "unix:/tmp/q"],
+        ["x:app", "--quic-max-concurrent-streams", "0"],
     ],
 )
 def test_usage_errors_exit_2(argv, capsys):

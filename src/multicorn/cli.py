@@ -47,6 +47,13 @@ def _bind_type(text: str) -> str:
     return text.strip()
 
 
+def _quic_bind_type(text: str) -> str:
+    text = _bind_type(text)
+    if parse_bind(text).kind == "unix":
+        raise argparse.ArgumentTypeError(f"QUIC listens on UDP: expected HOST:PORT, got {text!r}")
+    return text
+
+
 def _show(value: object) -> str:
     if isinstance(value, bool):
         text = "on" if value else "off"
@@ -349,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--quic-bind",
         dest="quic_bind",
         action="append",
-        type=_bind_type,
+        type=_quic_bind_type,
         default=None,
         metavar="ADDRESS",
         help="serve HTTP/3 over QUIC on this UDP address (needs --certfile); repeatable "

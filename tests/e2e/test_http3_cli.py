@@ -1,5 +1,5 @@
 """The README's HTTP/3 command, as a user runs it: one port for TCP (HTTP/1.1 and HTTP/2 over
-TLS) and UDP (HTTP/3), the example app, on asyncio and trio; curl for the first two and
+TLS) and UDP (HTTP/3), the example app, on asyncio, uvloop and trio; curl for the first two and
 gtlsclient (ngtcp2) for HTTP/3. SIGTERM then stops the server cleanly."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def free_port() -> int:
     raise AssertionError("no port free for both TCP and UDP")
 
 
-@pytest.mark.parametrize("worker_class", ["asyncio", "trio"])
+@pytest.mark.parametrize("worker_class", ["asyncio", "uvloop", "trio"])
 def test_one_port_serves_http11_http2_and_http3(certs, worker_class: str):
     port = free_port()
     args = (

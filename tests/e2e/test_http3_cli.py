@@ -6,32 +6,17 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 
 import pytest
 
 from .process import multicorn_process
+from .support import free_port
 
 pytestmark = pytest.mark.skipif(
     shutil.which("curl") is None or shutil.which("gtlsclient") is None,
     reason="needs curl and gtlsclient (Debian packages curl and ngtcp2-client)",
 )
-
-
-def free_port() -> int:
-    """A port free for both TCP and UDP on 127.0.0.1 right now."""
-    for _ in range(50):
-        with socket.socket() as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-        return port
-    raise AssertionError("no port free for both TCP and UDP")
 
 
 @pytest.mark.parametrize("worker_class", ["asyncio", "uvloop", "trio"])

@@ -20,7 +20,14 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.tls import SessionTicket
 
 from multicorn.net.quic import quic_configuration
-from multicorn.protocol.events import Command, Event, Headers
+from multicorn.protocol.events import (
+    Command,
+    Event,
+    Headers,
+    RequestReceived,
+    SendData,
+    SendResponse,
+)
 from multicorn.protocol.http3 import HTTP3Limits, HTTP3Protocol
 from multicorn.protocol.quic import (
     Address,
@@ -95,6 +102,7 @@ class Pair:
         **options: Any,
     ) -> None:
         self.now = now
+        self.pki = pki
         self.endpoint = endpoint or QuicEndpoint(
             configuration=pki.server, now=self.now, limits=limits, **options
         )
@@ -298,3 +306,67 @@ class Pair:
             for e in self.quic_events
             if isinstance(e, qe.StreamDataReceived) and e.stream_id == stream_id
         )
+
+    # ---- misbehaving on purpose ---------------------------------------------------------------
+
+    def raw(self, data: bytes, *, stream_id: int | None = None, end: bool = False) -> int:
+        """Write raw bytes on a client stream (a new request stream by default), bypassing
+        the client's HTTP/3 layer; returns the stream id."""
+        if stream_id is None:
+            stream_id = self.client.get_next_available_stream_id()
+        self.client.send_stream_data(stream_id, data, end_stream=end)
+        return stream_id
+
+    def raw_uni(self, data: bytes, *, end: bool = False) -> int:
+        """Open a new unidirectional client stream carrying raw bytes; returns its id."""
+        stream_id = self.client.get_next_available_stream_id(is_unidirectional=True)
+        self.client.send_stream_data(stream_id, data, end_stream=end)
+        return stream_id
+
+    @property
+    def client_control(self) -> int:
+        """The client's HTTP/3 control stream (aioquic keeps its id private)."""
+        assert self.h3 is not None and self.h3._local_control_stream_id is not None
+        return self.h3._local_control_stream_id
+
+    @property
+    def client_encoder(self) -> int:
+        """The client's QPACK encoder stream."""
+        assert self.h3 is not None and self.h3._local_encoder_stream_id is not None
+        return self.h3._local_encoder_stream_id
+
+    @property
+    def client_decoder(self) -> int:
+        """The client's QPACK decoder stream."""
+        assert self.h3 is not None and self.h3._local_decoder_stream_id is not None
+        return self.h3._local_decoder_stream_id
+
+    def close_code(self) -> int | None:
+        """The error code of the CONNECTION_CLOSE the client received, once the closing
+        period is over (None: still open)."""
+        self.transfer()
+        self.advance(5.0)
+        end = self.terminated()
+        return None if end is None else end.error_code
+
+
+def served_alongside(pki: Pki, endpoint: QuicEndpoint, now: float) -> None:
+    """Another client of `endpoint` connects and gets a response: one connection's troubles
+    cost nobody else."""
+    other = Pair(pki, endpoint=endpoint, now=now, client_addr=("203.0.113.9", 40000))
+    sid = other.request(b"/other")
+    other.transfer()
+    received = [
+        e
+        for batch in other.endpoint_events
+        if isinstance(batch, StreamEvents) and batch.connection is other.server
+        for e in batch.events
+        if isinstance(e, RequestReceived)
+    ]
+    assert [e.target for e in received] == [b"/other"]
+    other.send(
+        SendResponse(stream_id=sid, status=200, headers=[]),
+        SendData(stream_id=sid, data=b"still here", end_stream=True),
+    )
+    other.transfer()
+    assert other.response(sid)[1] == b"still here"

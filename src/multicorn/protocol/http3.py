@@ -697,6 +697,9 @@ class HTTP3Protocol:
         if not stream.request_done:
             with contextlib.suppress(ValueError):
                 self.quic.stop_stream(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+        # aioquic's H3Stream would wait forever for its sending half to end (it does not see
+        # the reset above), one per cancelled request.
+        self._forget(stream_id)
 
     # ---- commands -------------------------------------------------------------------------
 
@@ -785,6 +788,11 @@ class HTTP3Protocol:
             self.quic.reset_stream(stream_id, code)
         with contextlib.suppress(ValueError):
             self.quic.stop_stream(stream_id, code)
+        self._forget(stream_id)
+        self._transmit()
+
+    def _forget(self, stream_id: int) -> None:
+        """Drop aioquic's HTTP/3 state for a stream reset in both directions."""
         if self._h3 is not None:
             self._h3.forget(stream_id)
             # Input may still arrive until the client answers STOP_SENDING with RESET_STREAM;
@@ -794,7 +802,6 @@ class HTTP3Protocol:
             quic_stream = self.quic._streams.get(stream_id)
             if quic_stream is not None and not quic_stream.receiver.is_finished:
                 self._abandoned.add(stream_id)
-        self._transmit()
 
     def _spend_reset(self, reason: str) -> None:
         if not self._resets.take(self._now) and self._abuse is None:

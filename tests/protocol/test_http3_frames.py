@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from aioquic.buffer import encode_uint_var
 from aioquic.h3.connection import ErrorCode, FrameType, StreamType, encode_settings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from multicorn.protocol.errors import PeerAbuse, RemoteProtocolError
 from multicorn.protocol.events import ConnectionClosed, RequestReceived, StreamEnded
@@ -218,3 +220,49 @@ def test_blocked_streams_beyond_the_limit(pki: Pki) -> None:
     assert not p.server.closed  # sixteen may wait
     p.raw(h3raw.headers_frame(section), end=True)
     assert_connection_error(p, ErrorCode.QPACK_DECOMPRESSION_FAILED)
+
+
+# ---- whatever the bytes -------------------------------------------------------------------
+
+_FRAME = st.one_of(
+    st.builds(
+        h3raw.frame,
+        st.sampled_from([0x0, 0x1, 0x2, 0x3, 0x4, 0x5, 0x7, 0x9, 0xD, 0x21, 0x40]),
+        st.binary(max_size=40),
+    ),
+    st.binary(max_size=20),
+)
+_STREAMS = ["request", "control", "encoder", "decoder", "new uni"]
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    where=st.sampled_from(_STREAMS),
+    chunks=st.lists(_FRAME, min_size=1, max_size=6),
+    fin=st.booleans(),
+)
+def test_any_bytes_on_any_stream_end_in_events(
+    pki: Pki, where: str, chunks: list[bytes], fin: bool
+) -> None:
+    p = Pair(pki)
+    data = b"".join(chunks)
+    stream_id = {
+        "control": p.client_control,
+        "encoder": p.client_encoder,
+        "decoder": p.client_decoder,
+    }.get(where)
+    if where == "new uni":
+        p.raw_uni(data, end=fin)
+    else:
+        p.raw(data, stream_id=stream_id, end=fin)
+    p.transfer()  # nothing raises
+    events = p.events()
+    closed = [e for e in events if isinstance(e, ConnectionClosed)]
+    if closed:
+        assert closed == events[-1:]  # the last word, said once
+        assert p.server.closed
+    else:
+        assert not p.server.closed
+    served_alongside(pki, p.endpoint, p.now)

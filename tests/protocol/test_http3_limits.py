@@ -7,8 +7,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pylsqpack
 import pytest
 from aioquic.h3.connection import ErrorCode, FrameType, Setting
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from multicorn.protocol.errors import PeerAbuse
 from multicorn.protocol.events import (
@@ -20,7 +23,7 @@ from multicorn.protocol.events import (
     StreamEnded,
     StreamReset,
 )
-from multicorn.protocol.http3 import HTTP3Limits, field_section_size
+from multicorn.protocol.http3 import HTTP3Limits, _decode_work, field_section_size
 from tests.protocol import h3raw
 from tests.protocol.h3helpers import Pair, Pki, make_pki, served_alongside
 
@@ -306,3 +309,32 @@ def test_many_tiny_data_frames_are_passed_on(pki: Pki) -> None:
     events = p.events()
     assert b"".join(e.data for e in of_type(events, DataReceived)) == b"x" * 500
     assert events[-1] == StreamEnded(stream_id=sid)
+
+
+# ---- the decode bound -----------------------------------------------------------------------
+
+_FIELD = st.tuples(
+    st.sampled_from([b"x-a", b"cookie", b"user-agent", b"accept", b"x-" + b"n" * 40]),
+    st.one_of(st.binary(max_size=300), st.sampled_from([b"", b"gzip", b"*/*", b"v" * 500])),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(sections=st.lists(st.lists(_FIELD, min_size=1, max_size=12), min_size=1, max_size=4))
+def test_decode_bound_is_an_upper_bound(sections: list[list[tuple[bytes, bytes]]]) -> None:
+    # pylsqpack's encoder uses the dynamic table, Huffman coding and post-base references.
+    encoder = pylsqpack.Encoder()
+    decoder = pylsqpack.Decoder(4096, 16)
+    decoder.feed_encoder(encoder.apply_settings(max_table_capacity=4096, blocked_streams=16))
+    for stream_id, fields in enumerate(sections):
+        instructions, block = encoder.encode(stream_id * 4, fields)
+        decoder.feed_encoder(instructions)
+        acknowledgement, decoded = decoder.feed_header(stream_id * 4, block)
+        encoder.feed_decoder(acknowledgement)
+        assert decoded == fields
+        assert field_section_size(fields) <= _decode_work(block, 4096, 1 << 30)
+
+
+@given(block=st.binary(max_size=200), entry=st.integers(0, 5000))
+def test_decode_bound_never_raises(block: bytes, entry: int) -> None:
+    assert _decode_work(block, entry, 10_000) >= 0

@@ -34,13 +34,33 @@ What this module adds to aioquic's H3Connection:
   safe method (`EARLY_DATA_METHODS`) is passed on at once; any other is held, with whatever its
   stream brings after it, until the handshake completes (RFC 8470 5.1: "a server can choose to
   delay processing of early data until after the TLS handshake completes"), then passed on in
-  order. If the handshake never completes, the application never hears of it.
+  order. If the handshake never completes, the application never hears of it;
+- connection errors reported at once: when aioquic finds one (a frame out of place, a second
+  control stream, a closed critical stream, a QPACK failure, ...) it closes the QUIC connection
+  with the RFC's code and keeps nothing of it; `_ServerH3.error` records it, and the layer
+  above gets StreamReset for every stream and ConnectionClosed(RemoteProtocolError naming the
+  code) right away, not when the closing period ends (RFC 9000 10.2);
+- limits (`HTTP3Limits`), each overspent one a connection error H3_EXCESSIVE_LOAD reported as
+  ConnectionClosed(PeerAbuse), as HTTP/2 answers the same with GOAWAY(ENHANCE_YOUR_CALM):
+  the field section size (advertised as SETTINGS_MAX_FIELD_SECTION_SIZE; a HEADERS frame
+  announcing more is refused from its frame header, before aioquic buffers it; a section
+  whose references to QPACK's dynamic table could decode to far more is refused without
+  decoding it; the rest are measured once decoded), QPACK's dynamic table capacity and blocked
+  streams (aioquic hardcodes 4096 and 16; pylsqpack enforces them), and a token bucket for
+  streams the client resets before their response is done and for malformed requests
+  (CVE-2023-44487, rapid reset). Other floods need no budget: aioquic discards unknown and
+  reserved-for-extension frames and streams as their bytes arrive, empty DATA frames produce
+  nothing, and every other frame costs a bounded amount of work per byte received; SETTINGS
+  can come only once (H3_FRAME_UNEXPECTED).
 
 Limitations, by aioquic's design:
 - Inbound flow control is not tied to the application. aioquic raises a stream's (and the
   connection's) credit by doubling it whenever the peer has used half, on receipt rather than
   on consumption, and has no switch for it, so `AcknowledgeData` is a no-op here: a client can
-  send a request body faster than the application reads it, and the bridge buffers it.
+  send a request body faster than the application reads it, and the bridge buffers it. The
+  same holds for what follows a HEADERS frame that waits for QPACK encoder instructions
+  (RFC 9204 2.1.2): aioquic buffers the stream's input until the instructions arrive, for at
+  most `qpack_blocked_streams` streams.
 - Outbound, aioquic buffers whatever it is given; `pending_send()` reads how much of a stream's
   data has not been sent yet from aioquic's stream state (no public accessor), so the
   connection driver's `drain()` still holds a fast application back.

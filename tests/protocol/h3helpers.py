@@ -7,7 +7,7 @@ every run is the same: no sockets, no event loop.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,7 @@ class Pair:
         client_addr: Address = CLIENT_ADDR,
         session_ticket: SessionTicket | None = None,
         early: bool = False,
+        client_h3: bool = True,
         **options: Any,
     ) -> None:
         self.now = now
@@ -114,6 +115,8 @@ class Pair:
         )
         self.client.connect(SERVER_ADDR, now=self.now)
         self.client_addr = client_addr
+        # Without `client_h3` the client has no HTTP/3 layer: its streams carry raw bytes only.
+        self.client_h3 = client_h3
         self.h3: H3Connection | None = H3Connection(self.client) if early else None
         self.endpoint_events: list[EndpointEvent] = []
         self.quic_events: list[qe.QuicEvent] = []  # what the client's QUIC connection reported
@@ -191,7 +194,7 @@ class Pair:
     def _client_events(self) -> None:
         while (event := self.client.next_event()) is not None:
             self.quic_events.append(event)
-            if isinstance(event, qe.ProtocolNegotiated) and self.h3 is None:
+            if isinstance(event, qe.ProtocolNegotiated) and self.h3 is None and self.client_h3:
                 self.h3 = H3Connection(self.client)
             if self.h3 is not None:
                 self.h3_events += self.h3.handle_event(event)
@@ -340,6 +343,15 @@ class Pair:
         """The client's QPACK decoder stream."""
         assert self.h3 is not None and self.h3._local_decoder_stream_id is not None
         return self.h3._local_decoder_stream_id
+
+    def trickle(self, stream_id: int, data: bytes, *, stop: Callable[[], bool]) -> int:
+        """Send `data` one byte per packet until `stop()`; returns how many bytes went."""
+        for sent, byte in enumerate(data):
+            if stop():
+                return sent
+            self.client.send_stream_data(stream_id, bytes([byte]))
+            self.client_to_server()
+        return len(data)
 
     def close_code(self) -> int | None:
         """The error code of the CONNECTION_CLOSE the client received, once the closing

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pylsqpack
 import pytest
-from aioquic.h3.connection import ErrorCode, FrameType, Setting
+from aioquic.buffer import encode_uint_var
+from aioquic.h3.connection import ErrorCode, FrameType, Setting, StreamType
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -338,3 +339,39 @@ def test_decode_bound_is_an_upper_bound(sections: list[list[tuple[bytes, bytes]]
 @given(block=st.binary(max_size=200), entry=st.integers(0, 5000))
 def test_decode_bound_never_raises(block: bytes, entry: int) -> None:
     assert _decode_work(block, entry, 10_000) >= 0
+
+
+# ---- frames buffered whole ------------------------------------------------------------------
+
+
+def test_headers_frame_in_tiny_pieces_ends_the_connection(pki: Pki) -> None:
+    # aioquic copies what it holds of the frame at each piece: a cost of size times pieces.
+    p = Pair(pki)
+    size = 4000
+    sid = p.raw(h3raw.frame_header(FrameType.HEADERS, size))
+    sent = p.trickle(sid, b"\x00" * size, stop=lambda: p.server.closed)
+    assert sent <= 16 + size // 256 + 2  # the piece with the frame header, and the last
+    assert_abuse(p)
+
+
+def test_huge_settings_frame_is_refused_from_its_header(pki: Pki) -> None:
+    p = Pair(pki, client_h3=False)
+    p.raw_uni(
+        h3raw.prefixed(StreamType.CONTROL, 6) + h3raw.frame_header(FrameType.SETTINGS, 1 << 20)
+    )
+    assert_abuse(p)
+
+
+def test_settings_frame_of_a_fair_size_is_read(pki: Pki) -> None:
+    # Reserved settings to be ignored (RFC 9114 7.2.4.1), a few hundred bytes of them.
+    p = Pair(pki, client_h3=False)
+    grease = b"".join(encode_uint_var(0x1F * n + 0x21) + encode_uint_var(n) for n in range(1, 60))
+    p.raw_uni(h3raw.prefixed(StreamType.CONTROL, 6) + h3raw.frame(FrameType.SETTINGS, grease))
+    p.raw_uni(h3raw.prefixed(StreamType.QPACK_ENCODER, 6))
+    p.raw_uni(h3raw.prefixed(StreamType.QPACK_DECODER, 6))
+    sid = p.raw(h3raw.headers_frame(h3raw.section_prefix(0, 0) + h3raw.request_lines()), end=True)
+    p.transfer()
+    events = p.events()
+    assert isinstance(events[0], RequestReceived)
+    assert events[0].stream_id == sid
+    assert not p.server.closed

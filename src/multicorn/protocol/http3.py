@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -209,6 +210,16 @@ _STATIC_ENTRY = 128
 # dynamic table entries of the largest size (see _decode_work).
 _DECODE_SLACK = 8
 _DECODE_ENTRIES = 64
+# Frames aioquic buffers whole before it reads them; it appends each piece to what it holds,
+# so a frame that arrives in n pieces costs n times its size in copying.
+_ASSEMBLED = frozenset({FrameType.HEADERS, FrameType.SETTINGS, FrameType.MAX_PUSH_ID})
+# How many pieces one may arrive in: a few, plus one per 256 bytes (a real client's pieces are
+# packets of a thousand bytes or more).
+_PIECES = 16
+_PIECE_SIZE = 256
+# The largest SETTINGS (or MAX_PUSH_ID) frame accepted. Each setting takes at most 16 bytes and
+# a client has a handful to send, plus a few reserved ones (RFC 9114 7.2.4.1).
+_MAX_CONTROL_FRAME = 16 * 1024
 
 
 def _prefixed_int(data: bytes, pos: int, bits: int) -> tuple[int, int]:
@@ -299,6 +310,8 @@ class _ServerH3(H3Connection):
         self._entry_max = entry
         self._decode_ceiling = _DECODE_SLACK * self._field_limit + _DECODE_ENTRIES * entry
         self.error: H3Error | None = None
+        # Pieces received so far of the frame each stream is assembling (see _ASSEMBLED).
+        self._pieces: weakref.WeakKeyDictionary[H3Stream, int] = weakref.WeakKeyDictionary()
         super().__init__(quic, enable_webtransport=False)
 
     def _init_connection(self) -> None:
@@ -336,10 +349,28 @@ class _ServerH3(H3Connection):
         self, event: quic_events.StreamDataReceived
     ) -> list[h3_events.H3Event]:
         try:
+            self._count_piece(event.stream_id)
             return super()._receive_stream_data(event)
         except H3Error as exc:
             self.error = exc
             raise
+
+    def _count_piece(self, stream_id: int) -> None:
+        stream = self._stream.get(stream_id)
+        if stream is None:
+            return
+        size = stream.frame_size
+        if size is None or stream.frame_type not in _ASSEMBLED or stream.blocked:
+            self._pieces.pop(stream, None)
+            return
+        # A frame header was read and its payload is still arriving. RFC 9114 10.5: "An
+        # endpoint can use [...] CPU and memory [...] Implementations SHOULD track the use of
+        # these features and set limits on their use." Tiny pieces cost us far more than the
+        # peer; a HEADERS frame in one-byte STREAM frames would cost its size squared.
+        pieces = self._pieces.get(stream, 0) + 1
+        self._pieces[stream] = pieces
+        if pieces > _PIECES + size // _PIECE_SIZE:
+            raise _ExcessiveLoad(f"a {size}-byte frame sent in {pieces} pieces or more")
 
     def _receive_stream_reset(self, stream_id: int) -> None:
         try:
@@ -371,6 +402,17 @@ class _ServerH3(H3Connection):
             # 4.2.2: "An implementation that has received this parameter SHOULD NOT send an
             # HTTP message header that exceeds the indicated size".
             raise _ExcessiveLoad(f"HEADERS frame of {size} bytes, over the advertised limit")
+
+    def _check_control_frame_type(self, frame_type: int) -> None:
+        super()._check_control_frame_type(frame_type)
+        # aioquic waits for a SETTINGS or MAX_PUSH_ID frame to be complete before it reads
+        # it, buffering whatever length the frame header announced (the frame header was just
+        # read into the control stream's state).
+        control_id = self._peer_control_stream_id
+        control = None if control_id is None else self._stream.get(control_id)
+        size = None if control is None else control.frame_size
+        if frame_type in _ASSEMBLED and size is not None and size > _MAX_CONTROL_FRAME:
+            raise _ExcessiveLoad(f"control frame of {size} bytes")
 
     def _decode_headers(self, stream_id: int, frame_data: bytes | None) -> Headers:
         if frame_data is not None:

@@ -293,6 +293,35 @@ def field_section_size(headers: Headers) -> int:
     return sum(len(name) + len(value) + _FIELD_OVERHEAD for name, value in headers)
 
 
+def _coalesce(events: list[Event]) -> list[Event]:
+    """One DataReceived for each run of body pieces of one stream: a body sent as many tiny
+    DATA frames (three bytes on the wire for one byte of body) reaches the application in the
+    pieces QUIC delivered, not one event per frame."""
+    out: list[Event] = []
+    head: DataReceived | None = None  # the first event of the run being gathered
+    run: list[bytes] = []
+    for event in events:
+        if isinstance(event, DataReceived):
+            if head is not None and event.stream_id == head.stream_id:
+                run.append(event.data)
+                continue
+            if head is not None:
+                out.append(_joined(head, run))
+            head, run = event, [event.data]
+            continue
+        if head is not None:
+            out.append(_joined(head, run))
+            head = None
+        out.append(event)
+    if head is not None:
+        out.append(_joined(head, run))
+    return out
+
+
+def _joined(head: DataReceived, run: list[bytes]) -> DataReceived:
+    return head if len(run) == 1 else DataReceived(stream_id=head.stream_id, data=b"".join(run))
+
+
 class _ServerH3(H3Connection):
     """aioquic's H3Connection with stream errors for malformed requests, the extended CONNECT
     setting made optional, QPACK settings and a field section limit of our choosing, GOAWAY, a
@@ -600,6 +629,8 @@ class HTTP3Protocol:
         if h3.error is not None or self._abuse is not None:
             events.extend(self._connection_error(h3.error))
             return events
+        if len(events) > 1:
+            events = _coalesce(events)
         if self._held_streams:
             events = self._hold(events)
         return events

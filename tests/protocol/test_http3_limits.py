@@ -377,3 +377,17 @@ def test_settings_frame_of_a_fair_size_is_read(pki: Pki) -> None:
     assert isinstance(events[0], RequestReceived)
     assert events[0].stream_id == sid
     assert not p.server.closed
+
+
+def test_qpack_bomb_with_a_broken_tail_is_refused_without_decoding_it(pki: Pki) -> None:
+    # The references come first; the decoder would expand them all before it found the end
+    # broken.
+    p = Pair(pki)
+    instructions, section = qpack_bomb(60_000, b"v" * 4000)
+    p.raw(instructions, stream_id=p.client_encoder)
+    p.raw(h3raw.headers_frame(section + b"\x3f\xff"), end=True)  # a literal cut short
+    started = time.perf_counter()
+    p.client_to_server()
+    p.transfer()
+    assert time.perf_counter() - started < 0.5
+    assert_abuse(p)

@@ -256,12 +256,12 @@ def _decode_work(block: bytes, entry: int, ceiling: int) -> int:
     """An upper bound on what the encoded field section `block` decodes to (RFC 9204 4.5),
     without decoding it: a reference to a dynamic table entry may stand for up to `entry`
     bytes, one to the static table for a short one, and a literal for its own length. Counting
-    stops once the bound passes `ceiling`. A block that is malformed or truncated counts as 0:
-    the decoder then fails on it."""
+    stops once the bound passes `ceiling`. A block that is malformed or truncated counts up to
+    where it breaks: the decoder fails there."""
+    total = 0
     try:
         _, pos = _prefixed_int(block, 0, 8)  # Required Insert Count
         _, pos = _prefixed_int(block, pos, 7)  # Sign bit and Delta Base
-        total = 0
         end = len(block)
         while pos < end and total <= ceiling:
             first = block[pos]
@@ -283,9 +283,9 @@ def _decode_work(block: bytes, entry: int, ceiling: int) -> int:
                 _, pos = _prefixed_int(block, pos, 3)
             value, pos = _string_size(block, pos, 7)
             total += name + value + _FIELD_OVERHEAD
-        return total
     except IndexError:
-        return 0
+        pass
+    return total
 
 
 def field_section_size(headers: Headers) -> int:

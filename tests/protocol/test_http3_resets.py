@@ -7,16 +7,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from aioquic.h3.connection import ErrorCode
+from aioquic.h3.connection import ErrorCode, FrameType
 
 from multicorn.protocol.events import (
     DataReceived,
     RequestReceived,
+    ResetStream,
     SendData,
     SendResponse,
     StreamReset,
 )
 from multicorn.protocol.http3 import HTTP3Limits, HTTP3Protocol
+from tests.protocol import h3raw
 from tests.protocol.h3helpers import Pair, Pki, make_pki
 
 
@@ -129,3 +131,24 @@ def test_lone_fins_leave_nothing_behind(pki: Pki) -> None:
         p.transfer()
     assert len(p.server._unseen) <= 2 * 100
     assert not p.server.closed
+
+
+def test_stream_reset_while_its_trailers_wait_for_the_encoder_stream(pki: Pki) -> None:
+    p = Pair(pki)
+    head = h3raw.headers_frame(h3raw.section_prefix(0, 0) + h3raw.request_lines())
+    trailers = h3raw.headers_frame(h3raw.section_prefix(1, 4096) + h3raw.dynamic_ref(0))
+    sid = p.raw(head + h3raw.frame(FrameType.DATA, b"body") + trailers, end=True)
+    p.transfer()
+    assert [type(e) for e in p.events()] == [RequestReceived, DataReceived]  # trailers wait
+    p.send(ResetStream(stream_id=sid))
+    p.transfer()
+    # The instructions the trailers waited for arrive after the server gave up the stream.
+    p.raw(h3raw.set_capacity(4096) + h3raw.insert(b"x-t", b"1"), stream_id=p.client_encoder)
+    p.transfer()
+    assert p.events() == []
+    assert p.resets()[sid] == ErrorCode.H3_INTERNAL_ERROR
+    assert not p.server.closed
+    after = p.request(b"/after")
+    p.transfer()
+    assert [e.target for e in of_type(p.events(), RequestReceived)] == [b"/after"]
+    assert after not in p.resets()

@@ -503,7 +503,16 @@ class _ServerH3(H3Connection):
     def forget(self, stream_id: int) -> None:
         """Drop aioquic's state for a stream reset in both directions; its H3Stream is only
         dropped once both halves ended cleanly, which a reset stream never reports."""
-        self._stream.pop(stream_id, None)
+        stream = self._stream.pop(stream_id, None)
+        if stream is not None and stream.blocked:
+            # Its field section waits in the QPACK decoder for encoder instructions; when they
+            # came, aioquic would look for the stream it has forgotten. RFC 9204 4.4.2: "when
+            # it abandons reading of a stream, it generates a Stream Cancellation instruction".
+            # aioquic does the same when the peer resets a stream (_receive_stream_reset).
+            cancel = self._decoder.cancel_stream(stream_id)
+            decoder_stream = self._local_decoder_stream_id
+            if decoder_stream is not None:
+                self._quic.send_stream_data(decoder_stream, cancel)
 
 
 class _Phase(enum.Enum):

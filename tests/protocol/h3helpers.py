@@ -164,6 +164,12 @@ class Pair:
             self.now += 0.001  # past the client's pacer
         raise AssertionError("the client had nothing to send")
 
+    def client_flush(self) -> None:
+        """Deliver whatever the client has to send now (perhaps nothing), nothing back."""
+        self.now += 0.001  # past the client's pacer
+        for data, _addr in self.client.datagrams_to_send(self.now):
+            self.endpoint_events += self.endpoint.receive_datagram(data, self.client_addr, self.now)
+
     def _short_timers(self) -> bool:
         timers = [t for t in (self.client.get_timer(), self.endpoint.next_deadline()) if t]
         due = min(timers, default=None)

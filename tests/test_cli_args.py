@@ -61,6 +61,9 @@ def test_bind_is_repeatable():
         (["--quic-max-connections", "100"], "quic_max_connections", 100),
         (["--quic-retry"], "quic_retry", True),
         (["--quic-0rtt"], "quic_0rtt", True),
+        (["--h3-max-field-section-size", "8192"], "h3_max_field_section_size", 8192),
+        (["--h3-qpack-max-table-capacity", "0"], "h3_qpack_max_table_capacity", 0),
+        (["--h3-qpack-blocked-streams", "0"], "h3_qpack_blocked_streams", 0),
     ],
 )
 def test_each_flag(argv, field, expected):

@@ -392,6 +392,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="QUIC per-connection receive window",
     )
     setting(
+        "--h3-max-field-section-size",
+        dest="h3_max_field_section_size",
+        metavar="BYTES",
+        help="largest HTTP/3 request head (names + values + 32 per field); larger ends the "
+        "connection with H3_EXCESSIVE_LOAD",
+    )
+    setting(
+        "--h3-qpack-max-table-capacity",
+        dest="h3_qpack_max_table_capacity",
+        metavar="BYTES",
+        help="QPACK dynamic table a client may use; 0 turns it off",
+    )
+    setting(
+        "--h3-qpack-blocked-streams",
+        dest="h3_qpack_blocked_streams",
+        metavar="N",
+        help="HTTP/3 streams that may wait for QPACK table updates at once",
+    )
+    setting(
         "--quic-max-connections",
         dest="quic_max_connections",
         metavar="N",

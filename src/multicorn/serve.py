@@ -261,6 +261,9 @@ class Server:
         limits = HTTP3Limits(
             extended_connect=config.websocket,
             max_concurrent_streams=config.quic_max_concurrent_streams,
+            max_field_section_size=config.h3_max_field_section_size,
+            qpack_max_table_capacity=config.h3_qpack_max_table_capacity,
+            qpack_blocked_streams=config.h3_qpack_blocked_streams,
         )
         # Signs Retry and stateless reset tokens. Per process: another process on the same
         # port must not be able to reset this one's connections.

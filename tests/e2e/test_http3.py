@@ -7,6 +7,7 @@ garbage datagrams, a client that changes address or connection ID, WebSocket ove
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -56,6 +57,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await _respond(send, json.dumps(payload).encode())
     elif path == "/echo":
         await _respond(send, body)
+    elif path == "/digest":
+        await _respond(send, hashlib.sha256(body).hexdigest().encode())
     elif path == "/slow":
         STARTED.setdefault("slow", anyio.Event()).set()
         await anyio.sleep(0.5)
@@ -129,8 +132,8 @@ async def test_get_reports_http3_in_the_scope(certs):
         assert b"alt-svc" not in stream.response_headers
 
 
-async def test_request_and_response_bodies_of_a_megabyte(certs):
-    body = os.urandom(1024 * 1024)
+async def test_request_and_response_bodies(certs):
+    body = os.urandom(512 * 1024)
     async with (
         serving(app, **quic_settings(certs)) as server,
         H3Client.connect("127.0.0.1", quic_port(server), cafile=certs.ca_path) as client,
@@ -138,6 +141,19 @@ async def test_request_and_response_bodies_of_a_megabyte(certs):
         stream = await client.request("/echo", "POST", body=body, limit=20)
         assert stream.status == 200
         assert stream.body == body
+
+
+async def test_an_upload_past_the_receive_windows(certs):
+    # 5 MiB: past the stream window (1 MiB) and the connection window (4 MiB), so the upload
+    # only completes if credit comes back as the application reads.
+    body = os.urandom(5 * 1024 * 1024)
+    async with (
+        serving(app, **quic_settings(certs)) as server,
+        H3Client.connect("127.0.0.1", quic_port(server), cafile=certs.ca_path) as client,
+    ):
+        stream = await client.request("/digest", "POST", body=body, limit=30)
+        assert stream.status == 200
+        assert stream.body == hashlib.sha256(body).hexdigest().encode()
 
 
 async def test_fifty_concurrent_streams_on_one_connection(certs):

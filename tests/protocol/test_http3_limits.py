@@ -278,8 +278,12 @@ def test_resets_after_the_response_cost_nothing(pki: Pki) -> None:
         p.send(SendResponse(stream_id=sid, status=200, headers=[]))
         p.send(SendData(stream_id=sid, data=b"done", end_stream=True))
         p.transfer()
-        cancel(p, sid)
+        # The server's STOP_SENDING (H3_NO_ERROR, RFC 9114 4.1.1) usually got there first, and
+        # the client's stack has then reset and forgotten the stream itself.
+        if sid in p.client._streams:
+            cancel(p, sid)
         p.transfer()
+        assert p.stops().get(sid) == ErrorCode.H3_NO_ERROR
     assert not p.server.closed
 
 

@@ -53,14 +53,15 @@ What this module adds to aioquic's H3Connection:
   nothing, and every other frame costs a bounded amount of work per byte received; SETTINGS
   can come only once (H3_FRAME_UNEXPECTED).
 
+- receive credit as the application reads (protocol/read_credit.py): aioquic would double a
+  stream's and the connection's window whenever the client has used half, whatever the
+  application has read. `read_credit` counts the body handed up and not yet read
+  (`AcknowledgeData`) and what aioquic's HTTP/3 layer still holds (an incomplete frame, input
+  behind a QPACK-blocked head), and the QUIC connection (protocol/quic.py) grants MAX_DATA and
+  MAX_STREAM_DATA from it, as HTTP/2 does here. A stream whose response is complete asks the
+  client to stop sending the rest (STOP_SENDING, H3_NO_ERROR) and gives its unread bytes back.
+
 Limitations, by aioquic's design:
-- Inbound flow control is not tied to the application. aioquic raises a stream's (and the
-  connection's) credit by doubling it whenever the peer has used half, on receipt rather than
-  on consumption, and has no switch for it, so `AcknowledgeData` is a no-op here: a client can
-  send a request body faster than the application reads it, and the bridge buffers it. The
-  same holds for what follows a HEADERS frame that waits for QPACK encoder instructions
-  (RFC 9204 2.1.2): aioquic buffers the stream's input until the instructions arrive, for at
-  most `qpack_blocked_streams` streams.
 - Outbound, aioquic buffers whatever it is given; `pending_send()` reads how much of a stream's
   data has not been sent yet from aioquic's stream state (no public accessor), so the
   connection driver's `drain()` still holds a fast application back.
@@ -124,6 +125,7 @@ from multicorn.protocol.events import (
     StreamReset,
 )
 from multicorn.protocol.headers import validate_response_headers
+from multicorn.protocol.read_credit import ReadCredit
 from multicorn.protocol.request_head import (
     CONNECTION_HEADERS,
     MalformedHead,
@@ -547,6 +549,14 @@ class HTTP3Protocol:
         self.quic = quic
         self._on_transmit = on_transmit
         self._limits = limits
+        # Receive credit as the application reads (protocol/read_credit.py); the endpoint hands
+        # it to its QUIC connection, which grants MAX_DATA / MAX_STREAM_DATA from it.
+        configuration = quic.configuration
+        self.read_credit = ReadCredit(
+            stream_window=configuration.max_stream_data,
+            connection_window=configuration.max_data,
+            held=self._held_bytes,
+        )
         self._h3: _ServerH3 | None = None  # from ProtocolNegotiated on
         self._streams: dict[int, _Stream] = {}
         self._phase = _Phase.OPEN
@@ -621,6 +631,8 @@ class HTTP3Protocol:
                 return []
         self._now = now
         events: list[Event] = []
+        if isinstance(event, quic_events.StreamDataReceived):
+            self.read_credit.taken += len(event.data)
         if isinstance(event, (quic_events.StreamReset, quic_events.StopSendingReceived)):
             # RESET_STREAM: the client abandoned its request; STOP_SENDING: it wants no more
             # of the response (aioquic has already reset our side). Either way, the exchange
@@ -686,12 +698,13 @@ class HTTP3Protocol:
                 return  # a stream rejected, reset or finished with: its body goes nowhere
             if event.data and not stream.rejected:
                 events.append(DataReceived(stream_id=event.stream_id, data=event.data))
+                self.read_credit.delivered(event.stream_id, len(event.data))
             if event.stream_ended:
                 self._request_ended(event.stream_id, stream, events)
         elif isinstance(event, _MalformedMessage):
             stream_id = event.stream_id
             self._first_sight(stream_id)
-            if self._streams.pop(stream_id, None) is not None:
+            if self._drop(stream_id) is not None:
                 events.append(StreamReset(stream_id=stream_id))
             self._abandon(stream_id, ErrorCode.H3_MESSAGE_ERROR)
             self._spend_reset("too many malformed requests")
@@ -784,7 +797,7 @@ class HTTP3Protocol:
 
     def _peer_reset(self, stream_id: int, events: list[Event]) -> None:
         self._unseen.discard(stream_id)  # reset before its head arrived: none will
-        stream = self._streams.pop(stream_id, None)
+        stream = self._drop(stream_id)
         if stream is None:
             return
         events.append(StreamReset(stream_id=stream_id))
@@ -811,7 +824,11 @@ class HTTP3Protocol:
             return []
         events: list[Event] = []
         if isinstance(command, AcknowledgeData):
-            return events  # aioquic grants credit on receipt; see the module docstring
+            # The QUIC connection raises its limits when it next writes a packet; once half a
+            # window was read, that is worth a packet of its own.
+            if self.read_credit.read(command.stream_id, command.amount):
+                self._transmit()
+            return events
         if isinstance(command, CloseConnection):
             self._start_drain(h3)
             events.extend(self.upkeep(now))
@@ -852,7 +869,7 @@ class HTTP3Protocol:
                 trailers = [h for h in command.headers if h[0] not in CONNECTION_HEADERS]
                 h3.send_headers(stream_id, trailers, end_stream=True)
             elif isinstance(command, ResetStream):
-                del self._streams[stream_id]
+                self._drop(stream_id)
                 self._abandon(stream_id, ErrorCode.H3_INTERNAL_ERROR)
                 return events
         except LocalProtocolError:
@@ -866,22 +883,34 @@ class HTTP3Protocol:
         return events
 
     def _stream_output_done(self, stream_id: int) -> None:
-        """Forget a stream once both directions are finished."""
+        """Forget a stream once its response is complete: at once when the request is complete
+        too, and otherwise by asking the client to stop sending the rest, which nobody will
+        read (ASGI answers `receive()` after a complete response with `http.disconnect`; a
+        rejected request's body is dropped; a WebSocket the server has ended is over). Its
+        unread body then stops holding the connection's receive credit."""
         stream = self._streams.get(stream_id)
         if stream is None or not stream.response_done:
             return
-        if stream.request_done:
-            del self._streams[stream_id]
-        elif stream.rejected or stream.tunnel:
-            # Nobody reads the rest of a rejected request, nor of a WebSocket the server has
-            # ended. RFC 9114 4.1.1: "When the server does not need to receive the remainder
-            # of the request, it MAY abort reading the request stream, send a complete
-            # response, and cleanly close the sending part of the stream. The error code
-            # H3_NO_ERROR SHOULD be used when requesting that the client stop sending on the
-            # request stream."
-            del self._streams[stream_id]
+        self._drop(stream_id)
+        if not stream.request_done:
+            # RFC 9114 4.1.1: "When the server does not need to receive the remainder of the
+            # request, it MAY abort reading the request stream, send a complete response, and
+            # cleanly close the sending part of the stream. The error code H3_NO_ERROR SHOULD
+            # be used when requesting that the client stop sending on the request stream."
             with contextlib.suppress(ValueError):
                 self.quic.stop_stream(stream_id, ErrorCode.H3_NO_ERROR)
+
+    def _drop(self, stream_id: int) -> _Stream | None:
+        """The exchange on a stream is over: stop tracking it, and its unread body."""
+        self.read_credit.forget(stream_id)
+        return self._streams.pop(stream_id, None)
+
+    def _held_bytes(self, stream_id: int) -> int:
+        """Input of a stream that aioquic's HTTP/3 layer holds (a frame not complete yet, or
+        what came after a head blocked on QPACK): not consumed, so it holds credit back."""
+        h3 = self._h3
+        stream = None if h3 is None else h3._stream.get(stream_id)  # no public accessor
+        return 0 if stream is None else len(stream.buffer)
 
     def _abandon(self, stream_id: int, code: int) -> None:
         """Reset a stream in both directions (RFC 9114 8: a stream error is signalled with
@@ -911,7 +940,7 @@ class HTTP3Protocol:
 
     def _fail(self, stream_id: int, events: list[Event]) -> None:
         """Something raised while one stream was handled: that stream is reset, nothing else."""
-        if self._streams.pop(stream_id, None) is not None:
+        if self._drop(stream_id) is not None:
             events.append(StreamReset(stream_id=stream_id))
         self._abandon(stream_id, ErrorCode.H3_INTERNAL_ERROR)
 

@@ -115,9 +115,13 @@ from aioquic.quic.packet import (
     encode_quic_version_negotiation,
     pull_quic_header,
 )
+from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.quic.recovery import QuicPacketSpace
+from aioquic.quic.stream import QuicStream
 
 from multicorn.protocol.events import Event
 from multicorn.protocol.http3 import HTTP3Limits, HTTP3Protocol
+from multicorn.protocol.read_credit import ReadCredit
 
 # The socket module's address tuple, handed back to `sendto` as it came.
 Address: TypeAlias = tuple[Any, ...]
@@ -193,10 +197,14 @@ def _address_bytes(addr: Address) -> bytes:
 
 
 class _ServerConnection(QuicConnection):
-    """aioquic's QuicConnection with stateless reset tokens derived from a key, and 0-RTT
-    refused unless it is wanted. aioquic has no public hook for either, so this overrides three
-    private methods (`_replenish_connection_ids`, `_initialize`, `_update_traffic_key`) and
-    writes two private attributes (`_host_cids`, `tls._max_early_data`)."""
+    """aioquic's QuicConnection with stateless reset tokens derived from a key, 0-RTT refused
+    unless it is wanted, and receive credit granted as the application reads (`read_credit`,
+    set by HTTP3Protocol: protocol/read_credit.py). aioquic has no public hook for any of these,
+    so this overrides five private methods (`_replenish_connection_ids`, `_initialize`,
+    `_update_traffic_key`, `_write_connection_limits`, `_write_stream_limits`) and writes private
+    attributes (`_host_cids`, `tls._max_early_data`, `_local_max_data`)."""
+
+    read_credit: ReadCredit | None = None
 
     def __init__(
         self,
@@ -242,6 +250,43 @@ class _ServerConnection(QuicConnection):
             # aioquic's server always offers 0-RTT in its tickets (max_early_data_size); a
             # ticket without the early_data extension tells the client not to try.
             self.tls._max_early_data = None
+
+    def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
+        credit = self.read_credit
+        if credit is None:
+            super()._write_connection_limits(builder, space)
+            return
+        max_data = self._local_max_data
+        max_data.value = credit.connection_limit(max_data.value)
+        # aioquic doubles MAX_DATA once the peer has sent half of it, read or not. With what
+        # it has received hidden for this call, it writes only the limit set above (a frame
+        # when it changed) and its stream-count limits as usual.
+        received = max_data.used
+        max_data.used = 0
+        try:
+            super()._write_connection_limits(builder, space)
+        finally:
+            max_data.used = received
+
+    def _write_stream_limits(
+        self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream
+    ) -> None:
+        credit = self.read_credit
+        stream_id = stream.stream_id
+        if credit is None or stream_id is None or not stream.max_stream_data_local:
+            super()._write_stream_limits(builder, space, stream)
+            return
+        receiver = stream.receiver
+        stream.max_stream_data_local = credit.stream_limit(
+            stream_id, receiver.starting_offset(), stream.max_stream_data_local
+        )
+        # As above: aioquic would double the limit once half of it has arrived.
+        highest = receiver.highest_offset
+        receiver.highest_offset = 0
+        try:
+            super()._write_stream_limits(builder, space, stream)
+        finally:
+            receiver.highest_offset = highest
 
     def _update_traffic_key(
         self,
@@ -619,6 +664,7 @@ class QuicEndpoint:
             self._dirty[id(peer)] = peer
 
         protocol = HTTP3Protocol(quic=quic, limits=self._limits, now=now, on_transmit=on_transmit)
+        quic.read_credit = protocol.read_credit
         peer = _Peer(protocol=protocol, host=host)
         # Registered in the routing map once its first datagram proves it real (see
         # receive_datagram).

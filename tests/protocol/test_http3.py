@@ -361,6 +361,22 @@ def test_close_connection_when_idle_closes_at_once(pki: Pki) -> None:
     assert p.endpoint.connections == []
 
 
+def test_a_drain_does_not_wait_long_for_a_client_that_vanished(pki: Pki) -> None:
+    p = Pair(pki)
+    p.send(CloseConnection())
+    # Nothing reaches the client any more, so nothing is acknowledged; only the server's
+    # timers (loss detection re-sending the GOAWAY) run.
+    now = p.now
+    for _ in range(40):
+        now += 0.1
+        p.endpoint.handle_deadline(now)
+        p.endpoint.datagrams_to_send(now)
+        if p.server.closed:
+            break
+    assert p.server.closed
+    assert now - p.now <= 2.5  # _ACK_PATIENCE (1 s) and the next loss timer after it
+
+
 def test_idle_timeout_closes_without_error(pki: Pki) -> None:
     p = Pair(pki)
     sid = p.request(method=b"POST", body=b"x", end=False)

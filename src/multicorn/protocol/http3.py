@@ -136,6 +136,9 @@ from multicorn.protocol.request_head import (
 # RFC 9114 5.2: a server's GOAWAY carries a client-initiated bidirectional stream ID; with no
 # request seen yet, 0 refuses them all.
 _FIRST_REQUEST_STREAM = 0
+# After the GOAWAY, how long a draining connection with nothing left to serve waits for the
+# client to acknowledge what it was sent before closing anyway (many round trips on any path).
+_ACK_PATIENCE = 1.0
 # What a QUIC connection that ended without trouble reports (ours or the peer's close, idle).
 _CLEAN_CLOSE = frozenset({QuicErrorCode.NO_ERROR, ErrorCode.H3_NO_ERROR})
 # Methods served from 0-RTT data before the handshake completes. RFC 9110 9.2.1: "the GET,
@@ -564,6 +567,7 @@ class HTTP3Protocol:
         # Request streams below it whose head has not arrived yet (packets are reordered).
         self._unseen: set[int] = set()
         self._goaway_id: int | None = None
+        self._drain_deadline = 0.0  # from the GOAWAY on: how long acknowledgements are awaited
         self._terminated = False
         # Streams reset in both directions whose input may still be arriving; the client
         # answers STOP_SENDING with RESET_STREAM (RFC 9000 3.5), which ends the entry.
@@ -669,11 +673,18 @@ class HTTP3Protocol:
 
     def upkeep(self, now: float) -> list[Event]:
         """Called by the endpoint after each batch of input: close once draining is over."""
-        if self._phase is _Phase.DRAINING and not self._streams and self._all_sent():
+        if (
+            self._phase is _Phase.DRAINING
+            and not self._streams
+            and (self._all_sent() or now >= self._drain_deadline)
+        ):
             # RFC 9114 5.2: "Once all accepted requests have been processed, the server can
             # permit the connection to become idle, or it MAY initiate an immediate closure of
-            # the connection." Only once the responses' last bytes were acknowledged: a
-            # CONNECTION_CLOSE discards whatever QUIC still had to (re)send.
+            # the connection." Only once the responses' last bytes (and the GOAWAY) were
+            # acknowledged, as a CONNECTION_CLOSE discards whatever QUIC still had to (re)send;
+            # but a client that vanished never acknowledges, and must not hold up the
+            # server's shutdown for the whole graceful timeout (QUIC's loss timers call back
+            # here while the GOAWAY is outstanding).
             self.quic.close(error_code=ErrorCode.H3_NO_ERROR)
             self._phase = _Phase.CLOSED
             self._transmit()
@@ -830,7 +841,7 @@ class HTTP3Protocol:
                 self._transmit()
             return events
         if isinstance(command, CloseConnection):
-            self._start_drain(h3)
+            self._start_drain(h3, now)
             events.extend(self.upkeep(now))
             return events
         if isinstance(command, PushPromise):
@@ -946,9 +957,10 @@ class HTTP3Protocol:
 
     # ---- connection lifetime --------------------------------------------------------------
 
-    def _start_drain(self, h3: _ServerH3) -> None:
+    def _start_drain(self, h3: _ServerH3, now: float) -> None:
         if self._phase is not _Phase.OPEN:
             return
+        self._drain_deadline = now + _ACK_PATIENCE
         # RFC 9114 5.2: the GOAWAY "contains a client-initiated bidirectional stream ID [...]
         # requests on streams with that ID or greater" will not be processed.
         self._goaway_id = max(_FIRST_REQUEST_STREAM, self._last_stream_id + 4)

@@ -292,3 +292,33 @@ def test_initials_with_any_token_open_nothing_under_retry(
     events = endpoint.receive_datagram(datagram, ATTACKER, 0.0)
     assert all(isinstance(e, DatagramIgnored) for e in events)
     assert endpoint.connections == []
+
+
+def test_a_failed_handshake_is_reported_for_a_log_line(pki: Pki) -> None:
+    # A client that does not trust the server's certificate (its CA is not in the client's
+    # store) ends the handshake with a TLS alert (RFC 9001 4.8: 0x100 + the alert).
+    from aioquic.quic.configuration import QuicConfiguration
+    from aioquic.quic.connection import QuicConnection
+
+    from multicorn.protocol.quic import HandshakeFailed
+
+    endpoint = QuicEndpoint(configuration=pki.server, now=1000.0)
+    client = QuicConnection(
+        configuration=QuicConfiguration(
+            is_client=True, alpn_protocols=["h3"], server_name="localhost"
+        )
+    )
+    server_addr, client_addr = ("127.0.0.1", 443), ("127.0.0.1", 50000)
+    client.connect(server_addr, now=1000.0)
+    reported = []
+    for _ in range(20):
+        for data, _ in client.datagrams_to_send(1000.0):
+            reported += endpoint.receive_datagram(data, client_addr, 1000.0)
+        for data, _ in endpoint.datagrams_to_send(1000.0):
+            client.receive_datagram(data, server_addr, 1000.0)
+    # The server reports the end once its draining period (RFC 9000 10.2.2) is over.
+    reported += endpoint.handle_deadline(1005.0)
+    failed = [e for e in reported if isinstance(e, HandshakeFailed)]
+    assert len(failed) == 1
+    assert failed[0].addr == client_addr
+    assert "0x12a" in failed[0].reason  # bad_certificate (42)

@@ -31,7 +31,12 @@ from typing import TYPE_CHECKING, cast
 from multicorn.app.connection import ConnectionHandler
 from multicorn.app.context import ConnectionInfo
 from multicorn.protocol.events import ConnectionClosed
-from multicorn.protocol.quic import ConnectionOpened, DatagramIgnored, StreamEvents
+from multicorn.protocol.quic import (
+    ConnectionOpened,
+    DatagramIgnored,
+    HandshakeFailed,
+    StreamEvents,
+)
 
 if TYPE_CHECKING:
     from multicorn.app.context import ServerContext
@@ -155,6 +160,10 @@ class QuicListener:
             elif type(event) is DatagramIgnored:
                 self._context.loggers.error.debug(
                     "QUIC: dropped a datagram from %s: %s", _host(event.addr), event.reason
+                )
+            elif type(event) is HandshakeFailed:
+                self._context.loggers.error.debug(
+                    "QUIC: handshake with %s failed: %s", _host(event.addr), event.reason
                 )
 
     def _open(self, event: ConnectionOpened) -> None:

@@ -119,7 +119,7 @@ from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 
-from multicorn.protocol.events import Event
+from multicorn.protocol.events import ConnectionClosed, Event
 from multicorn.protocol.http3 import HTTP3Limits, HTTP3Protocol
 from multicorn.protocol.read_credit import ReadCredit
 
@@ -184,7 +184,16 @@ class DatagramIgnored:
     reason: str
 
 
-EndpointEvent = ConnectionOpened | StreamEvents | DatagramIgnored
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandshakeFailed:
+    """A connection ended with an error before its handshake completed (never reported as
+    opened); worth a debug line."""
+
+    addr: Address
+    reason: str
+
+
+EndpointEvent = ConnectionOpened | StreamEvents | DatagramIgnored | HandshakeFailed
 
 
 def _mac(key: bytes, *parts: bytes) -> bytes:
@@ -703,6 +712,12 @@ class QuicEndpoint:
             out.append(ConnectionOpened(connection=protocol, addr=addr))
         if events and peer.announced:
             out.append(StreamEvents(connection=protocol, events=events))
+        elif events and type(events[-1]) is ConnectionClosed and events[-1].error is not None:
+            # A handshake that failed (the client refused our certificate, say) never reached
+            # the layer above; it still deserves a debug line there.
+            out.append(
+                HandshakeFailed(addr=protocol.peer_address or (), reason=str(events[-1].error))
+            )
         return out
 
     def _handshake_done(self, peer: _Peer) -> None:

@@ -9,7 +9,7 @@ import trustme
 
 from multicorn.net.quic import quic_configuration
 from multicorn.net.tls import TLSConfigError
-from tests.protocol.h3helpers import TLSFiles
+from tests.protocol.quic.h3helpers import TLSFiles
 
 
 @pytest.fixture(scope="module")

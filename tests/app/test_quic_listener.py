@@ -22,7 +22,7 @@ from multicorn.app.quic import QuicListener
 from multicorn.app.registry import ConnectionRegistry
 from multicorn.protocol.http3 import HTTP3Limits
 from multicorn.protocol.quic import QuicEndpoint
-from tests.protocol.h3helpers import Pki, client_configuration, make_pki
+from tests.protocol.quic.h3helpers import Pki, client_configuration, make_pki
 
 from .fakes import FakeRuntime, make_context, ok_app
 

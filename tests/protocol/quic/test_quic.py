@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from aioquic._buffer import Buffer
 from aioquic.quic.packet import QuicPacketType, pull_quic_header
@@ -12,22 +10,11 @@ from hypothesis import strategies as st
 
 from multicorn.protocol.events import RequestReceived, SendData, SendResponse, StreamEnded
 from multicorn.protocol.quic import DatagramIgnored, QuicEndpoint
-from tests.protocol.h3helpers import Pair, Pki, make_pki
+from tests.protocol.quic.h3helpers import Pair, Pki
 
 ATTACKER = ("203.0.113.9", 6666)
 # The module-scoped PKI fixture is the same for every example.
 _FIXTURES = [HealthCheck.function_scoped_fixture]
-
-
-@pytest.fixture
-def h1_engine() -> str:
-    """HTTP/1.1's parsing engines (tests/protocol/conftest.py) do not apply here."""
-    return "none"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(Path(tmp_path_factory.mktemp("quicpki")))
 
 
 def long_header(
@@ -178,7 +165,7 @@ def test_deadlines_run_through_the_endpoint(pki: Pki) -> None:
 
 
 def test_endpoint_refuses_a_client_configuration(pki: Pki) -> None:
-    from tests.protocol.h3helpers import client_configuration
+    from tests.protocol.quic.h3helpers import client_configuration
 
     with pytest.raises(ValueError, match="server side"):
         QuicEndpoint(configuration=client_configuration(pki), now=0.0)

@@ -5,10 +5,8 @@ connection with H3_EXCESSIVE_LOAD and PeerAbuse, as HTTP/2 does with ENHANCE_YOU
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pylsqpack
-import pytest
 from aioquic.buffer import encode_uint_var
 from aioquic.h3.connection import ErrorCode, FrameType, Setting, StreamType
 from hypothesis import given, settings
@@ -25,21 +23,10 @@ from multicorn.protocol.events import (
     StreamReset,
 )
 from multicorn.protocol.http3 import HTTP3Limits, _decode_work, field_section_size
-from tests.protocol import h3raw
-from tests.protocol.h3helpers import Pair, Pki, make_pki, served_alongside
+from tests.protocol.quic import h3raw
+from tests.protocol.quic.h3helpers import Pair, Pki, served_alongside
 
 KB = 1024
-
-
-@pytest.fixture
-def h1_engine() -> str:
-    """HTTP/1.1's parsing engines (tests/protocol/conftest.py) do not apply here."""
-    return "none"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(Path(tmp_path_factory.mktemp("h3pki")))
 
 
 def of_type(events: list, kind: type) -> list:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from aioquic.quic.connection import MAX_EARLY_DATA
 
@@ -15,19 +13,8 @@ from multicorn.protocol.events import (
     StreamEnded,
 )
 from multicorn.protocol.quic import ConnectionOpened, StreamEvents
-from tests.protocol.h3helpers import Pair, Pki, make_pki
-from tests.protocol.test_quic import serve_one
-
-
-@pytest.fixture
-def h1_engine() -> str:
-    """HTTP/1.1's parsing engines (tests/protocol/conftest.py) do not apply here."""
-    return "none"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(Path(tmp_path_factory.mktemp("quicpki")))
+from tests.protocol.quic.h3helpers import Pair, Pki
+from tests.protocol.quic.test_quic import serve_one
 
 
 def answer(p: Pair, stream_id: int, body: bytes) -> None:

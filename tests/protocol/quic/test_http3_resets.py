@@ -4,8 +4,6 @@ for it afterwards, however many times it happens."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from aioquic.h3.connection import ErrorCode, FrameType
 
@@ -18,19 +16,8 @@ from multicorn.protocol.events import (
     StreamReset,
 )
 from multicorn.protocol.http3 import HTTP3Limits, HTTP3Protocol
-from tests.protocol import h3raw
-from tests.protocol.h3helpers import Pair, Pki, make_pki
-
-
-@pytest.fixture
-def h1_engine() -> str:
-    """HTTP/1.1's parsing engines (tests/protocol/conftest.py) do not apply here."""
-    return "none"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(Path(tmp_path_factory.mktemp("h3pki")))
+from tests.protocol.quic import h3raw
+from tests.protocol.quic.h3helpers import Pair, Pki
 
 
 def of_type(events: list, kind: type) -> list:

@@ -5,10 +5,6 @@ client in memory (h3helpers.Pair): the client sends as fast as the server's limi
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
 from multicorn.protocol.events import (
     AcknowledgeData,
     DataReceived,
@@ -16,21 +12,10 @@ from multicorn.protocol.events import (
     SendResponse,
     StreamEnded,
 )
-from tests.protocol.h3helpers import Pair, Pki, make_pki
+from tests.protocol.quic.h3helpers import Pair
 
 WINDOW = 1024 * 1024  # quic_configuration's (aioquic's) max_data and max_stream_data
 SLACK = 64 * 1024  # HTTP/3 framing and a frame in flight
-
-
-@pytest.fixture
-def h1_engine() -> str:
-    """HTTP/1.1's parsing engines (tests/protocol/conftest.py) do not apply here."""
-    return "none"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(Path(tmp_path_factory.mktemp("creditpki")))
 
 
 def body_bytes(events: list, stream_id: int | None = None) -> int:

@@ -5,8 +5,6 @@ served as if nothing happened."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from aioquic.buffer import encode_uint_var
 from aioquic.h3.connection import ErrorCode, FrameType, StreamType, encode_settings
@@ -15,19 +13,8 @@ from hypothesis import strategies as st
 
 from multicorn.protocol.errors import PeerAbuse, RemoteProtocolError
 from multicorn.protocol.events import ConnectionClosed, RequestReceived, StreamEnded
-from tests.protocol import h3raw
-from tests.protocol.h3helpers import Pair, Pki, make_pki, served_alongside
-
-
-@pytest.fixture
-def h1_engine() -> str:
-    """HTTP/1.1's parsing engines (tests/protocol/conftest.py) do not apply here."""
-    return "none"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(Path(tmp_path_factory.mktemp("h3pki")))
+from tests.protocol.quic import h3raw
+from tests.protocol.quic.h3helpers import Pair, Pki, served_alongside
 
 
 def get_request() -> bytes:

@@ -3,28 +3,15 @@ reset (RFC 9000 10.3)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from aioquic.quic.connection import QuicConnection
 
 from multicorn.protocol.events import SendResponse
 from multicorn.protocol.quic import DatagramIgnored, QuicEndpoint
-from tests.protocol.h3helpers import SERVER_ADDR, Pair, Pki, client_configuration, make_pki
-from tests.protocol.test_quic import serve_one
+from tests.protocol.quic.h3helpers import SERVER_ADDR, Pair, Pki, client_configuration
+from tests.protocol.quic.test_quic import serve_one
 
 SECRET = b"s" * 32
-
-
-@pytest.fixture
-def h1_engine() -> str:
-    """HTTP/1.1's parsing engines (tests/protocol/conftest.py) do not apply here."""
-    return "none"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(Path(tmp_path_factory.mktemp("quicpki")))
 
 
 def first_flight(pki: Pki, now: float = 0.0) -> bytes:

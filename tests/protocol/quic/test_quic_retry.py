@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from aioquic._buffer import Buffer
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicPacketType, pull_quic_header
 
 from multicorn.protocol.quic import DatagramIgnored, QuicEndpoint
-from tests.protocol.h3helpers import SERVER_ADDR, Pair, Pki, client_configuration, make_pki
-from tests.protocol.test_quic import serve_one
+from tests.protocol.quic.h3helpers import SERVER_ADDR, Pair, Pki, client_configuration
+from tests.protocol.quic.test_quic import serve_one
 
 SECRET = b"k" * 32
 CLIENT = ("198.51.100.7", 50000)
-
-
-@pytest.fixture
-def h1_engine() -> str:
-    """HTTP/1.1's parsing engines (tests/protocol/conftest.py) do not apply here."""
-    return "none"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(Path(tmp_path_factory.mktemp("quicpki")))
 
 
 def reasons(events: list) -> list[str]:

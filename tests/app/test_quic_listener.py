@@ -73,6 +73,7 @@ class World:
             for data, _ in self.client.datagrams_to_send(self.runtime.clock):
                 moved = True
                 self.listener.datagram_received(data, CLIENT)
+            self.listener.batch_done()
             self.runtime.run()
             sent, self.transport.sent = self.transport.sent, []
             for data, addr in sent:
@@ -214,4 +215,5 @@ def test_closing_the_socket_loses_every_connection(pki):
     assert len(world.registry) == 0
     assert not [t for t in world.runtime.timers if not t.cancelled]
     world.listener.datagram_received(b"\x40" + bytes(40), CLIENT)  # ignored once closed
+    world.listener.batch_done()
     assert world.transport.sent == []

@@ -94,12 +94,16 @@ class DatagramRecorder:
     datagrams: list[tuple[bytes, Any]] = field(default_factory=list)
     lost: int = 0
     echo: bool = True
+    batches: list[int] = field(default_factory=list)  # datagrams seen at each batch_done()
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         assert isinstance(data, bytes)
         self.datagrams.append((data, addr))
         if self.echo:
             self.transport.sendto(data.upper(), addr)
+
+    def batch_done(self) -> None:
+        self.batches.append(len(self.datagrams))
 
     def connection_lost(self) -> None:
         self.lost += 1

@@ -89,6 +89,22 @@ async def test_a_burst_of_datagrams_is_delivered(backend: BackendUnderTest):
     assert [data for data, _ in handler.datagrams] == [b"%d" % i for i in range(200)]
 
 
+async def test_batch_done_follows_every_batch_and_groups_a_burst(backend: BackendUnderTest):
+    async with backend.running() as b, datagram_endpoint(b) as (sock, handlers):
+        handler = handlers[0]
+        handler.echo = False
+        port = sock.getsockname()[1]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            # Queued in the kernel before the loop next looks: one readable wake-up.
+            for index in range(20):
+                peer.sendto(b"%d" % index, ("127.0.0.1", port))
+            await eventually(lambda: len(handler.datagrams) == 20, "the burst")
+            await eventually(lambda: handler.batches[-1:] == [20], "batch_done after the last")
+            # Fewer batches than datagrams: the handler could answer them all at once.
+            assert len(handler.batches) < 20
+            assert handler.batches == sorted(handler.batches)
+
+
 async def test_the_endpoint_may_send_first_and_to_any_peer(backend: BackendUnderTest):
     async with backend.running() as b, datagram_endpoint(b) as (sock, handlers):
         handler = handlers[0]

@@ -7,10 +7,10 @@ else is runtime-neutral and lives here once for asyncio and trio:
   completed (`ConnectionOpened`) gets a `ConnectionHandler` around its `HTTP3Protocol`, the same
   driver as HTTP/1.1 and HTTP/2, so streams reach the same ASGI bridges;
 - its stream events (`StreamEvents`) go to that handler's `events_received`;
-- after every wake-up (a datagram, the timer, a handler's upkeep when an app task sent
-  something) the endpoint's due datagrams are sent and the single timer is re-armed at the
-  endpoint's `next_deadline()`. Within one datagram's handling, handlers' upkeep only marks
-  output due, and one flush at the end sends it all.
+- after every wake-up (a batch of datagrams, the timer, a handler's upkeep when an app task
+  sent something) the endpoint's due datagrams are sent and the single timer is re-armed at
+  the endpoint's `next_deadline()`. While a batch of datagrams is handled, handlers' upkeep
+  only marks output due, and one flush at `batch_done()` sends it all.
 
 A handler's `Transport` is `_QuicConnectionTransport`: nothing is ever written to it (an HTTP/3
 core queues its output into the QUIC connection), reading cannot be paused (aioquic grants
@@ -87,11 +87,13 @@ class QuicListener:
     def datagram_received(self, data: bytes, addr: DatagramAddress) -> None:
         if self._closed:
             return
+        # Output waits for batch_done(): building packets costs about the same for one
+        # datagram's answer as for a whole batch's.
         self._busy = True
-        try:
-            self._handle(self._endpoint.receive_datagram(data, addr, self._runtime.now()))
-        finally:
-            self._busy = False
+        self._handle(self._endpoint.receive_datagram(data, addr, self._runtime.now()))
+
+    def batch_done(self) -> None:
+        self._busy = False
         self.flush()
 
     def connection_lost(self) -> None:

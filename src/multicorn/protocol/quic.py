@@ -282,9 +282,19 @@ class _ServerConnection(QuicConnection):
     ) -> None:
         credit = self.read_credit
         stream_id = stream.stream_id
-        if credit is None or stream_id is None or not stream.max_stream_data_local:
+        if credit is None or stream_id is None or stream_id & 2:
+            # Unidirectional: the client's control and QPACK streams, which the HTTP/3 layer
+            # consumes as they arrive; aioquic's own rule suits them.
             super()._write_stream_limits(builder, space, stream)
             return
+        # The usual case, for every open stream and every packet, must be cheap: nothing was
+        # read, and no MAX_STREAM_DATA was lost (aioquic zeroes what it counts as sent).
+        if (
+            stream_id not in credit.due
+            and stream.max_stream_data_local_sent == stream.max_stream_data_local
+        ):
+            return
+        credit.due.discard(stream_id)
         receiver = stream.receiver
         stream.max_stream_data_local = credit.stream_limit(
             stream_id, receiver.starting_offset(), stream.max_stream_data_local

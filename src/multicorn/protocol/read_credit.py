@@ -32,6 +32,7 @@ class ReadCredit:
         "_since_total",
         "_unread",
         "connection_window",
+        "due",
         "stream_window",
         "taken",
         "unread_total",
@@ -48,6 +49,9 @@ class ReadCredit:
         # Bytes read since `read` last said a new limit was due, per stream and in all.
         self._since: dict[int, int] = {}
         self._since_total = 0
+        # Streams whose limit may now be raised; the QUIC connection looks at no other (it is
+        # asked about every open stream for every packet it builds).
+        self.due: set[int] = set()
         self.taken = 0  # bytes the HTTP/3 layer took from QUIC, all streams together
 
     def delivered(self, stream_id: int, amount: int) -> None:
@@ -71,6 +75,7 @@ class ReadCredit:
         if since >= self.stream_window // 2:
             since = 0
             due = True
+            self.due.add(stream_id)
         if self._since_total >= self.connection_window // 2:
             self._since_total = 0
             due = True
@@ -81,6 +86,7 @@ class ReadCredit:
         """The stream is over: what it left unread no longer holds credit back."""
         self.unread_total -= self._unread.pop(stream_id, 0)
         self._since.pop(stream_id, None)
+        self.due.discard(stream_id)
 
     def stream_limit(self, stream_id: int, taken: int, current: int) -> int:
         """The MAX_STREAM_DATA to grant a stream of which the HTTP/3 layer has taken `taken`

@@ -147,6 +147,10 @@ class DatagramHandler(Protocol):
 
     def datagram_received(self, data: bytes, addr: DatagramAddress) -> None: ...
 
+    def batch_done(self) -> None:
+        """Every datagram the socket had ready was delivered (a batch of one or more): the
+        moment to send what they called for, once for all of them."""
+
     def connection_lost(self) -> None:
         """The endpoint was closed (by `close()`, `close_datagram_endpoints()` or the
         session's end)."""

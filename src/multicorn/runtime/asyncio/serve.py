@@ -70,9 +70,8 @@ class AsyncioBackend:
     async def start_datagram_endpoint(
         self, sock: socket.socket, factory: DatagramHandlerFactory
     ) -> None:
-        loop = asyncio.get_running_loop()
-        endpoint = AsyncioDatagramEndpoint(factory, self._runtime, self._logger)
-        await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
+        endpoint = AsyncioDatagramEndpoint(sock, asyncio.get_running_loop(), self._logger)
+        endpoint.start(factory, self._runtime)
         self._endpoints.append(endpoint)
 
     def stop_listeners(self) -> None:

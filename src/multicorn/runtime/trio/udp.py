@@ -2,7 +2,8 @@
 
 The task waits until the socket is readable and then takes every datagram already queued (up to a
 batch), as the accept loop does for connections: one wake-up per datagram would leave a burst
-queued behind other tasks. `sendto` is synchronous, straight on the non-blocking socket.
+queued behind other tasks. After each batch the handler hears `batch_done()`. `sendto` is
+synchronous, straight on the non-blocking socket.
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ class TrioDatagramEndpoint:
                         except Exception:
                             # One bad datagram, or a bug, must not end the endpoint for everyone.
                             self._logger.exception("datagram handler failed on %r", addr)
+                    try:
+                        self._handler.batch_done()
+                    except Exception:
+                        self._logger.exception("datagram handler failed after a batch")
         except (trio.ClosedResourceError, OSError, ValueError) as exc:
             # The socket failed or was closed under us (fd -1 is a ValueError). close() ends
             # this task by cancellation instead, so whatever lands here stopped an endpoint

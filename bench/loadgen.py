@@ -1,7 +1,8 @@
 """Load generators: run one scenario's load against a running server and return its figures.
 
 This module owns driving the clients: wrk (HTTP/1.1, with `--latency` for percentiles),
-h2load (HTTP/2 cleartext or TLS, with `--log-file` for percentiles), the idle-connection memory
+h2load (HTTP/2 cleartext or TLS, with `--log-file` for percentiles), gtlsclient (HTTP/3, several
+processes, counted by the app: see `run_h3`), the idle-connection memory
 probes for keep-alive HTTP connections and for WebSockets (asyncio clients in this process), and
 the WebSocket echo client (`wsclient.py`, in one or more processes). Every client is pinned to
 the load CPUs, talks to 127.0.0.1 only, and is killed if it outlives its duration by more than
@@ -15,6 +16,9 @@ import contextlib
 import json
 import os
 import shlex
+import signal
+import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -22,8 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.parsers import parse_h2load, parse_wrk, percentiles_from_h2load_log
-from bench.procutil import HOST, pinned, run_bounded
+from bench.parsers import (
+    gtlsclient_errors,
+    parse_count_response,
+    parse_gtlsclient,
+    parse_h2load,
+    parse_proc_stat,
+    parse_wrk,
+    percentiles_from_h2load_log,
+)
+from bench.procutil import CLOCK_TICKS, HOST, pinned, run_bounded
 from bench.scenarios import Scenario
 from bench.wsclient import client_frame, handshake_problem, handshake_request
 
@@ -124,6 +136,182 @@ def run_h2load(scenario: Scenario, ctx: LoadContext, duration: float) -> dict[st
     result["client_cpu_percent"] = 100.0 * completed.cpu_seconds / (result["seconds"] or duration)
     _check_errors(result)
     return result
+
+
+# HTTP/3: requests each gtlsclient process is asked for. More than a run can complete, so every
+# client is still loading the server when the measured window closes (and is then killed); one
+# that exits before has lost its connection, which fails the run.
+H3_REQUESTS_PER_CONNECTION = 100_000_000
+H3_PROBE_REQUESTS = 8  # the non-quiet check before and after the load: all must be 200 over h3
+H3_IDLE_TIMEOUT = 5  # seconds of silence after which a gtlsclient gives up (QUIC idle timeout)
+H3_START_TIMEOUT = 10.0  # seconds for the first HTTP/3 response of the load to be counted
+
+
+def _gtlsclient(scenario: Scenario, ctx: LoadContext, requests: int, quiet: bool) -> list[str]:
+    """`gtlsclient [-q] -n REQUESTS 127.0.0.1 PORT URL`: one QUIC connection, REQUESTS GETs.
+
+    It keeps as many requests in flight as the server's MAX_STREAMS allows (it opens a stream
+    per request whenever the limit lets it: 128 at a time against aioquic's default), and
+    exits when all of them are closed.
+    """
+    argv = ["gtlsclient"] + (["-q"] if quiet else [])
+    argv += ["--no-quic-dump", "--no-http-dump", "--exit-on-all-streams-close"]
+    argv += [f"--timeout={H3_IDLE_TIMEOUT}s", "-n", str(requests)]
+    argv += [HOST, str(ctx.port), _url(scenario, ctx.port)]
+    return pinned(argv, ctx.cpus)
+
+
+def _h3_probe(scenario: Scenario, ctx: LoadContext, when: str) -> None:
+    """`H3_PROBE_REQUESTS` GETs by a non-quiet gtlsclient: ALPN h3, and every status 200.
+
+    The load runs quiet (gtlsclient then prints nothing per request, and its exit status is 0
+    even when no server answers), so this is where a server's HTTP/3 is seen to work at all.
+    Tried three times before the load (the UDP listener may open after the TCP one answers).
+    """
+    problem = ""
+    for _ in range(3 if when == "before" else 1):
+        argv = _gtlsclient(scenario, ctx, H3_PROBE_REQUESTS, quiet=False)
+        completed = run_bounded(argv, 3 * H3_IDLE_TIMEOUT)
+        seen = parse_gtlsclient(completed.stdout + completed.stderr)
+        if seen["alpn"] == "h3" and seen["statuses"] == {"200": H3_PROBE_REQUESTS}:
+            return
+        problem = (
+            f"ALPN {seen['alpn']!r}, statuses {seen['statuses']} of {H3_PROBE_REQUESTS} "
+            f"requests{', killed' if completed.timed_out else ''}"
+            + (f", {seen['errors'][-1]}" if seen["errors"] else "")
+        )
+    raise LoadError(f"HTTP/3 probe {when} the load failed: {problem}")
+
+
+def _h3_count(port: int, timeout: float = 10.0) -> tuple[float, int]:
+    """(when, count): `GET /count` over the server's TCP listener (TLS, HTTP/1.1), and the
+    number of GET /10k responses the app has sent over HTTP/3; `when` is halfway through the
+    exchange."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["http/1.1"])
+    started = time.monotonic()
+    chunks: list[bytes] = []
+    try:
+        with (
+            socket.create_connection((HOST, port), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname="localhost") as sock,
+        ):
+            sock.sendall(b"GET /count HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            for _ in range(64):  # the answer is a few hundred bytes; read to the close
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        counts = parse_count_response(b"".join(chunks))
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise LoadError(f"could not read the app's count: {type(exc).__name__}: {exc}") from None
+    return (started + time.monotonic()) / 2, counts.get("3", 0)
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """utime+stime of these processes, from /proc (0 for one that is gone)."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(f"/proc/{pid}/stat") as stat_file:
+                stat = parse_proc_stat(stat_file.read())
+            total += (stat["utime"] + stat["stime"]) / CLOCK_TICKS
+    return total
+
+
+def run_h3(scenario: Scenario, ctx: LoadContext, duration: float) -> dict[str, Any]:
+    """`scenario.connections` quiet gtlsclient processes, one QUIC connection each.
+
+    gtlsclient prints no per-request result when quiet, so the figure is the app's own count
+    (`GET /count` of bench/apps.py, over the TCP listener): the GET /10k responses it sent over
+    HTTP/3 between two readings `duration` seconds apart, taken once the load is flowing, while
+    every client is still running. Its correctness is checked around it: a non-quiet probe
+    before and after the load must see `:status: 200` for every request over ALPN h3, and a
+    client that exits during the window (its connection closed or timed out) fails the run.
+    The clients' CPU time is read from /proc over the same window.
+    """
+    _h3_probe(scenario, ctx, "before")
+    _, baseline = _h3_count(ctx.port)
+    argv = _gtlsclient(scenario, ctx, H3_REQUESTS_PER_CONNECTION, quiet=True)
+    stderr_paths = [
+        ctx.workdir / f"gtlsclient-{ctx.port}-{index}-{time.monotonic_ns()}.err"
+        for index in range(scenario.connections)
+    ]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for path in stderr_paths:
+            with path.open("wb") as err:
+                procs.append(
+                    subprocess.Popen(
+                        argv,
+                        stdout=subprocess.DEVNULL,
+                        stderr=err,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
+                )
+        deadline = time.monotonic() + H3_START_TIMEOUT
+        while True:  # until the load is flowing: the count moves
+            started, first = _h3_count(ctx.port)
+            if first > baseline:
+                break
+            if time.monotonic() > deadline or any(proc.poll() is not None for proc in procs):
+                raise LoadError(
+                    f"no HTTP/3 response counted within {H3_START_TIMEOUT:g} s of starting "
+                    f"the clients: {_stderr_tail(stderr_paths)}"
+                )
+            time.sleep(0.05)
+        pids = [proc.pid for proc in procs]
+        cpu_before = _cpu_seconds(pids)
+        time.sleep(duration)
+        cpu_after = _cpu_seconds(pids)
+        ended, last = _h3_count(ctx.port)
+        gone = [proc for proc in procs if proc.poll() is not None]
+        if gone:
+            raise LoadError(
+                f"{len(gone)} of {len(procs)} gtlsclient processes exited during the run "
+                f"(their connection closed or timed out): {_stderr_tail(stderr_paths)}"
+            )
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+    errors = [line for path in stderr_paths for line in _read_lines(path)]
+    for path in stderr_paths:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    _h3_probe(scenario, ctx, "after")
+    seconds = ended - started
+    requests = last - first
+    result: dict[str, Any] = {
+        "requests_per_s": requests / seconds,
+        "requests": requests,
+        "seconds": seconds,
+        "errors": len(gtlsclient_errors("\n".join(errors))),
+        "client_errors": errors[-5:],
+        "client_cpu_percent": 100.0 * (cpu_after - cpu_before) / seconds,
+        "client_processes": len(procs),
+        "connections_open": len(procs),
+        "load_command": f"{len(procs)} x {shlex.join(argv)}",
+    }
+    _check_errors(result)
+    return result
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return []
+
+
+def _stderr_tail(paths: list[Path]) -> str:
+    lines = [line for path in paths for line in _read_lines(path)]
+    return "; ".join(lines[-3:])[:300] or "no output"
 
 
 def run_ws(scenario: Scenario, ctx: LoadContext, duration: float) -> dict[str, Any]:
@@ -321,6 +509,8 @@ def run_load(
         return run_wrk(scenario, ctx, duration)
     if scenario.tool == "h2load":
         return run_h2load(scenario, ctx, duration)
+    if scenario.tool == "gtlsclient":
+        return run_h3(scenario, ctx, duration)
     if scenario.tool == "ws":
         return run_ws(scenario, ctx, duration)
     if scenario.measures_idle_memory:

@@ -345,6 +345,45 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="the app must accept or deny a WebSocket, and a client answer its close, within this",
     )
+    parser.add_argument(
+        "--quic-bind",
+        dest="quic_bind",
+        action="append",
+        type=_bind_type,
+        default=None,
+        metavar="ADDRESS",
+        help="serve HTTP/3 over QUIC on this UDP address (needs --certfile); repeatable "
+        "(default: none)",
+    )
+    switch(
+        "--alt-svc-headers",
+        dest="alt_svc_headers",
+        help="advertise HTTP/3 with Alt-Svc on HTTP/1.1 and HTTP/2 responses while QUIC is up",
+    )
+    setting(
+        "--quic-idle-timeout",
+        dest="quic_idle_timeout",
+        metavar="SECONDS",
+        help="close a QUIC connection idle this long",
+    )
+    setting(
+        "--quic-max-concurrent-streams",
+        dest="quic_max_concurrent_streams",
+        metavar="N",
+        help="HTTP/3 request streams a client may have open at once",
+    )
+    setting(
+        "--quic-max-stream-data",
+        dest="quic_max_stream_data",
+        metavar="BYTES",
+        help="QUIC per-stream receive window",
+    )
+    setting(
+        "--quic-max-data",
+        dest="quic_max_data",
+        metavar="BYTES",
+        help="QUIC per-connection receive window",
+    )
     parser.add_argument("--version", action="version", version=f"multicorn {__version__}")
     return parser
 

@@ -105,6 +105,14 @@ class Config:
     websocket_ping_interval: float = 20.0  # seconds between pings; 0 sends none
     websocket_ping_timeout: float = 20.0  # a pong must come within this, else 1011; 0 waits
     websocket_handshake_timeout: float = 10.0  # for the app's accept, and the peer's Close
+    # HTTP/3 over QUIC: UDP listeners, TLS from certfile/keyfile.
+    quic_bind: list[str] = field(default_factory=list)
+    # Advertise HTTP/3 (Alt-Svc: h3=":PORT") on HTTP/1.1 and HTTP/2 responses while QUIC is up.
+    alt_svc_headers: bool = True
+    quic_idle_timeout: float = 30.0  # QUIC idle timeout (the smaller of ours and the client's)
+    quic_max_concurrent_streams: int = 100  # HTTP/3 request streams a client may have open
+    quic_max_stream_data: int = 1024 * 1024  # per-stream receive window, bytes
+    quic_max_data: int = 4 * 1024 * 1024  # per-connection receive window, bytes
 
     def __post_init__(self) -> None:
         self.validate()
@@ -121,6 +129,10 @@ class Config:
         if (self.keyfile or self.ca_certs or self.insecure_bind) and not self.certfile:
             key = "keyfile" if self.keyfile else "ca_certs" if self.ca_certs else "insecure_bind"
             raise ConfigError(key, "needs certfile: TLS is only on when a certificate is given")
+        if self.quic_bind and not self.certfile:
+            raise ConfigError(
+                "quic_bind", "needs certfile (and keyfile): QUIC always runs over TLS 1.3"
+            )
         if self.verify_mode != "none" and not self.ca_certs:
             raise ConfigError(
                 "verify_mode", "client certificates need ca_certs, the CAs to verify them with"
@@ -203,15 +215,30 @@ _RULES: Final[Mapping[str, _Rule]] = MappingProxyType(
         "websocket_ping_interval": _seconds(),
         "websocket_ping_timeout": _seconds(),
         "websocket_handshake_timeout": _seconds(),
+        "quic_bind": _Rule("str_list", "zero or more UDP addresses like 0.0.0.0:443"),
+        "alt_svc_headers": _BOOL,
+        "quic_idle_timeout": _Rule(
+            "float", "a number of seconds > 0", minimum=0, minimum_inclusive=False
+        ),
+        "quic_max_concurrent_streams": _positive_int("a whole number of streams"),
+        "quic_max_stream_data": _Rule("int", "a window from 1024 bytes", minimum=1024),
+        "quic_max_data": _Rule("int", "a window from 1024 bytes", minimum=1024),
     }
 )
 
+
+# Address lists that may be empty (only `bind` must name at least one address).
+_MAY_BE_EMPTY: Final = frozenset({"insecure_bind", "quic_bind"})
 
 _INT_MAXIMA: Final[Mapping[str, int]] = MappingProxyType(
     {
         "h2_max_inbound_frame_size": 2**24 - 1,
         "h2_initial_window_size": 2**31 - 1,
         "h2_connection_window_size": 2**31 - 1,
+        # RFC 9000 19.11: MAX_STREAMS values above 2^60 are a connection error.
+        "quic_max_concurrent_streams": 2**60,
+        "quic_max_stream_data": 2**62 - 1,
+        "quic_max_data": 2**62 - 1,
     }
 )
 
@@ -254,7 +281,7 @@ def _problem(name: str, value: object) -> str | None:
             return None
         return None if isinstance(value, str) and value else bad
     if rule.kind == "str_list":
-        if not isinstance(value, list) or (not value and name != "insecure_bind"):
+        if not isinstance(value, list) or (not value and name not in _MAY_BE_EMPTY):
             return bad
         for item in value:
             if not isinstance(item, str):
@@ -264,9 +291,11 @@ def _problem(name: str, value: object) -> str | None:
                     return bad
                 continue
             try:
-                parse_bind(item)
+                bind = parse_bind(item)
             except BindError as exc:
                 return str(exc)
+            if name == "quic_bind" and bind.kind == "unix":
+                return f"QUIC listens on UDP: expected HOST:PORT or fd://N, got {item!r}"
         return None
     if not isinstance(value, str):
         return bad

@@ -10,6 +10,7 @@ async library is running (sniffio).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import stat
 from collections.abc import Awaitable, Callable
@@ -23,8 +24,8 @@ from multicorn.app.lifespan import Lifespan
 from multicorn.app.registry import ConnectionRegistry
 from multicorn.config import Config, ConfigError
 from multicorn.logging import configure_logging
-from multicorn.net.binds import parse_bind
-from multicorn.net.sockets import bound_url, create_socket
+from multicorn.net.binds import format_url, parse_bind
+from multicorn.net.sockets import bound_url, create_datagram_socket, create_socket
 from multicorn.net.tls import TLSInfoFactory, create_ssl_context
 from multicorn.protocol.http2 import HTTP2Limits
 from multicorn.protocol.http11 import HTTP11Limits
@@ -38,8 +39,18 @@ if TYPE_CHECKING:
     import socket
     from types import TracebackType
 
-    from multicorn.runtime.base import Backend, ConnectionDetails, Runtime, Transport
+    from multicorn.runtime.base import (
+        Backend,
+        ConnectionDetails,
+        DatagramTransport,
+        Runtime,
+        Transport,
+    )
     from multicorn.typing import ASGIApp
+
+
+# How long a client may remember the HTTP/3 alternative: a day, as the big sites announce it.
+_ALT_SVC_MAX_AGE = 86400
 
 
 def _backend(config: Config, logger: logging.Logger) -> Backend:
@@ -101,6 +112,15 @@ def _http_engine(choice: str) -> str:
     return "h11"
 
 
+def _alt_svc(sockets: list[socket.socket]) -> bytes | None:
+    """The Alt-Svc value that points clients at the QUIC listeners (RFC 7838 3: an alternative
+    with only a port is on the same host), each port once; None without any."""
+    ports = dict.fromkeys(sock.getsockname()[1] for sock in sockets)
+    if not ports:
+        return None
+    return ", ".join(f'h3=":{port}"; ma={_ALT_SVC_MAX_AGE}' for port in ports).encode("ascii")
+
+
 def _address(name: Any) -> tuple[str, int] | None:
     if isinstance(name, tuple) and len(name) >= 2:
         return (str(name[0]), int(name[1]))
@@ -122,7 +142,9 @@ class Server:
         self.app = app
         self.config = config if config is not None else Config()
         self.bound_addresses: list[str] = []
+        self.bound_quic_addresses: list[str] = []  # HTTP/3 (UDP) listeners, as https URLs
         self._sockets: list[socket.socket] = []
+        self._quic_sockets: list[socket.socket] = []
         self._unix_paths: list[str] = []
         self._exit = contextlib.AsyncExitStack()
 
@@ -138,6 +160,7 @@ class Server:
         except BaseException:
             await self._exit.aclose()
             self._close_sockets()
+            self._close_quic_sockets()
             raise
         return self
 
@@ -162,6 +185,8 @@ class Server:
                 self._sockets.append(create_socket(bind, backlog=config.backlog))
                 if bind.kind == "unix":
                     self._unix_paths.append(bind.path)
+        for text in config.quic_bind:
+            self._quic_sockets.append(create_datagram_socket(parse_bind(text)))
         runtime: Runtime = backend.runtime
         self._lifespan = Lifespan(
             self.app, mode=config.lifespan, runtime=runtime, logger=self._loggers.error
@@ -173,7 +198,9 @@ class Server:
             loggers=self._loggers,
             protocol_limits=protocol_limits(config),
             default_headers=DefaultHeaders(
-                date=config.include_date_header, server=config.include_server_header
+                date=config.include_date_header,
+                server=config.include_server_header,
+                alt_svc=_alt_svc(self._quic_sockets) if config.alt_svc_headers else None,
             ),
             state=self._lifespan.state,
         )
@@ -211,6 +238,57 @@ class Server:
             url = bound_url(sock, bind, scheme="https" if bind_tls else "http")
             self.bound_addresses.append(url)
             self._loggers.error.info("Running on %s (CTRL + C to quit)", url)
+        if self._quic_sockets:
+            await self._start_quic(backend, context, registry, tls_info)
+
+    async def _start_quic(
+        self,
+        backend: Backend,
+        context: ServerContext,
+        registry: ConnectionRegistry,
+        tls_info: TLSInfoFactory | None,
+    ) -> None:
+        # Imported here: aioquic costs ~100 ms to import, which servers without QUIC skip.
+        from multicorn.app.quic import QuicListener
+        from multicorn.net.quic import quic_configuration
+        from multicorn.protocol.http3 import HTTP3Limits
+        from multicorn.protocol.quic import QuicEndpoint
+
+        config = self.config
+        configuration = quic_configuration(config, idle_timeout=config.quic_idle_timeout)
+        configuration.max_data = config.quic_max_data
+        configuration.max_stream_data = config.quic_max_stream_data
+        limits = HTTP3Limits(extended_connect=config.websocket)
+        # HTTP/3 responses need no Alt-Svc pointing at HTTP/3.
+        quic_context = dataclasses.replace(
+            context,
+            default_headers=DefaultHeaders(
+                date=config.include_date_header, server=config.include_server_header
+            ),
+        )
+        server_cert = None if tls_info is None else tls_info.server_cert
+        for sock in self._quic_sockets:
+            server: tuple[str, int | None] | None = _address(sock.getsockname())
+
+            def new_endpoint(
+                transport: DatagramTransport, runtime: Runtime, server: Any = server
+            ) -> QuicListener:
+                return QuicListener(
+                    transport=transport,
+                    runtime=runtime,
+                    endpoint=QuicEndpoint(
+                        configuration=configuration, now=runtime.now(), limits=limits
+                    ),
+                    context=quic_context,
+                    registry=registry,
+                    server=server,
+                    server_cert=server_cert,
+                )
+
+            await backend.start_datagram_endpoint(sock, new_endpoint)
+            url = format_url(sock.getsockname(), kind="tcp", scheme="https")
+            self.bound_quic_addresses.append(url)
+            self._loggers.error.info("Running HTTP/3 (QUIC) on %s", url)
 
     async def __aexit__(
         self,
@@ -234,7 +312,16 @@ class Server:
                 "graceful timeout (%s s) passed; cancelled what was left",
                 self.config.graceful_timeout,
             )
+        # Only now: QUIC connections drain over their endpoint's socket.
+        self._backend.close_datagram_endpoints()
+        self._close_quic_sockets()
         await self._lifespan.shutdown(self.config.shutdown_timeout)
+
+    def _close_quic_sockets(self) -> None:
+        for sock in self._quic_sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+        self._quic_sockets = []
 
     def _close_sockets(self) -> None:
         for sock in self._sockets:

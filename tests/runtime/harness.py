@@ -172,7 +172,7 @@ async def datagram_endpoint(
         await backend.start_datagram_endpoint(sock, factory)
         yield sock, handlers
     finally:
-        backend.stop_listeners()
+        backend.close_datagram_endpoints()
 
 
 async def read_until_eof(

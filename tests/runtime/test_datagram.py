@@ -138,10 +138,24 @@ async def test_close_reports_connection_lost_once_and_sendto_is_then_harmless(
     assert handler.lost == 1
 
 
-async def test_stop_listeners_closes_datagram_endpoints(backend: BackendUnderTest):
+async def test_stop_listeners_leaves_datagram_endpoints_serving(backend: BackendUnderTest):
+    # QUIC connections live on the endpoint's socket: the graceful drain needs it open.
     async with backend.running() as b, datagram_endpoint(b) as (sock, handlers):
         handler = handlers[0]
         b.stop_listeners()
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            client.sendto(b"still here", sock.getsockname())
+            await eventually(lambda: handler.datagrams, "a datagram after stop_listeners()")
+        finally:
+            client.close()
+        assert handler.lost == 0
+
+
+async def test_close_datagram_endpoints_closes_them(backend: BackendUnderTest):
+    async with backend.running() as b, datagram_endpoint(b) as (sock, handlers):
+        handler = handlers[0]
+        b.close_datagram_endpoints()
         await eventually(lambda: handler.lost == 1, "connection_lost")
         port = sock.getsockname()[1] if sock.fileno() != -1 else None
         assert port is None

@@ -56,6 +56,8 @@ _REQUEST = StreamKind.REQUEST
 _STREAM_BACKLOG = 64 * 1024
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from multicorn.app.context import ConnectionInfo, ServerContext
     from multicorn.app.dispatch import StreamBridge
     from multicorn.app.registry import ConnectionRegistry
@@ -75,6 +77,7 @@ class ConnectionHandler:
         context: ServerContext,
         info: ConnectionInfo,
         registry: ConnectionRegistry,
+        flush: Callable[[], None] | None = None,
     ) -> None:
         self.protocol = protocol
         self.transport = transport
@@ -96,6 +99,9 @@ class ConnectionHandler:
         # The bridge of ordinary requests, looked up once: StreamKind is a plain Enum, whose hash
         # is a Python-level call, and nearly every stream is a request.
         self._request_bridge = context.bridges.get(StreamKind.REQUEST)
+        # Called after each upkeep when the protocol's output is not bytes for this transport
+        # (HTTP/3: queued into a QUIC connection that the endpoint sends datagrams for).
+        self._flush = flush
         registry.add(self)
         self._upkeep()
 
@@ -110,6 +116,15 @@ class ConnectionHandler:
 
     def eof_received(self) -> None:
         self.data_received(b"")
+
+    def events_received(self, events: list[Event]) -> None:
+        """The twin of `data_received` for a core fed from elsewhere (HTTP/3: the QUIC
+        endpoint turns datagrams into this connection's stream events)."""
+        try:
+            self._dispatch(events)
+            self._upkeep()
+        except Exception as exc:
+            self._broken(exc)
 
     def deadline_reached(self) -> None:
         self._deadline = None
@@ -432,6 +447,8 @@ class ConnectionHandler:
         if deadline is not None and (self._deadline is None or deadline < self._deadline):
             self._deadline = deadline
             self.transport.set_deadline(deadline)
+        if self._flush is not None:
+            self._flush()
 
     def _wake_backlogged(self) -> None:
         pending = self.protocol.pending_send

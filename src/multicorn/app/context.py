@@ -34,23 +34,26 @@ class ConnectionInfo:
 
 
 class DefaultHeaders:
-    """`date` and `server` response headers; the date is formatted once a second."""
+    """`date`, `server` and `alt-svc` response headers; the date is formatted once a second."""
 
-    def __init__(self, *, date: bool, server: bool) -> None:
+    def __init__(self, *, date: bool, server: bool, alt_svc: bytes | None = None) -> None:
         self._date = date
-        self._server = server
         self._second = -1
-        self._headers: list[tuple[bytes, bytes]] = []
+        # Everything but the date is fixed: `server`, and `alt-svc` while HTTP/3 is served.
+        self._fixed: list[tuple[bytes, bytes]] = [_SERVER_HEADER] if server else []
+        if alt_svc is not None:
+            self._fixed.append((b"alt-svc", alt_svc))
+        self._headers: list[tuple[bytes, bytes]] = self._fixed
 
     def get(self) -> list[tuple[bytes, bytes]]:
         if not self._date:
-            return [_SERVER_HEADER] if self._server else []
+            return self._fixed
         now = time.time()
         second = int(now)
         if second != self._second:
             self._second = second
             date = (b"date", formatdate(now, usegmt=True).encode("ascii"))
-            self._headers = [date, _SERVER_HEADER] if self._server else [date]
+            self._headers = [date, *self._fixed]
         return self._headers
 
 

@@ -58,21 +58,21 @@ def error_response(status: int, default_headers: Headers) -> tuple[Headers, byte
 def response_headers(
     status: int, headers: Headers, defaults: Headers, *, length: int | None
 ) -> Headers:
-    """A response head as sent: the server's default fields (`date`, `server`) unless the app
-    set its own, the app's fields, and `content-length: length` when the whole body is known
-    (`length` not None) and the app framed it neither way. Runs for every response: one pass."""
-    framed = has_date = has_server = False
+    """A response head as sent: the server's default fields (`date`, `server`, `alt-svc`)
+    unless the app set its own, the app's fields, and `content-length: length` when the whole
+    body is known (`length` not None) and the app framed it neither way. Runs for every
+    response: one pass."""
+    framed = False
+    own: set[bytes] | None = None  # default field names the app set itself
     for name, _ in headers:
         if name == b"content-length" or name == b"transfer-encoding":
             framed = True
-        elif name == b"date":
-            has_date = True
-        elif name == b"server":
-            has_server = True
-    if has_date or has_server:
-        defaults = [
-            item for item in defaults if not (has_date if item[0] == b"date" else has_server)
-        ]
+        elif name == b"date" or name == b"server" or name == b"alt-svc":
+            if own is None:
+                own = set()
+            own.add(name)
+    if own is not None:
+        defaults = [item for item in defaults if item[0] not in own]
     if length is not None and not framed and status not in _NO_BODY_STATUS:
         return [*defaults, *headers, (b"content-length", b"%d" % length)]
     if defaults:

@@ -20,6 +20,9 @@ class ConnectionRegistry:
         self._handlers: set[ConnectionHandler] = set()
         self._empty: Waiter = runtime.waiter()
         self._empty.set()
+        # True once drain() began: a connection that opens later (a QUIC handshake completing
+        # on a socket still open for the drain) must go away at once.
+        self.draining = False
 
     def __len__(self) -> int:
         return len(self._handlers)
@@ -38,6 +41,7 @@ class ConnectionRegistry:
 
         Returns True when everything finished within the timeout.
         """
+        self.draining = True
         for handler in list(self._handlers):
             handler.shutdown()
         done = await self._runtime.wait_for(self._empty, timeout)

@@ -148,7 +148,8 @@ class DatagramHandler(Protocol):
     def datagram_received(self, data: bytes, addr: DatagramAddress) -> None: ...
 
     def connection_lost(self) -> None:
-        """The endpoint was closed (by `close()`, `stop_listeners()` or the session's end)."""
+        """The endpoint was closed (by `close()`, `close_datagram_endpoints()` or the
+        session's end)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -210,10 +211,16 @@ class Backend(Protocol):
         self, sock: socket.socket, factory: DatagramHandlerFactory
     ) -> None:
         """Deliver the datagrams arriving on the bound `sock` to `factory`'s handler until
-        `stop_listeners()` or the session's end."""
+        `close_datagram_endpoints()` or the session's end."""
 
     def stop_listeners(self) -> None:
-        """Stop accepting connections and close datagram endpoints; open connections stay."""
+        """Stop accepting stream connections; open connections stay. Datagram endpoints stay
+        too: a QUIC connection lives on its endpoint's socket, so closing it would cut every
+        connection mid-drain (the endpoint's handler refuses new connections itself)."""
+
+    def close_datagram_endpoints(self) -> None:
+        """Close every datagram endpoint (after the graceful drain); handlers hear
+        `connection_lost()`."""
 
     async def wait_for_signal(self) -> None:
         """Return on SIGINT or SIGTERM (main thread only; elsewhere wait until cancelled)."""

@@ -40,6 +40,7 @@ class AsyncioBackend:
             yield
         finally:
             self.stop_listeners()
+            self.close_datagram_endpoints()
             # What serve.py's graceful drain left open goes now, as on trio: asyncio.Server
             # would otherwise leave the sockets to the garbage collector.
             for connection in list(self._connections):
@@ -80,6 +81,8 @@ class AsyncioBackend:
         for server in self._servers:
             server.close()
         self._servers.clear()
+
+    def close_datagram_endpoints(self) -> None:
         for endpoint in self._endpoints:
             endpoint.close()
         self._endpoints.clear()

@@ -66,6 +66,7 @@ class TrioBackend:
                 yield
             finally:
                 self.stop_listeners()
+                self.close_datagram_endpoints()
                 nursery.cancel_scope.cancel()
 
     async def start_listener(
@@ -132,6 +133,8 @@ class TrioBackend:
             # trio must hear of the close before the fd goes, or a waiting task never wakes.
             trio.lowlevel.notify_closing(sock)
         self._listening.clear()
+
+    def close_datagram_endpoints(self) -> None:
         for endpoint in self._endpoints:
             endpoint.close()
         self._endpoints.clear()

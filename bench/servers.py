@@ -38,6 +38,10 @@ IDLE_KEEP_ALIVE = 120
 BACKLOG = 2048
 # Requests per connection allowed in the h2 scenarios, for servers that cap them (see _hypercorn).
 H2_MAX_REQUESTS = 100_000_000
+# HTTP/3 request streams a client may have open at once: aioquic's default MAX_STREAMS, which
+# Hypercorn runs with (it cannot be set there). multicorn (default 100) is given the same, since
+# the HTTP/3 client opens as many streams as the server allows: both carry as many requests.
+H3_MAX_STREAMS = 128
 # The WebSocket message size limit most servers default to (multicorn, Uvicorn, Hypercorn,
 # Gunicorn), given to those whose default is lower (Daphne's is 1 MiB).
 WS_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
@@ -252,6 +256,7 @@ def _multicorn(server: ServerConfig, bindir: Path, launch: Launch) -> list[str]:
         argv += ["--certfile", str(launch.certfile), "--keyfile", str(launch.keyfile)]
     if launch.protocol == H3:
         argv += ["--quic-bind", f"127.0.0.1:{launch.port}"]
+        argv += ["--quic-max-concurrent-streams", str(H3_MAX_STREAMS)]
     if launch.long_keep_alive:
         argv += ["--keep-alive", str(IDLE_KEEP_ALIVE)]
     return argv

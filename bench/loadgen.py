@@ -210,15 +210,103 @@ def _h3_count(port: int, timeout: float = 10.0) -> tuple[float, int]:
     return (started + time.monotonic()) / 2, counts.get("3", 0)
 
 
-def _cpu_seconds(pids: list[int]) -> float:
-    """utime+stime of these processes, from /proc (0 for one that is gone)."""
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            with open(f"/proc/{pid}/stat") as stat_file:
-                stat = parse_proc_stat(stat_file.read())
-            total += (stat["utime"] + stat["stime"]) / CLOCK_TICKS
-    return total
+def _proc_stat(pid: int) -> tuple[str, float] | None:
+    """(state, utime+stime seconds) of a process from /proc; None once it is reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat_file:
+            text = stat_file.read()
+        stat = parse_proc_stat(text)
+    except (OSError, ValueError, IndexError):
+        return None
+    state = text[text.rindex(")") + 2 :].split()[0]
+    return state, (stat["utime"] + stat["stime"]) / CLOCK_TICKS
+
+
+def udp_counters() -> dict[str, int]:
+    """The kernel's UDP counters (`/proc/net/snmp`): `RcvbufErrors` are datagrams dropped
+    because a socket's receive buffer was full; {} when unreadable."""
+    try:
+        with open("/proc/net/snmp") as snmp:
+            rows = [line.split() for line in snmp if line.startswith("Udp:")]
+        return dict(zip(rows[0][1:], (int(value) for value in rows[1][1:]), strict=True))
+    except (OSError, IndexError, ValueError):
+        return {}
+
+
+class _H3Clients:
+    """The quiet gtlsclient processes of one run, each one QUIC connection.
+
+    A client whose connection ends during the run (gtlsclient gives up after `H3_IDLE_TIMEOUT`
+    s without a packet: under overload the server's UDP receive buffer overflows, and loss
+    recovery between aioquic and ngtcp2 can stall a connection for seconds) is replaced, so
+    the server keeps `count` connections loading it; each replacement counts as one error.
+    CPU time is summed per process over the measured window, replaced ones included.
+    """
+
+    def __init__(self, argv: list[str], count: int, workdir: Path, port: int) -> None:
+        self.argv = argv
+        self.workdir = workdir
+        self.port = port
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.stderr_paths: list[Path] = []
+        self.cpu_at_start: dict[int, float] = {}  # pid -> CPU seconds when the window opened
+        self.cpu_done = 0.0  # CPU seconds in the window of the processes that ended
+        self.lost = 0
+        for _ in range(count):
+            self.procs.append(self._start())
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        path = self.workdir / f"gtlsclient-{self.port}-{time.monotonic_ns()}.err"
+        self.stderr_paths.append(path)
+        with path.open("wb") as err:
+            return subprocess.Popen(
+                self.argv,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+    def open_window(self) -> None:
+        for proc in self.procs:
+            seen = _proc_stat(proc.pid)
+            self.cpu_at_start[proc.pid] = seen[1] if seen else 0.0
+
+    def cpu_seconds(self) -> float:
+        total = self.cpu_done
+        for proc in self.procs:
+            seen = _proc_stat(proc.pid)
+            if seen is not None:
+                total += seen[1] - self.cpu_at_start.get(proc.pid, 0.0)
+        return total
+
+    def replace_ended(self) -> None:
+        """Restart every client that has exited (read its CPU before reaping it)."""
+        for index, proc in enumerate(self.procs):
+            seen = _proc_stat(proc.pid)
+            if seen is not None and seen[0] != "Z":
+                continue
+            if seen is not None:
+                self.cpu_done += seen[1] - self.cpu_at_start.get(proc.pid, seen[1])
+            proc.wait(timeout=5)
+            self.lost += 1
+            replacement = self._start()
+            self.procs[index] = replacement
+            self.cpu_at_start[replacement.pid] = 0.0
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+
+    def stderr_lines(self) -> list[str]:
+        lines = [line for path in self.stderr_paths for line in _read_lines(path)]
+        for path in self.stderr_paths:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        return lines
 
 
 def run_h3(scenario: Scenario, ctx: LoadContext, duration: float) -> dict[str, Any]:
@@ -226,64 +314,46 @@ def run_h3(scenario: Scenario, ctx: LoadContext, duration: float) -> dict[str, A
 
     gtlsclient prints no per-request result when quiet, so the figure is the app's own count
     (`GET /count` of bench/apps.py, over the TCP listener): the GET /10k responses it sent over
-    HTTP/3 between two readings `duration` seconds apart, taken once the load is flowing, while
-    every client is still running. Its correctness is checked around it: a non-quiet probe
-    before and after the load must see `:status: 200` for every request over ALPN h3, and a
-    client that exits during the window (its connection closed or timed out) fails the run.
-    The clients' CPU time is read from /proc over the same window.
+    HTTP/3 between two readings `duration` seconds apart, the first taken once the load is
+    flowing. Its correctness is checked around it: a non-quiet probe before and after the load
+    must see `:status: 200` for every request over ALPN h3. A client whose connection ends
+    during the window is replaced and counted as an error (`_H3Clients`); more than
+    `10 x connections` of them fail the run. The clients' CPU time is read from /proc over the
+    same window, and the UDP datagrams the kernel dropped for full receive buffers are kept.
     """
     _h3_probe(scenario, ctx, "before")
     _, baseline = _h3_count(ctx.port)
     argv = _gtlsclient(scenario, ctx, H3_REQUESTS_PER_CONNECTION, quiet=True)
-    stderr_paths = [
-        ctx.workdir / f"gtlsclient-{ctx.port}-{index}-{time.monotonic_ns()}.err"
-        for index in range(scenario.connections)
-    ]
-    procs: list[subprocess.Popen[bytes]] = []
+    clients = _H3Clients(argv, scenario.connections, ctx.workdir, ctx.port)
     try:
-        for path in stderr_paths:
-            with path.open("wb") as err:
-                procs.append(
-                    subprocess.Popen(
-                        argv,
-                        stdout=subprocess.DEVNULL,
-                        stderr=err,
-                        stdin=subprocess.DEVNULL,
-                        start_new_session=True,
-                    )
-                )
         deadline = time.monotonic() + H3_START_TIMEOUT
         while True:  # until the load is flowing: the count moves
             started, first = _h3_count(ctx.port)
             if first > baseline:
                 break
-            if time.monotonic() > deadline or any(proc.poll() is not None for proc in procs):
+            if time.monotonic() > deadline:
                 raise LoadError(
                     f"no HTTP/3 response counted within {H3_START_TIMEOUT:g} s of starting "
-                    f"the clients: {_stderr_tail(stderr_paths)}"
+                    f"the clients: {_tail(clients.stderr_lines())}"
                 )
             time.sleep(0.05)
-        pids = [proc.pid for proc in procs]
-        cpu_before = _cpu_seconds(pids)
-        time.sleep(duration)
-        cpu_after = _cpu_seconds(pids)
+        clients.open_window()
+        udp_before = udp_counters()
+        window_end = time.monotonic() + duration
+        while (left := window_end - time.monotonic()) > 0:
+            time.sleep(min(0.1, left))
+            clients.replace_ended()
+            if clients.lost > 10 * scenario.connections:
+                raise LoadError(
+                    f"{clients.lost} gtlsclient connections ended during the run: "
+                    f"{_tail(clients.stderr_lines())}"
+                )
+        cpu = clients.cpu_seconds()
+        udp_after = udp_counters()
         ended, last = _h3_count(ctx.port)
-        gone = [proc for proc in procs if proc.poll() is not None]
-        if gone:
-            raise LoadError(
-                f"{len(gone)} of {len(procs)} gtlsclient processes exited during the run "
-                f"(their connection closed or timed out): {_stderr_tail(stderr_paths)}"
-            )
     finally:
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
-    errors = [line for path in stderr_paths for line in _read_lines(path)]
-    for path in stderr_paths:
-        with contextlib.suppress(OSError):
-            path.unlink()
+        clients.stop()
+    errors = gtlsclient_errors("\n".join(clients.stderr_lines()))
     _h3_probe(scenario, ctx, "after")
     seconds = ended - started
     requests = last - first
@@ -291,12 +361,15 @@ def run_h3(scenario: Scenario, ctx: LoadContext, duration: float) -> dict[str, A
         "requests_per_s": requests / seconds,
         "requests": requests,
         "seconds": seconds,
-        "errors": len(gtlsclient_errors("\n".join(errors))),
+        "errors": clients.lost,
+        "connections_lost": clients.lost,
         "client_errors": errors[-5:],
-        "client_cpu_percent": 100.0 * (cpu_after - cpu_before) / seconds,
-        "client_processes": len(procs),
-        "connections_open": len(procs),
-        "load_command": f"{len(procs)} x {shlex.join(argv)}",
+        "client_cpu_percent": 100.0 * cpu / seconds,
+        "client_processes": scenario.connections,
+        "connections_open": scenario.connections,
+        "udp_rcvbuf_errors": udp_after.get("RcvbufErrors", 0) - udp_before.get("RcvbufErrors", 0),
+        "udp_in_datagrams": udp_after.get("InDatagrams", 0) - udp_before.get("InDatagrams", 0),
+        "load_command": f"{scenario.connections} x {shlex.join(argv)}",
     }
     _check_errors(result)
     return result
@@ -309,8 +382,7 @@ def _read_lines(path: Path) -> list[str]:
         return []
 
 
-def _stderr_tail(paths: list[Path]) -> str:
-    lines = [line for path in paths for line in _read_lines(path)]
+def _tail(lines: list[str]) -> str:
     return "; ".join(lines[-3:])[:300] or "no output"
 
 

@@ -8,6 +8,7 @@ command -v nghttp >/dev/null || missing+=(nghttp2-client)  # nghttp and h2load
 command -v openssl >/dev/null || missing+=(openssl)
 command -v wrk >/dev/null || missing+=(wrk)  # the benchmark suite's smoke test
 command -v gtlsclient >/dev/null || missing+=(ngtcp2-client)  # an independent HTTP/3 client
+command -v chromium >/dev/null || missing+=(chromium)  # headless browser over HTTP/3
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"

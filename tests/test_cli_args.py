@@ -52,6 +52,18 @@ def test_bind_is_repeatable():
         (["--log-level", "trace"], "log_level", "trace"),
         (["--factory"], "factory", True),
         (["--app-dir", "src"], "app_dir", "src"),
+        (["--quic-bind", "0.0.0.0:443"], "quic_bind", ["0.0.0.0:443"]),
+        (["--no-alt-svc-headers"], "alt_svc_headers", False),
+        (["--quic-idle-timeout", "10"], "quic_idle_timeout", 10.0),
+        (["--quic-max-concurrent-streams", "50"], "quic_max_concurrent_streams", 50),
+        (["--quic-max-stream-data", "65536"], "quic_max_stream_data", 65536),
+        (["--quic-max-data", "1048576"], "quic_max_data", 1048576),
+        (["--quic-max-connections", "100"], "quic_max_connections", 100),
+        (["--quic-retry"], "quic_retry", True),
+        (["--quic-0rtt"], "quic_0rtt", True),
+        (["--h3-max-field-section-size", "8192"], "h3_max_field_section_size", 8192),
+        (["--h3-qpack-max-table-capacity", "0"], "h3_qpack_max_table_capacity", 0),
+        (["--h3-qpack-blocked-streams", "0"], "h3_qpack_blocked_streams", 0),
     ],
 )
 def test_each_flag(argv, field, expected):
@@ -86,6 +98,8 @@ def test_last_boolean_flag_wins():
         ["x:app", "-b", "host:port"],
         ["x:app", "--root-path", "api"],
         ["x:app", "--no-such-flag"],
+        ["x:app", "--quic-bind", "unix:/tmp/q"],
+        ["x:app", "--quic-max-concurrent-streams", "0"],
     ],
 )
 def test_usage_errors_exit_2(argv, capsys):

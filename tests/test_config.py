@@ -285,3 +285,32 @@ def test_validate_after_assignment():
 
 def test_config_error_is_value_error():
     assert issubclass(ConfigError, ValueError)
+
+
+def test_quic_bind_needs_a_certificate_and_an_ip_address():
+    assert Config().quic_bind == []
+    with pytest.raises(ConfigError, match="quic_bind: needs certfile"):
+        Config(quic_bind=["127.0.0.1:8443"])
+    with pytest.raises(ConfigError, match="QUIC listens on UDP"):
+        Config(quic_bind=["unix:/tmp/q.sock"], certfile="cert.pem")
+    config = Config(quic_bind=["127.0.0.1:8443", "[::1]:8443"], certfile="cert.pem")
+    assert config.alt_svc_headers is True
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"quic_idle_timeout": 0},
+        {"quic_max_concurrent_streams": 0},
+        {"quic_max_concurrent_streams": 2**61},
+        {"quic_max_stream_data": 1000},
+        {"quic_max_data": 2**62},
+        {"quic_max_connections": 0},
+        {"quic_retry": "yes"},
+    ],
+)
+def test_quic_values_are_validated(kwargs):
+    (name,) = kwargs
+    with pytest.raises(ConfigError) as info:
+        Config(certfile="cert.pem", **kwargs)
+    assert info.value.key == name

@@ -47,6 +47,13 @@ def _bind_type(text: str) -> str:
     return text.strip()
 
 
+def _quic_bind_type(text: str) -> str:
+    text = _bind_type(text)
+    if parse_bind(text).kind == "unix":
+        raise argparse.ArgumentTypeError(f"QUIC listens on UDP: expected HOST:PORT, got {text!r}")
+    return text
+
+
 def _show(value: object) -> str:
     if isinstance(value, bool):
         text = "on" if value else "off"
@@ -349,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--quic-bind",
         dest="quic_bind",
         action="append",
-        type=_bind_type,
+        type=_quic_bind_type,
         default=None,
         metavar="ADDRESS",
         help="serve HTTP/3 over QUIC on this UDP address (needs --certfile); repeatable "
@@ -383,6 +390,41 @@ def build_parser() -> argparse.ArgumentParser:
         dest="quic_max_data",
         metavar="BYTES",
         help="QUIC per-connection receive window",
+    )
+    setting(
+        "--h3-max-field-section-size",
+        dest="h3_max_field_section_size",
+        metavar="BYTES",
+        help="largest HTTP/3 request head (names + values + 32 per field); larger ends the "
+        "connection with H3_EXCESSIVE_LOAD",
+    )
+    setting(
+        "--h3-qpack-max-table-capacity",
+        dest="h3_qpack_max_table_capacity",
+        metavar="BYTES",
+        help="QPACK dynamic table a client may use; 0 turns it off",
+    )
+    setting(
+        "--h3-qpack-blocked-streams",
+        dest="h3_qpack_blocked_streams",
+        metavar="N",
+        help="HTTP/3 streams that may wait for QPACK table updates at once",
+    )
+    setting(
+        "--quic-max-connections",
+        dest="quic_max_connections",
+        metavar="N",
+        help="QUIC connections one listener holds at once; more Initials are dropped",
+    )
+    switch(
+        "--quic-retry",
+        dest="quic_retry",
+        help="validate each QUIC client's address with a Retry before keeping any state",
+    )
+    switch(
+        "--quic-0rtt",
+        dest="quic_0rtt",
+        help="accept 0-RTT early data (only GET, HEAD and OPTIONS before the handshake ends)",
     )
     parser.add_argument("--version", action="version", version=f"multicorn {__version__}")
     return parser

@@ -113,6 +113,17 @@ class Config:
     quic_max_concurrent_streams: int = 100  # HTTP/3 request streams a client may have open
     quic_max_stream_data: int = 1024 * 1024  # per-stream receive window, bytes
     quic_max_data: int = 4 * 1024 * 1024  # per-connection receive window, bytes
+    # HTTP/3: the largest request head (RFC 9114 4.2.2's measure), and the QPACK dynamic table
+    # a client may use and how many streams may wait on it.
+    h3_max_field_section_size: int = 64 * 1024
+    h3_qpack_max_table_capacity: int = 4096
+    h3_qpack_blocked_streams: int = 16
+    quic_max_connections: int = 10_000  # QUIC connections per listener, handshaking or not
+    # Validate client addresses with a Retry before keeping any state (costs one round trip).
+    quic_retry: bool = False
+    # Accept 0-RTT early data from resuming clients (only GET, HEAD, OPTIONS are served before
+    # the handshake completes; other requests wait for it).
+    quic_0rtt: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -223,6 +234,12 @@ _RULES: Final[Mapping[str, _Rule]] = MappingProxyType(
         "quic_max_concurrent_streams": _positive_int("a whole number of streams"),
         "quic_max_stream_data": _Rule("int", "a window from 1024 bytes", minimum=1024),
         "quic_max_data": _Rule("int", "a window from 1024 bytes", minimum=1024),
+        "h3_max_field_section_size": _positive_int("a whole number of bytes"),
+        "h3_qpack_max_table_capacity": _Rule("int", "a whole number of bytes >= 0", minimum=0),
+        "h3_qpack_blocked_streams": _Rule("int", "a whole number of streams >= 0", minimum=0),
+        "quic_max_connections": _positive_int("a whole number of connections"),
+        "quic_retry": _BOOL,
+        "quic_0rtt": _BOOL,
     }
 )
 
@@ -239,6 +256,10 @@ _INT_MAXIMA: Final[Mapping[str, int]] = MappingProxyType(
         "quic_max_concurrent_streams": 2**60,
         "quic_max_stream_data": 2**62 - 1,
         "quic_max_data": 2**62 - 1,
+        # RFC 9204 5: both are varints on the wire; pylsqpack takes 32-bit values.
+        "h3_max_field_section_size": 2**62 - 1,
+        "h3_qpack_max_table_capacity": 2**30,
+        "h3_qpack_blocked_streams": 2**16,
     }
 )
 

@@ -258,7 +258,16 @@ class Server:
         configuration = quic_configuration(config, idle_timeout=config.quic_idle_timeout)
         configuration.max_data = config.quic_max_data
         configuration.max_stream_data = config.quic_max_stream_data
-        limits = HTTP3Limits(extended_connect=config.websocket)
+        limits = HTTP3Limits(
+            extended_connect=config.websocket,
+            max_concurrent_streams=config.quic_max_concurrent_streams,
+            max_field_section_size=config.h3_max_field_section_size,
+            qpack_max_table_capacity=config.h3_qpack_max_table_capacity,
+            qpack_blocked_streams=config.h3_qpack_blocked_streams,
+        )
+        # Signs Retry and stateless reset tokens. Per process: another process on the same
+        # port must not be able to reset this one's connections.
+        secret = os.urandom(32)
         # HTTP/3 responses need no Alt-Svc pointing at HTTP/3.
         quic_context = dataclasses.replace(
             context,
@@ -277,7 +286,13 @@ class Server:
                     transport=transport,
                     runtime=runtime,
                     endpoint=QuicEndpoint(
-                        configuration=configuration, now=runtime.now(), limits=limits
+                        configuration=configuration,
+                        now=runtime.now(),
+                        limits=limits,
+                        secret=secret,
+                        retry=config.quic_retry,
+                        max_connections=config.quic_max_connections,
+                        early_data=config.quic_0rtt,
                     ),
                     context=quic_context,
                     registry=registry,

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-_URL = re.compile(r"Running on (http://\S+)")
+_URL = re.compile(r"Running on (https?://\S+)")
 
 
 class Output:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +22,22 @@ async def serving(app: Any, **settings: Any) -> AsyncIterator[Server]:
     settings.setdefault("error_logfile", None)
     async with Server(app, Config(**settings)) as server:
         yield server
+
+
+def free_port() -> int:
+    """A port free for both TCP and UDP on 127.0.0.1 right now, for a server that must use one
+    number for both (HTTP/3 on the HTTP/1.1 and HTTP/2 port)."""
+    for _ in range(50):
+        with socket.socket() as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port: int = tcp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+        return port
+    raise AssertionError("no port free for both TCP and UDP")
 
 
 def host_port(server: Server) -> tuple[str, int]:

@@ -7,8 +7,9 @@ every run is the same: no sockets, no event loop.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import trustme
 from aioquic.h3 import events as h3e
@@ -16,9 +17,17 @@ from aioquic.h3.connection import H3Connection
 from aioquic.quic import events as qe
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from aioquic.tls import SessionTicket
 
 from multicorn.net.quic import quic_configuration
-from multicorn.protocol.events import Command, Event, Headers
+from multicorn.protocol.events import (
+    Command,
+    Event,
+    Headers,
+    RequestReceived,
+    SendData,
+    SendResponse,
+)
 from multicorn.protocol.http3 import HTTP3Limits, HTTP3Protocol
 from multicorn.protocol.quic import (
     Address,
@@ -72,7 +81,12 @@ def client_configuration(pki: Pki) -> QuicConfiguration:
 
 
 class Pair:
-    """One client connection and the server endpoint."""
+    """One client connection and the server endpoint.
+
+    `options` go to a new QuicEndpoint. `session_ticket` resumes a session (the client's
+    tickets are collected in `tickets`); with `early`, the client's HTTP/3 layer exists from
+    the start, so requests made before the handshake completes go out as 0-RTT.
+    """
 
     def __init__(
         self,
@@ -81,15 +95,29 @@ class Pair:
         limits: HTTP3Limits | None = None,
         handshake: bool = True,
         endpoint: QuicEndpoint | None = None,
+        now: float = 1000.0,
+        client_addr: Address = CLIENT_ADDR,
+        session_ticket: SessionTicket | None = None,
+        early: bool = False,
+        client_h3: bool = True,
+        **options: Any,
     ) -> None:
-        self.now = 1000.0
+        self.now = now
+        self.pki = pki
         self.endpoint = endpoint or QuicEndpoint(
-            configuration=pki.server, now=self.now, limits=limits
+            configuration=pki.server, now=self.now, limits=limits, **options
         )
-        self.client = QuicConnection(configuration=client_configuration(pki))
+        config = client_configuration(pki)
+        config.session_ticket = session_ticket
+        self.tickets: list[SessionTicket] = []
+        self.client = QuicConnection(
+            configuration=config, session_ticket_handler=self.tickets.append
+        )
         self.client.connect(SERVER_ADDR, now=self.now)
-        self.client_addr = CLIENT_ADDR
-        self.h3: H3Connection | None = None
+        self.client_addr = client_addr
+        # Without `client_h3` the client has no HTTP/3 layer: its streams carry raw bytes only.
+        self.client_h3 = client_h3
+        self.h3: H3Connection | None = H3Connection(self.client) if early else None
         self.endpoint_events: list[EndpointEvent] = []
         self.quic_events: list[qe.QuicEvent] = []  # what the client's QUIC connection reported
         self.h3_events: list[h3e.H3Event] = []  # what the client's HTTP/3 layer reported
@@ -136,6 +164,12 @@ class Pair:
             self.now += 0.001  # past the client's pacer
         raise AssertionError("the client had nothing to send")
 
+    def client_flush(self) -> None:
+        """Deliver whatever the client has to send now (perhaps nothing), nothing back."""
+        self.now += 0.001  # past the client's pacer
+        for data, _addr in self.client.datagrams_to_send(self.now):
+            self.endpoint_events += self.endpoint.receive_datagram(data, self.client_addr, self.now)
+
     def _short_timers(self) -> bool:
         timers = [t for t in (self.client.get_timer(), self.endpoint.next_deadline()) if t]
         due = min(timers, default=None)
@@ -166,7 +200,7 @@ class Pair:
     def _client_events(self) -> None:
         while (event := self.client.next_event()) is not None:
             self.quic_events.append(event)
-            if isinstance(event, qe.ProtocolNegotiated) and self.h3 is None:
+            if isinstance(event, qe.ProtocolNegotiated) and self.h3 is None and self.client_h3:
                 self.h3 = H3Connection(self.client)
             if self.h3 is not None:
                 self.h3_events += self.h3.handle_event(event)
@@ -199,6 +233,11 @@ class Pair:
 
     def ignored(self) -> list[DatagramIgnored]:
         return [e for e in self.endpoint_events if isinstance(e, DatagramIgnored)]
+
+    def handshake_completed(self) -> qe.HandshakeCompleted:
+        """What the client's QUIC connection reported at the end of its handshake."""
+        (done,) = [e for e in self.quic_events if isinstance(e, qe.HandshakeCompleted)]
+        return done
 
     def send(self, *commands: Command) -> list[Event]:
         out: list[Event] = []
@@ -276,3 +315,76 @@ class Pair:
             for e in self.quic_events
             if isinstance(e, qe.StreamDataReceived) and e.stream_id == stream_id
         )
+
+    # ---- misbehaving on purpose ---------------------------------------------------------------
+
+    def raw(self, data: bytes, *, stream_id: int | None = None, end: bool = False) -> int:
+        """Write raw bytes on a client stream (a new request stream by default), bypassing
+        the client's HTTP/3 layer; returns the stream id."""
+        if stream_id is None:
+            stream_id = self.client.get_next_available_stream_id()
+        self.client.send_stream_data(stream_id, data, end_stream=end)
+        return stream_id
+
+    def raw_uni(self, data: bytes, *, end: bool = False) -> int:
+        """Open a new unidirectional client stream carrying raw bytes; returns its id."""
+        stream_id = self.client.get_next_available_stream_id(is_unidirectional=True)
+        self.client.send_stream_data(stream_id, data, end_stream=end)
+        return stream_id
+
+    @property
+    def client_control(self) -> int:
+        """The client's HTTP/3 control stream (aioquic keeps its id private)."""
+        assert self.h3 is not None and self.h3._local_control_stream_id is not None
+        return self.h3._local_control_stream_id
+
+    @property
+    def client_encoder(self) -> int:
+        """The client's QPACK encoder stream."""
+        assert self.h3 is not None and self.h3._local_encoder_stream_id is not None
+        return self.h3._local_encoder_stream_id
+
+    @property
+    def client_decoder(self) -> int:
+        """The client's QPACK decoder stream."""
+        assert self.h3 is not None and self.h3._local_decoder_stream_id is not None
+        return self.h3._local_decoder_stream_id
+
+    def trickle(self, stream_id: int, data: bytes, *, stop: Callable[[], bool]) -> int:
+        """Send `data` one byte per packet until `stop()`; returns how many bytes went."""
+        for sent, byte in enumerate(data):
+            if stop():
+                return sent
+            self.client.send_stream_data(stream_id, bytes([byte]))
+            self.client_to_server()
+        return len(data)
+
+    def close_code(self) -> int | None:
+        """The error code of the CONNECTION_CLOSE the client received, once the closing
+        period is over (None: still open)."""
+        self.transfer()
+        self.advance(5.0)
+        end = self.terminated()
+        return None if end is None else end.error_code
+
+
+def served_alongside(pki: Pki, endpoint: QuicEndpoint, now: float) -> None:
+    """Another client of `endpoint` connects and gets a response: one connection's troubles
+    cost nobody else."""
+    other = Pair(pki, endpoint=endpoint, now=now, client_addr=("203.0.113.9", 40000))
+    sid = other.request(b"/other")
+    other.transfer()
+    received = [
+        e
+        for batch in other.endpoint_events
+        if isinstance(batch, StreamEvents) and batch.connection is other.server
+        for e in batch.events
+        if isinstance(e, RequestReceived)
+    ]
+    assert [e.target for e in received] == [b"/other"]
+    other.send(
+        SendResponse(stream_id=sid, status=200, headers=[]),
+        SendData(stream_id=sid, data=b"still here", end_stream=True),
+    )
+    other.transfer()
+    assert other.response(sid)[1] == b"still here"

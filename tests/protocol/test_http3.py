@@ -140,6 +140,28 @@ def test_fifty_concurrent_streams(pki: Pki) -> None:
     assert p.terminated() is None
 
 
+def test_requests_whose_packets_arrive_out_of_order(pki: Pki) -> None:
+    p = Pair(pki)
+    flights = []
+    for path in (b"/one", b"/two", b"/three"):
+        stream_id = p.request(path)
+        datagrams: list = []
+        while not datagrams:  # past the client's pacer
+            datagrams = p.client.datagrams_to_send(p.now)
+            p.now += 0.001
+        flights.append((stream_id, datagrams))
+    # The last request's packet comes first, the first one's last.
+    for _stream_id, datagrams in reversed(flights):
+        for data, _addr in datagrams:
+            p.endpoint_events += p.endpoint.receive_datagram(data, p.client_addr, p.now)
+    received = of_type(p.events(), RequestReceived)
+    assert [e.target for e in received] == [b"/three", b"/two", b"/one"]
+    for stream_id, _datagrams in flights:
+        respond(p, stream_id, b"body")
+    p.transfer()
+    assert all(p.response(stream_id)[1] == b"body" for stream_id, _ in flights)
+
+
 def test_post_body(pki: Pki) -> None:
     p = Pair(pki)
     body = b"x" * 30000

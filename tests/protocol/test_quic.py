@@ -226,3 +226,69 @@ def test_junk_between_real_datagrams_changes_nothing(pki: Pki, junk: list[bytes]
     p.transfer()
     assert p.connection is not None
     assert len(p.endpoint.connections) == 1
+
+
+def test_a_fault_outside_any_stream_closes_only_that_connection(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aioquic.h3.connection import ErrorCode
+
+    from multicorn.protocol.events import ConnectionClosed
+
+    broken = Pair(pki)
+    other = Pair(pki, endpoint=broken.endpoint, client_addr=("198.51.100.8", 50001))
+
+    def explode(now: float) -> list:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(broken.server, "upkeep", explode)
+    broken.request(b"/boom")
+    broken.transfer()
+    (closed,) = [e for e in broken.events() if isinstance(e, ConnectionClosed)]
+    assert closed.error is not None
+    # The client hears why (its CONNECTION_CLOSE went out although the endpoint let go), at
+    # the end of its draining period.
+    broken.advance(5.0)
+    terminated = broken.terminated()
+    assert terminated is not None
+    assert terminated.error_code == ErrorCode.H3_INTERNAL_ERROR
+    assert broken.server not in broken.endpoint.connections
+    serve_one(other, b"/unaffected")
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.binary(max_size=1500), retry=st.booleans())
+def test_random_datagrams_with_retry_and_resets_on(pki: Pki, data: bytes, retry: bool) -> None:
+    endpoint = QuicEndpoint(configuration=pki.server, now=0.0, secret=b"r" * 32, retry=retry)
+    events = endpoint.receive_datagram(data, ATTACKER, 0.0)
+    assert all(isinstance(e, DatagramIgnored) for e in events)
+    assert endpoint.connections == []
+    for answer, addr in endpoint.datagrams_to_send(0.0):
+        assert addr == ATTACKER
+        assert len(answer) < max(len(data), 1200)  # never an amplifier
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    dcid=st.binary(min_size=8, max_size=20),
+    scid=st.binary(max_size=20),
+    token=st.binary(max_size=600),
+)
+def test_initials_with_any_token_open_nothing_under_retry(
+    pki: Pki, dcid: bytes, scid: bytes, token: bytes
+) -> None:
+    endpoint = QuicEndpoint(configuration=pki.server, now=0.0, secret=b"r" * 32, retry=True)
+    head = b"\xc0" + (1).to_bytes(4, "big") + bytes([len(dcid)]) + dcid + bytes([len(scid)]) + scid
+    if len(token) < 64:
+        head += bytes([len(token)]) + token
+    else:
+        head += (0x4000 | len(token)).to_bytes(2, "big") + token
+    rest = 1250 - len(head) - 2
+    datagram = head + (0x4000 | rest).to_bytes(2, "big") + b"\x00" * rest
+    events = endpoint.receive_datagram(datagram, ATTACKER, 0.0)
+    assert all(isinstance(e, DatagramIgnored) for e in events)
+    assert endpoint.connections == []

@@ -25,6 +25,7 @@ go away at once. When the socket closes, every connection still open is lost.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, cast
 
 from multicorn.app.connection import ConnectionHandler
@@ -139,6 +140,11 @@ class QuicListener:
                 handler = self._handlers.get(event.connection)
                 if handler is None:
                     continue
+                client = _client(event.connection.peer_address)
+                if client != handler.info.client:
+                    # RFC 9000 9: the client migrated (or a NAT rebound it) and the new path
+                    # was validated; scopes from now on name where it is.
+                    handler.info = dataclasses.replace(handler.info, client=client)
                 handler.events_received(event.events)
                 if type(event.events[-1]) is ConnectionClosed:
                     # The endpoint's last word on this connection: it is gone.
@@ -155,7 +161,7 @@ class QuicListener:
         protocol = event.connection
         addr = event.addr
         info = ConnectionInfo(
-            client=(str(addr[0]), int(addr[1])) if len(addr) >= 2 else None,
+            client=_client(addr),
             server=self._server,
             scheme="https",
             tls=_tls_extension(protocol, self._server_cert),
@@ -220,6 +226,12 @@ def _tls_extension(protocol: HTTP3Protocol, server_cert: str | None) -> dict[str
         "tls_version": _TLS_1_3,
         "cipher_suite": None if suite is None else int(suite),
     }
+
+
+def _client(addr: tuple[object, ...] | None) -> tuple[str, int] | None:
+    if addr is None or len(addr) < 2:
+        return None
+    return (str(addr[0]), int(str(addr[1])))
 
 
 def _host(addr: DatagramAddress) -> str:

@@ -7,6 +7,9 @@ server differs:
 - `GET /small`: `Hello world` (11 bytes);
 - `POST /echo`: reads the whole request body, then sends it back with Content-Length;
 - `GET /sleep`: waits 10 ms (`asyncio.sleep` or `trio.sleep`, picked with sniffio), then `ok`;
+- `GET /count`: how many `GET /10k` responses this process has sent whole, per HTTP version, as
+  JSON (`{"1.1": 0, "2": 0, "3": 5120}`): the h3-get scenario's count of successes, since its
+  client (gtlsclient) prints nothing per request when quiet;
 - WebSocket `/ws`: echoes every text or binary message (for servers that speak WebSocket);
 - lifespan: acknowledged, for servers that run it.
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -58,6 +62,16 @@ _BODY_OK = {"type": "http.response.body", "body": BODY_OK}
 _BODY_404 = {"type": "http.response.body", "body": b"not found"}
 
 
+# GET /10k responses sent whole, per `http_version` ("1.1", "2", "3"): one dict update per
+# request, the same in every server, read through GET /count.
+_SENT_10K: dict[str, int] = {}
+
+
+def _count_response() -> Message:
+    body = json.dumps(_SENT_10K, sort_keys=True).encode("ascii")
+    return {"type": "http.response.body", "body": body}
+
+
 def _sleep(seconds: float) -> Awaitable[None]:
     """Sleep on whichever async library runs this request (trio under `-k trio`)."""
     library = "asyncio"
@@ -77,6 +91,8 @@ async def _http(scope: Scope, receive: Receive, send: Send) -> None:
     if method == "GET" and path == "/10k":
         await send(_START_10K)
         await send(_BODY_10K)
+        version = scope.get("http_version", "1.1")
+        _SENT_10K[version] = _SENT_10K.get(version, 0) + 1
     elif method == "GET" and path == "/small":
         await send(_START_SMALL)
         await send(_BODY_SMALL)
@@ -92,6 +108,10 @@ async def _http(scope: Scope, receive: Receive, send: Send) -> None:
         body = b"".join(chunks)
         await send(_start(len(body), b"application/octet-stream"))
         await send({"type": "http.response.body", "body": body})
+    elif method == "GET" and path == "/count":
+        body = _count_response()
+        await send(_start(len(body["body"]), b"application/json"))
+        await send(body)
     elif method == "GET" and path == "/sleep":
         await _sleep(SLEEP_SECONDS)
         await send(_START_OK)

@@ -1,7 +1,8 @@
 """Load generators: run one scenario's load against a running server and return its figures.
 
 This module owns driving the clients: wrk (HTTP/1.1, with `--latency` for percentiles),
-h2load (HTTP/2 cleartext or TLS, with `--log-file` for percentiles), the idle-connection memory
+h2load (HTTP/2 cleartext or TLS, with `--log-file` for percentiles), gtlsclient (HTTP/3, several
+processes, counted by the app: see `run_h3`), the idle-connection memory
 probes for keep-alive HTTP connections and for WebSockets (asyncio clients in this process), and
 the WebSocket echo client (`wsclient.py`, in one or more processes). Every client is pinned to
 the load CPUs, talks to 127.0.0.1 only, and is killed if it outlives its duration by more than
@@ -15,6 +16,9 @@ import contextlib
 import json
 import os
 import shlex
+import signal
+import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -22,8 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.parsers import parse_h2load, parse_wrk, percentiles_from_h2load_log
-from bench.procutil import HOST, pinned, run_bounded
+from bench.parsers import (
+    gtlsclient_errors,
+    parse_count_response,
+    parse_gtlsclient,
+    parse_h2load,
+    parse_proc_stat,
+    parse_wrk,
+    percentiles_from_h2load_log,
+)
+from bench.procutil import CLOCK_TICKS, HOST, pinned, run_bounded
 from bench.scenarios import Scenario
 from bench.wsclient import client_frame, handshake_problem, handshake_request
 
@@ -124,6 +136,254 @@ def run_h2load(scenario: Scenario, ctx: LoadContext, duration: float) -> dict[st
     result["client_cpu_percent"] = 100.0 * completed.cpu_seconds / (result["seconds"] or duration)
     _check_errors(result)
     return result
+
+
+# HTTP/3: requests each gtlsclient process is asked for. More than a run can complete, so every
+# client is still loading the server when the measured window closes (and is then killed); one
+# that exits before has lost its connection, which fails the run.
+H3_REQUESTS_PER_CONNECTION = 100_000_000
+H3_PROBE_REQUESTS = 8  # the non-quiet check before and after the load: all must be 200 over h3
+H3_IDLE_TIMEOUT = 5  # seconds of silence after which a gtlsclient gives up (QUIC idle timeout)
+H3_START_TIMEOUT = 10.0  # seconds for the first HTTP/3 response of the load to be counted
+
+
+def _gtlsclient(scenario: Scenario, ctx: LoadContext, requests: int, quiet: bool) -> list[str]:
+    """`gtlsclient [-q] -n REQUESTS 127.0.0.1 PORT URL`: one QUIC connection, REQUESTS GETs.
+
+    It keeps as many requests in flight as the server's MAX_STREAMS allows (it opens a stream
+    per request whenever the limit lets it: 128 at a time against aioquic's default), and
+    exits when all of them are closed.
+    """
+    argv = ["gtlsclient"] + (["-q"] if quiet else [])
+    argv += ["--no-quic-dump", "--no-http-dump", "--exit-on-all-streams-close"]
+    argv += [f"--timeout={H3_IDLE_TIMEOUT}s", "-n", str(requests)]
+    argv += [HOST, str(ctx.port), _url(scenario, ctx.port)]
+    return pinned(argv, ctx.cpus)
+
+
+def _h3_probe(scenario: Scenario, ctx: LoadContext, when: str) -> None:
+    """`H3_PROBE_REQUESTS` GETs by a non-quiet gtlsclient: ALPN h3, and every status 200.
+
+    The load runs quiet (gtlsclient then prints nothing per request, and its exit status is 0
+    even when no server answers), so this is where a server's HTTP/3 is seen to work at all.
+    Tried three times before the load (the UDP listener may open after the TCP one answers).
+    """
+    problem = ""
+    for _ in range(3 if when == "before" else 1):
+        argv = _gtlsclient(scenario, ctx, H3_PROBE_REQUESTS, quiet=False)
+        completed = run_bounded(argv, 3 * H3_IDLE_TIMEOUT)
+        seen = parse_gtlsclient(completed.stdout + completed.stderr)
+        if seen["alpn"] == "h3" and seen["statuses"] == {"200": H3_PROBE_REQUESTS}:
+            return
+        problem = (
+            f"ALPN {seen['alpn']!r}, statuses {seen['statuses']} of {H3_PROBE_REQUESTS} "
+            f"requests{', killed' if completed.timed_out else ''}"
+            + (f", {seen['errors'][-1]}" if seen["errors"] else "")
+        )
+    raise LoadError(f"HTTP/3 probe {when} the load failed: {problem}")
+
+
+def _h3_count(port: int, timeout: float = 10.0) -> tuple[float, int]:
+    """(when, count): `GET /count` over the server's TCP listener (TLS, HTTP/1.1), and the
+    number of GET /10k responses the app has sent over HTTP/3; `when` is halfway through the
+    exchange."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["http/1.1"])
+    started = time.monotonic()
+    chunks: list[bytes] = []
+    try:
+        with (
+            socket.create_connection((HOST, port), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname="localhost") as sock,
+        ):
+            sock.sendall(b"GET /count HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            for _ in range(64):  # the answer is a few hundred bytes; read to the close
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        counts = parse_count_response(b"".join(chunks))
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise LoadError(f"could not read the app's count: {type(exc).__name__}: {exc}") from None
+    return (started + time.monotonic()) / 2, counts.get("3", 0)
+
+
+def _proc_stat(pid: int) -> tuple[str, float] | None:
+    """(state, utime+stime seconds) of a process from /proc; None once it is reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat_file:
+            text = stat_file.read()
+        stat = parse_proc_stat(text)
+    except (OSError, ValueError, IndexError):
+        return None
+    state = text[text.rindex(")") + 2 :].split()[0]
+    return state, (stat["utime"] + stat["stime"]) / CLOCK_TICKS
+
+
+def udp_counters() -> dict[str, int]:
+    """The kernel's UDP counters (`/proc/net/snmp`): `RcvbufErrors` are datagrams dropped
+    because a socket's receive buffer was full; {} when unreadable."""
+    try:
+        with open("/proc/net/snmp") as snmp:
+            rows = [line.split() for line in snmp if line.startswith("Udp:")]
+        return dict(zip(rows[0][1:], (int(value) for value in rows[1][1:]), strict=True))
+    except (OSError, IndexError, ValueError):
+        return {}
+
+
+class _H3Clients:
+    """The quiet gtlsclient processes of one run, each one QUIC connection.
+
+    A client whose connection ends during the run (gtlsclient gives up after `H3_IDLE_TIMEOUT`
+    s without a packet: under overload the server's UDP receive buffer overflows, and loss
+    recovery between aioquic and ngtcp2 can stall a connection for seconds) is replaced, so
+    the server keeps `count` connections loading it; each replacement counts as one error.
+    CPU time is summed per process over the measured window, replaced ones included.
+    """
+
+    def __init__(self, argv: list[str], count: int, workdir: Path, port: int) -> None:
+        self.argv = argv
+        self.workdir = workdir
+        self.port = port
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.stderr_paths: list[Path] = []
+        self.cpu_at_start: dict[int, float] = {}  # pid -> CPU seconds when the window opened
+        self.cpu_done = 0.0  # CPU seconds in the window of the processes that ended
+        self.lost = 0
+        for _ in range(count):
+            self.procs.append(self._start())
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        path = self.workdir / f"gtlsclient-{self.port}-{time.monotonic_ns()}.err"
+        self.stderr_paths.append(path)
+        with path.open("wb") as err:
+            return subprocess.Popen(
+                self.argv,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+    def open_window(self) -> None:
+        for proc in self.procs:
+            seen = _proc_stat(proc.pid)
+            self.cpu_at_start[proc.pid] = seen[1] if seen else 0.0
+
+    def cpu_seconds(self) -> float:
+        total = self.cpu_done
+        for proc in self.procs:
+            seen = _proc_stat(proc.pid)
+            if seen is not None:
+                total += seen[1] - self.cpu_at_start.get(proc.pid, 0.0)
+        return total
+
+    def replace_ended(self) -> None:
+        """Restart every client that has exited (read its CPU before reaping it)."""
+        for index, proc in enumerate(self.procs):
+            seen = _proc_stat(proc.pid)
+            if seen is not None and seen[0] != "Z":
+                continue
+            if seen is not None:
+                self.cpu_done += seen[1] - self.cpu_at_start.get(proc.pid, seen[1])
+            proc.wait(timeout=5)
+            self.lost += 1
+            replacement = self._start()
+            self.procs[index] = replacement
+            self.cpu_at_start[replacement.pid] = 0.0
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+
+    def stderr_lines(self) -> list[str]:
+        lines = [line for path in self.stderr_paths for line in _read_lines(path)]
+        for path in self.stderr_paths:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        return lines
+
+
+def run_h3(scenario: Scenario, ctx: LoadContext, duration: float) -> dict[str, Any]:
+    """`scenario.connections` quiet gtlsclient processes, one QUIC connection each.
+
+    gtlsclient prints no per-request result when quiet, so the figure is the app's own count
+    (`GET /count` of bench/apps.py, over the TCP listener): the GET /10k responses it sent over
+    HTTP/3 between two readings `duration` seconds apart, the first taken once the load is
+    flowing. Its correctness is checked around it: a non-quiet probe before and after the load
+    must see `:status: 200` for every request over ALPN h3. A client whose connection ends
+    during the window is replaced and counted as an error (`_H3Clients`); more than
+    `10 x connections` of them fail the run. The clients' CPU time is read from /proc over the
+    same window, and the UDP datagrams the kernel dropped for full receive buffers are kept.
+    """
+    _h3_probe(scenario, ctx, "before")
+    _, baseline = _h3_count(ctx.port)
+    argv = _gtlsclient(scenario, ctx, H3_REQUESTS_PER_CONNECTION, quiet=True)
+    clients = _H3Clients(argv, scenario.connections, ctx.workdir, ctx.port)
+    try:
+        deadline = time.monotonic() + H3_START_TIMEOUT
+        while True:  # until the load is flowing: the count moves
+            started, first = _h3_count(ctx.port)
+            if first > baseline:
+                break
+            if time.monotonic() > deadline:
+                raise LoadError(
+                    f"no HTTP/3 response counted within {H3_START_TIMEOUT:g} s of starting "
+                    f"the clients: {_tail(clients.stderr_lines())}"
+                )
+            time.sleep(0.05)
+        clients.open_window()
+        udp_before = udp_counters()
+        window_end = time.monotonic() + duration
+        while (left := window_end - time.monotonic()) > 0:
+            time.sleep(min(0.1, left))
+            clients.replace_ended()
+            if clients.lost > 10 * scenario.connections:
+                raise LoadError(
+                    f"{clients.lost} gtlsclient connections ended during the run: "
+                    f"{_tail(clients.stderr_lines())}"
+                )
+        cpu = clients.cpu_seconds()
+        udp_after = udp_counters()
+        ended, last = _h3_count(ctx.port)
+    finally:
+        clients.stop()
+    errors = gtlsclient_errors("\n".join(clients.stderr_lines()))
+    _h3_probe(scenario, ctx, "after")
+    seconds = ended - started
+    requests = last - first
+    result: dict[str, Any] = {
+        "requests_per_s": requests / seconds,
+        "requests": requests,
+        "seconds": seconds,
+        "errors": clients.lost,
+        "connections_lost": clients.lost,
+        "client_errors": errors[-5:],
+        "client_cpu_percent": 100.0 * cpu / seconds,
+        "client_processes": scenario.connections,
+        "connections_open": scenario.connections,
+        "udp_rcvbuf_errors": udp_after.get("RcvbufErrors", 0) - udp_before.get("RcvbufErrors", 0),
+        "udp_in_datagrams": udp_after.get("InDatagrams", 0) - udp_before.get("InDatagrams", 0),
+        "load_command": f"{scenario.connections} x {shlex.join(argv)}",
+    }
+    _check_errors(result)
+    return result
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return []
+
+
+def _tail(lines: list[str]) -> str:
+    return "; ".join(lines[-3:])[:300] or "no output"
 
 
 def run_ws(scenario: Scenario, ctx: LoadContext, duration: float) -> dict[str, Any]:
@@ -321,6 +581,8 @@ def run_load(
         return run_wrk(scenario, ctx, duration)
     if scenario.tool == "h2load":
         return run_h2load(scenario, ctx, duration)
+    if scenario.tool == "gtlsclient":
+        return run_h3(scenario, ctx, duration)
     if scenario.tool == "ws":
         return run_ws(scenario, ctx, duration)
     if scenario.measures_idle_memory:

@@ -1,4 +1,4 @@
-"""Parsers for what the load generators and the kernel print: wrk, h2load, /proc, lscpu.
+"""Parsers for what the load generators and the kernel print: wrk, h2load, gtlsclient, /proc, lscpu.
 
 This module owns turning tool output into numbers. It runs nothing itself, so its functions are
 unit-tested on captured texts (tests/test_bench.py). Latencies come out in milliseconds, rates
@@ -8,6 +8,7 @@ guessing; the caller decides whether a run without it counts.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -228,3 +229,50 @@ def parse_lscpu(text: str) -> dict[str, str]:
         if sep and key.strip() and key.strip() not in values:
             values[key.strip()] = value.strip()
     return values
+
+
+def parse_gtlsclient(text: str) -> dict[str, Any]:
+    """What a non-quiet `gtlsclient` run printed (ngtcp2's example HTTP/3 client).
+
+    Keys: `alpn` (the "Negotiated ALPN is ..." line, or None), `statuses` (`{'200': 8}`, one
+    per `[:status: NNN]` response header line), `errors` (ngtcp2 error lines such as
+    `ngtcp2_conn_handle_expiry: ERR_IDLE_CLOSE`, which it prints even when quiet).
+    """
+    alpn = None
+    statuses: dict[str, int] = {}
+    errors: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        match = re.match(r"Negotiated ALPN is (\S+)", stripped)
+        if match:
+            alpn = match.group(1)
+            continue
+        match = re.match(r"http: stream 0x[0-9a-f]+ \[:status: ([0-9]{3})\]$", stripped)
+        if match:
+            statuses[match.group(1)] = statuses.get(match.group(1), 0) + 1
+            continue
+        if re.search(r"\bERR_[A-Z_]+", stripped):
+            errors.append(stripped)
+    return {"alpn": alpn, "statuses": statuses, "errors": errors}
+
+
+def gtlsclient_errors(text: str) -> list[str]:
+    """The ngtcp2 error lines of a quiet `gtlsclient` (its only output when quiet)."""
+    return [line.strip() for line in text.splitlines() if re.search(r"\bERR_[A-Z_]+", line)]
+
+
+def parse_count_response(raw: bytes) -> dict[str, int]:
+    """The JSON body of `bench/apps.py`'s `GET /count` (an HTTP/1.1 response, whole).
+
+    Raises ValueError when the response is not a 200 with a JSON object of counts.
+    """
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    if not sep or not head.startswith(b"HTTP/1.1 200"):
+        raise ValueError(f"unexpected answer to GET /count: {raw[:60]!r}")
+    try:
+        counts = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"GET /count answered no JSON: {body[:60]!r}") from exc
+    if not isinstance(counts, dict) or not all(isinstance(v, int) for v in counts.values()):
+        raise ValueError(f"GET /count answered no counts: {body[:60]!r}")
+    return {str(key): value for key, value in counts.items()}

@@ -206,6 +206,9 @@ def tool_versions() -> dict[str, str]:
         versions["h2load"] = (
             _output(["h2load", "--version"]).splitlines()[0].removeprefix("h2load ")
         )
+    if shutil.which("gtlsclient"):  # it has no --version: ask the package manager
+        package = _output(["dpkg-query", "-W", "-f", "${Version}", "ngtcp2-client"])
+        versions["gtlsclient"] = f"ngtcp2-client {package}" if package else "(version unknown)"
     return versions
 
 

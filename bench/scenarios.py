@@ -1,17 +1,17 @@
 """The scenarios: what load each one puts on a server, and which servers it applies to.
 
 This module owns the scenario table (`SCENARIOS`). A scenario names the protocol a server must
-support to take part (`servers.H1`, `H2C`, `H2_TLS`, `WS`), the load generator (`wrk`,
-`h2load`, `idle`, `ws` or `ws-idle`), the route of `bench/apps.py` it loads, the concurrency,
-the WebSocket message (size, text or binary) where there is one, and its headline figure: the
-one the ratios and the plot use, and whether higher or lower is better.
+support to take part (`servers.H1`, `H2C`, `H2_TLS`, `WS`, `H3`), the load generator (`wrk`,
+`h2load`, `gtlsclient`, `idle`, `ws` or `ws-idle`), the route of `bench/apps.py` it loads, the
+concurrency, the WebSocket message (size, text or binary) where there is one, and its headline
+figure: the one the ratios and the plot use, and whether higher or lower is better.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.servers import H1, H2_TLS, H2C, WS
+from bench.servers import H1, H2_TLS, H2C, H3, WS
 
 
 @dataclass(frozen=True)
@@ -20,11 +20,13 @@ class Scenario:
 
     name: str
     protocol: str
-    tool: str  # "wrk", "h2load", "idle", "ws" or "ws-idle"
+    tool: str  # "wrk", "h2load", "gtlsclient", "idle", "ws" or "ws-idle"
     path: str
     connections: int
     description: str
-    streams: int = 1  # h2load -m: concurrent streams per connection; ws: messages in flight
+    # h2load -m: concurrent streams per connection; ws: messages in flight; gtlsclient: none
+    # (it opens as many streams as the server allows, 128 with aioquic's default MAX_STREAMS)
+    streams: int = 1
     message_size: int = 64  # ws, ws-idle: bytes per WebSocket message
     binary: bool = False  # ws: binary messages instead of text
     script: str | None = None  # wrk Lua script, relative to bench/
@@ -34,7 +36,7 @@ class Scenario:
 
     @property
     def tls(self) -> bool:
-        return self.protocol == H2_TLS
+        return self.protocol in (H2_TLS, H3)
 
     @property
     def measures_idle_memory(self) -> bool:
@@ -95,6 +97,17 @@ SCENARIOS: tuple[Scenario, ...] = (
         streams=16,
     ),
     Scenario(
+        "h3-get",
+        H3,
+        "gtlsclient",
+        "/10k",
+        4,
+        "HTTP/3 over QUIC, GET /10k, 4 gtlsclient processes (one QUIC connection each, as many "
+        "concurrent streams as the server allows: 128 with aioquic's default); requests/s from "
+        "the app's count of /10k responses sent over HTTP/3 during the run",
+        streams=128,
+    ),
+    Scenario(
         "idle-memory",
         H1,
         "idle",
@@ -149,4 +162,11 @@ SCENARIOS: tuple[Scenario, ...] = (
 SCENARIOS_BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}
 
 # The external program each load generator needs (None: the suite's own Python client).
-TOOL_PROGRAMS = {"wrk": "wrk", "h2load": "h2load", "idle": None, "ws": None, "ws-idle": None}
+TOOL_PROGRAMS = {
+    "wrk": "wrk",
+    "h2load": "h2load",
+    "gtlsclient": "gtlsclient",
+    "idle": None,
+    "ws": None,
+    "ws-idle": None,
+}

@@ -1,13 +1,15 @@
 """The servers under test: one data row per configuration, and how each family is launched.
 
 This module owns the list of server configurations (`SERVERS`), what each supports
-(`h1`, `h2c`, `h2-tls`, `ws`), what it needs before it can run (Python modules in its venv,
+(`h1`, `h2c`, `h2-tls`, `ws`, `h3`), what it needs before it can run (Python modules in its venv,
 flags in its `--help`), and the command line that starts it for one scenario. Adding a
 configuration is adding a row. A row whose `flags` are missing from the server's `--help` is
 reported as unavailable rather than run (the multicorn rows need `--http`, which picks the
 HTTP/1.1 parser). A protocol can be gated the same way on its own (`feature_flags`): the
 multicorn rows list `ws`, which runs only once their `--help` shows the WebSocket options, so
-the same rows measure WebSocket as soon as the multicorn under test has it.
+the same rows measure WebSocket as soon as the multicorn under test has it, and HTTP/3 once
+its `--help` shows `--quic-bind`. A protocol can also need a module of its own
+(`feature_modules`): Hypercorn serves HTTP/3 only when aioquic is installed (`hypercorn[h3]`).
 
 Every configuration runs one worker, serves `bench.apps:app` from the repository root, binds
 127.0.0.1 only, and logs warnings only (no access log), so the servers do the same work.
@@ -18,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +29,7 @@ H1 = "h1"
 H2C = "h2c"
 H2_TLS = "h2-tls"
 WS = "ws"
+H3 = "h3"  # HTTP/3 over QUIC: the TCP listener (TLS) stays, a UDP one is added on the same port
 # Keep idle keep-alive connections open this long (seconds) in the idle-memory scenario; the
 # defaults (2 s for Gunicorn, 5 s for most) could close them before memory is sampled.
 IDLE_KEEP_ALIVE = 120
@@ -35,6 +38,10 @@ IDLE_KEEP_ALIVE = 120
 BACKLOG = 2048
 # Requests per connection allowed in the h2 scenarios, for servers that cap them (see _hypercorn).
 H2_MAX_REQUESTS = 100_000_000
+# HTTP/3 request streams a client may have open at once: aioquic's default MAX_STREAMS, which
+# Hypercorn runs with (it cannot be set there). multicorn (default 100) is given the same, since
+# the HTTP/3 client opens as many streams as the server allows: both carry as many requests.
+H3_MAX_STREAMS = 128
 # The WebSocket message size limit most servers default to (multicorn, Uvicorn, Hypercorn,
 # Gunicorn), given to those whose default is lower (Daphne's is 1 MiB).
 WS_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
@@ -45,7 +52,7 @@ class Launch:
     """What a scenario asks of the server it starts."""
 
     port: int
-    protocol: str  # H1, H2C, H2_TLS or WS
+    protocol: str  # H1, H2C, H2_TLS, WS or H3
     certfile: Path | None = None
     keyfile: Path | None = None
     long_keep_alive: bool = False
@@ -64,7 +71,8 @@ class ServerConfig:
     configuration's own flags (worker class, loop, parser), `features` the protocols it is
     measured on, `modules` what must import in its venv and `flags` what its `--help` must
     list for it to be available. `feature_flags` pairs a protocol with a flag its `--help`
-    must list for that protocol alone to be measured. `packages` are the distributions whose
+    must list for that protocol alone to be measured, and `feature_modules` a module that must
+    import in its venv for that protocol alone. `packages` are the distributions whose
     versions the report shows.
     """
 
@@ -77,6 +85,7 @@ class ServerConfig:
     modules: tuple[str, ...] = ()
     flags: tuple[str, ...] = ()
     feature_flags: tuple[tuple[str, str], ...] = ()
+    feature_modules: tuple[tuple[str, str], ...] = ()
     note: str = ""
 
     @property
@@ -84,11 +93,14 @@ class ServerConfig:
         return self.family == "multicorn"
 
 
-_MC_FEATURES = frozenset({H1, H2C, H2_TLS, WS})
-# WebSocket is measured once multicorn has it: this is one of the options it comes with.
-_MC_WS_FLAGS = ((WS, "--ws-per-message-deflate"),)
-_HYPERCORN_FEATURES = frozenset({H1, H2C, H2_TLS, WS})
-_MC_PACKAGES = ("multicorn", "h11", "h2", "wsproto")
+_MC_FEATURES = frozenset({H1, H2C, H2_TLS, WS, H3})
+# WebSocket is measured once multicorn has it: this is one of the options it comes with; HTTP/3
+# once its CLI can open the QUIC listener.
+_MC_FEATURE_FLAGS = ((WS, "--ws-per-message-deflate"), (H3, "--quic-bind"))
+_HYPERCORN_FEATURES = frozenset({H1, H2C, H2_TLS, WS, H3})
+# Hypercorn's --quic-bind is always in its --help; it serves HTTP/3 only with aioquic installed.
+_HYPERCORN_H3_MODULES = ((H3, "aioquic"),)
+_MC_PACKAGES = ("multicorn", "h11", "h2", "wsproto", "aioquic")
 # Uvicorn's default `--ws auto` picks websockets (its Sans-I/O protocol in Uvicorn 0.54)
 # when it is installed, as uvicorn[standard] does; `uvicorn-wsproto` measures the other one.
 _UVICORN_WS_NOTE = "WebSocket: websockets (--ws auto)"
@@ -104,7 +116,7 @@ SERVERS: tuple[ServerConfig, ...] = (
         _MC_FEATURES,
         _MC_PACKAGES,
         flags=("--http",),
-        feature_flags=_MC_WS_FLAGS,
+        feature_flags=_MC_FEATURE_FLAGS,
         note="h11 parser",
     ),
     ServerConfig(
@@ -116,7 +128,7 @@ SERVERS: tuple[ServerConfig, ...] = (
         (*_MC_PACKAGES, "uvloop"),
         modules=("uvloop",),
         flags=("--http",),
-        feature_flags=_MC_WS_FLAGS,
+        feature_flags=_MC_FEATURE_FLAGS,
         note="h11 parser",
     ),
     ServerConfig(
@@ -128,7 +140,7 @@ SERVERS: tuple[ServerConfig, ...] = (
         (*_MC_PACKAGES, "trio"),
         modules=("trio",),
         flags=("--http",),
-        feature_flags=_MC_WS_FLAGS,
+        feature_flags=_MC_FEATURE_FLAGS,
         note="h11 parser",
     ),
     ServerConfig(
@@ -140,7 +152,7 @@ SERVERS: tuple[ServerConfig, ...] = (
         (*_MC_PACKAGES, "uvloop", "httptools"),
         modules=("uvloop", "httptools"),
         flags=("--http",),
-        feature_flags=_MC_WS_FLAGS,
+        feature_flags=_MC_FEATURE_FLAGS,
         note="httptools parser for HTTP/1.1, uvloop (HTTP/2 is h2 either way)",
     ),
     ServerConfig(
@@ -149,7 +161,8 @@ SERVERS: tuple[ServerConfig, ...] = (
         "peers",
         ("-k", "asyncio"),
         _HYPERCORN_FEATURES,
-        ("hypercorn", "h11", "h2", "wsproto"),
+        ("hypercorn", "h11", "h2", "wsproto", "aioquic"),
+        feature_modules=_HYPERCORN_H3_MODULES,
     ),
     ServerConfig(
         "hypercorn-uvloop",
@@ -157,8 +170,9 @@ SERVERS: tuple[ServerConfig, ...] = (
         "peers",
         ("-k", "uvloop"),
         _HYPERCORN_FEATURES,
-        ("hypercorn", "h11", "h2", "wsproto", "uvloop"),
+        ("hypercorn", "h11", "h2", "wsproto", "aioquic", "uvloop"),
         modules=("uvloop",),
+        feature_modules=_HYPERCORN_H3_MODULES,
     ),
     ServerConfig(
         "hypercorn-trio",
@@ -166,8 +180,9 @@ SERVERS: tuple[ServerConfig, ...] = (
         "peers",
         ("-k", "trio"),
         _HYPERCORN_FEATURES,
-        ("hypercorn", "h11", "h2", "wsproto", "trio"),
+        ("hypercorn", "h11", "h2", "wsproto", "aioquic", "trio"),
         modules=("trio",),
+        feature_modules=_HYPERCORN_H3_MODULES,
     ),
     ServerConfig(
         "uvicorn-h11",
@@ -239,6 +254,9 @@ def _multicorn(server: ServerConfig, bindir: Path, launch: Launch) -> list[str]:
     argv += ["--log-level", "warning", *server.args]
     if launch.tls:
         argv += ["--certfile", str(launch.certfile), "--keyfile", str(launch.keyfile)]
+    if launch.protocol == H3:
+        argv += ["--quic-bind", f"127.0.0.1:{launch.port}"]
+        argv += ["--quic-max-concurrent-streams", str(H3_MAX_STREAMS)]
     if launch.long_keep_alive:
         argv += ["--keep-alive", str(IDLE_KEEP_ALIVE)]
     return argv
@@ -249,6 +267,10 @@ def _hypercorn(server: ServerConfig, bindir: Path, launch: Launch) -> list[str]:
     argv += ["--log-level", "warning", "--backlog", str(BACKLOG), *server.args]
     if launch.tls:
         argv += ["--certfile", str(launch.certfile), "--keyfile", str(launch.keyfile)]
+    if launch.protocol == H3:
+        # Hypercorn's HTTP/3 has no per-connection request cap (keep_alive_max_requests is
+        # read by its h11 and h2 protocols only).
+        argv += ["--quic-bind", f"127.0.0.1:{launch.port}"]
     if launch.long_keep_alive:
         argv += ["--keep-alive", str(IDLE_KEEP_ALIVE)]
     if launch.protocol in (H2C, H2_TLS) and launch.config_dir is not None:
@@ -334,13 +356,19 @@ def command(server: ServerConfig, venv: Path, launch: Launch) -> list[str]:
 
 _PROBE = """
 import importlib, importlib.metadata, json, sys
-out = {"python": sys.version.split()[0], "missing": [], "versions": {}}
+out = {"python": sys.version.split()[0], "missing": [], "versions": {}, "optional": {}}
 for name in sys.argv[1].split(","):
     if name:
         try:
             importlib.import_module(name)
         except Exception as exc:
             out["missing"].append(f"{name} ({type(exc).__name__}: {exc})")
+for name in sys.argv[3].split(","):
+    if name:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            out["optional"][name] = f"{type(exc).__name__}: {exc}"
 for dist in sys.argv[2].split(","):
     if dist:
         try:
@@ -384,6 +412,7 @@ def probe(server: ServerConfig, venv: Path | None, cwd: Path) -> Availability:
                 _PROBE,
                 ",".join(modules),
                 ",".join(server.packages),
+                ",".join(module for _, module in server.feature_modules),
             ],
             capture_output=True,
             text=True,
@@ -401,6 +430,10 @@ def probe(server: ServerConfig, venv: Path | None, cwd: Path) -> Availability:
         availability.ok = False
         availability.reason = "missing module(s): " + ", ".join(info["missing"])
         return availability
+    absent_modules: dict[str, str] = info["optional"]
+    availability.features, availability.missing_features = gated_features(
+        server, None, absent_modules
+    )
     if server.flags or server.feature_flags:
         try:
             help_text = subprocess.run(
@@ -419,17 +452,34 @@ def probe(server: ServerConfig, venv: Path | None, cwd: Path) -> Availability:
             availability.reason = f"{server.family} has no {', '.join(absent)} option" + (
                 f" ({server.note})" if server.note else ""
             )
-        availability.features, availability.missing_features = gated_features(server, help_text)
+        availability.features, availability.missing_features = gated_features(
+            server, help_text, absent_modules
+        )
     return availability
 
 
-def gated_features(server: ServerConfig, help_text: str) -> tuple[frozenset[str], dict[str, str]]:
-    """The protocols `server` can be measured on given its `--help`, and why not the others."""
-    missing = {
-        feature: f"{server.family} has no {flag} option: no {feature} support yet"
-        for feature, flag in server.feature_flags
-        if feature in server.features and not has_flag(help_text, flag)
-    }
+def gated_features(
+    server: ServerConfig, help_text: str | None, absent_modules: Mapping[str, str] | None = None
+) -> tuple[frozenset[str], dict[str, str]]:
+    """The protocols `server` can be measured on, and why not the others.
+
+    `help_text` is its `--help` (None: flags not checked); `absent_modules` maps each of its
+    `feature_modules` that does not import in its venv to the error.
+    """
+    missing: dict[str, str] = {}
+    absent = absent_modules or {}
+    for feature, module in server.feature_modules:
+        if feature in server.features and module in absent:
+            missing[feature] = (
+                f"{module} does not import in {server.family}'s venv ({absent[module]}): no "
+                f"{feature} support"
+            )
+    if help_text is not None:
+        for feature, flag in server.feature_flags:
+            if feature in server.features and not has_flag(help_text, flag):
+                missing.setdefault(
+                    feature, f"{server.family} has no {flag} option: no {feature} support yet"
+                )
     return server.features - missing.keys(), missing
 
 

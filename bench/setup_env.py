@@ -2,10 +2,11 @@
 
 This module owns making the machine ready, idempotently (skip it with `--no-setup`):
 
-- `wrk`, `h2load` (package nghttp2-client), `taskset` (util-linux) and `openssl` through
-  apt-get when missing and running as root; otherwise it prints what to install;
-- `bench/.venv-peers`: Hypercorn, Uvicorn (httptools, uvloop, websockets, wsproto), Granian,
-  Gunicorn, Daphne and matplotlib for the plot;
+- `wrk`, `h2load` (package nghttp2-client), `gtlsclient` (ngtcp2-client, the HTTP/3 client),
+  `taskset` (util-linux) and `openssl` through apt-get when missing and running as root;
+  otherwise it prints what to install;
+- `bench/.venv-peers`: Hypercorn (with aioquic, for its HTTP/3), Uvicorn (httptools, uvloop,
+  websockets, wsproto), Granian, Gunicorn, Daphne and matplotlib for the plot;
 - `bench/.venv-multicorn`: this repository installed editable with its trio and speed extras
   (httptools, uvloop, and websockets, whose C extension unmasks WebSocket frames).
 
@@ -30,10 +31,16 @@ MULTICORN_VENV = BENCH / ".venv-multicorn"
 STAMP = ".bench-requirements"
 
 # Program -> Debian package that provides it.
-TOOLS = {"wrk": "wrk", "h2load": "nghttp2-client", "taskset": "util-linux", "openssl": "openssl"}
+TOOLS = {
+    "wrk": "wrk",
+    "h2load": "nghttp2-client",
+    "gtlsclient": "ngtcp2-client",
+    "taskset": "util-linux",
+    "openssl": "openssl",
+}
 
 PEER_REQUIREMENTS = (
-    "hypercorn[trio,uvloop]",
+    "hypercorn[trio,uvloop,h3]",  # h3: aioquic, for --quic-bind
     "uvicorn[standard]",  # httptools, uvloop, websockets
     "wsproto",  # uvicorn-wsproto (Hypercorn depends on it too)
     "granian",
@@ -60,7 +67,7 @@ def install_tools() -> dict[str, str]:
     """apt-get install the missing tools when root; returns those still missing."""
     missing = missing_tools()
     if not missing:
-        log("wrk, h2load, taskset and openssl are installed")
+        log(", ".join(TOOLS) + " are installed")
         return {}
     packages = sorted(set(missing.values()))
     if os.geteuid() != 0:

@@ -1,8 +1,9 @@
 """The benchmark suite in bench/: it runs at a tiny scale, and its parsers read real tool output.
 
 No figure is asserted beyond "more than zero": these tests check that the suite works, not how
-fast anything is. The end-to-end test needs wrk; it is skipped without it on a developer's
-machine, but fails in CI (CI=true), where wrk must be installed.
+fast anything is. The end-to-end tests need wrk and gtlsclient (ngtcp2-client); each is skipped
+without its tool on a developer's machine, but fails in CI (CI=true), where
+scripts/install-tools.sh installs both.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-from bench import report
+from bench import apps, report
 from bench.parsers import (
+    gtlsclient_errors,
+    parse_count_response,
+    parse_gtlsclient,
     parse_h2load,
     parse_lscpu,
     parse_proc_stat,
@@ -30,6 +34,8 @@ from bench.parsers import (
 )
 from bench.scenarios import SCENARIOS, SCENARIOS_BY_NAME
 from bench.servers import (
+    H3,
+    H3_MAX_STREAMS,
     SERVERS,
     SERVERS_BY_NAME,
     WS,
@@ -169,6 +175,33 @@ time for request:        0us         0us         0us         0us     0.00%
 """
 
 
+# Captured from gtlsclient (ngtcp2-client 0.12.1, Debian) against Hypercorn over HTTP/3, without
+# -q but with --no-quic-dump --no-http-dump: two requests (its packet log lines trimmed).
+GTLSCLIENT_PROBE = """\
+http: control stream=2
+http: QPACK streams encoder=6 decoder=a
+QUIC handshake has completed
+Negotiated cipher suite is AES-256-GCM
+Negotiated ALPN is h3
+http: stream 0x0 submit request headers
+[:method: GET]
+[:path: /10k]
+I00000028 0xacf30454e0fcc0d0 frm rx 12 1RTT STREAM(0x0e) id=0x0 fin=0 offset=8168 len=1158 uni=0
+http: stream 0x0 response headers started
+http: stream 0x0 [:status: 200]
+http: stream 0x0 [content-length: 10240]
+http: stream 0x0 [server: hypercorn-h3]
+http: stream 0x0 headers ended
+HTTP stream 0 closed with error code 256
+http: stream 0x4 response headers started
+http: stream 0x4 [:status: 200]
+HTTP stream 4 closed with error code 256
+"""
+
+# What a quiet gtlsclient prints when no server answers (its exit status is still 0).
+GTLSCLIENT_NO_SERVER = "ngtcp2_conn_handle_expiry: ERR_IDLE_CLOSE\n"
+
+
 def test_time_units():
     assert time_to_ms("5.49ms") == pytest.approx(5.49)
     assert time_to_ms("150.36us") == pytest.approx(0.15036)
@@ -253,6 +286,86 @@ def test_h2load_log_percentiles():
     assert percentile([1.0], 0.99) == 1.0
 
 
+def test_gtlsclient_output():
+    seen = parse_gtlsclient(GTLSCLIENT_PROBE)
+    assert seen == {"alpn": "h3", "statuses": {"200": 2}, "errors": []}
+    refused = parse_gtlsclient(GTLSCLIENT_NO_SERVER)
+    assert refused["alpn"] is None and not refused["statuses"]
+    assert refused["errors"] == ["ngtcp2_conn_handle_expiry: ERR_IDLE_CLOSE"]
+    assert gtlsclient_errors(GTLSCLIENT_NO_SERVER + "\n") == refused["errors"]
+    assert gtlsclient_errors("") == []
+
+
+def test_count_response():
+    raw = b"HTTP/1.1 200 OK\r\ncontent-length: 18\r\n\r\n" + b'{"2": 3, "3": 512}'
+    assert parse_count_response(raw) == {"2": 3, "3": 512}
+    for bad in (
+        b"HTTP/1.1 404 Not Found\r\n\r\nnot found",
+        b"HTTP/1.1 200 OK\r\n\r\n[1]",
+        b"HTTP/1.1 200 OK\r\n\r\n{",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5",  # the head only
+    ):
+        with pytest.raises(ValueError):
+            parse_count_response(bad)
+
+
+def test_app_counts_10k_responses_per_http_version():
+    async def get(path: str, version: str) -> list[dict]:
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": path, "http_version": version}
+        await apps.app(scope, receive, send)
+        return sent
+
+    def count() -> dict[str, int]:
+        start, body = asyncio.run(get("/count", "1.1"))
+        assert start["status"] == 200
+        assert dict(start["headers"])[b"content-length"] == str(len(body["body"])).encode()
+        return cast(dict[str, int], json.loads(body["body"]))
+
+    before = count()
+    for version in ("3", "3", "2"):
+        assert len(asyncio.run(get("/10k", version))[1]["body"]) == 10240
+    asyncio.run(get("/small", "3"))  # only GET /10k is counted
+    after = count()
+    assert after.get("3", 0) - before.get("3", 0) == 2
+    assert after.get("2", 0) - before.get("2", 0) == 1
+
+
+def test_h3_rows_and_commands():
+    scenario = SCENARIOS_BY_NAME["h3-get"]
+    assert (scenario.protocol, scenario.tool, scenario.path, scenario.tls) == (
+        H3,
+        "gtlsclient",
+        "/10k",
+        True,
+    )
+    # multicorn measures HTTP/3 once its --help shows --quic-bind; Hypercorn once aioquic imports.
+    multicorn = SERVERS_BY_NAME["multicorn-asyncio"]
+    assert H3 not in gated_features(multicorn, "  --ws-per-message-deflate\n")[0]
+    assert H3 in gated_features(multicorn, "  --ws-per-message-deflate\n  --quic-bind ADDR\n")[0]
+    hypercorn = SERVERS_BY_NAME["hypercorn-trio"]
+    features, missing = gated_features(hypercorn, None, {"aioquic": "ModuleNotFoundError: x"})
+    assert H3 not in features and "aioquic" in missing[H3]
+    assert H3 in gated_features(hypercorn, None, {})[0]
+    launch = Launch(8443, H3, Path("c.pem"), Path("k.pem"))
+    for name in ("multicorn-trio", "hypercorn-uvloop"):
+        argv = command(SERVERS_BY_NAME[name], Path("/v"), launch)
+        assert argv[argv.index("--quic-bind") + 1] == "127.0.0.1:8443"
+        assert argv[argv.index("--bind") + 1] == "127.0.0.1:8443"  # TCP stays, for /count
+        assert "--certfile" in argv and "--keyfile" in argv
+    argv = command(multicorn, Path("/v"), launch)
+    assert argv[argv.index("--quic-max-concurrent-streams") + 1] == str(H3_MAX_STREAMS)
+    h2 = command(multicorn, Path("/v"), Launch(8443, "h2-tls", Path("c.pem"), Path("k.pem")))
+    assert "--quic-bind" not in h2
+
+
 def test_proc_and_lscpu_parsers():
     status = "Name:\tpython3\nVmHWM:\t   60000 kB\nVmRSS:\t   51200 kB\nThreads:\t2\n"
     assert parse_proc_status(status) == {"VmHWM": 60000, "VmRSS": 51200}
@@ -284,7 +397,7 @@ def test_ws_features_follow_the_help_text():
     features, missing = gated_features(server, "  --http {auto,h11,httptools}\n")
     assert WS not in features and "h1" in features
     assert "--ws-per-message-deflate" in missing[WS]
-    help_text = "  --ws-per-message-deflate, --no-ws-per-message-deflate\n"
+    help_text = "  --ws-per-message-deflate, --no-ws-per-message-deflate\n  --quic-bind ADDRESS\n"
     assert gated_features(server, help_text) == (server.features, {})
     # Peers have no gate: their rows are measured on what they list.
     assert gated_features(SERVERS_BY_NAME["uvicorn-wsproto"], "") == (frozenset({WS}), {})
@@ -470,3 +583,40 @@ def test_quick_run_end_to_end(tmp_path):
     assert results["servers"]["multicorn-asyncio"]["versions"]["multicorn"]
     assert "| multicorn-asyncio |" in done.stdout
     assert "## Results" in (tmp_path / "report.md").read_text()
+
+
+def test_h3_run_end_to_end(tmp_path):
+    if shutil.which("gtlsclient") is None:
+        if os.environ.get("CI"):
+            pytest.fail("gtlsclient is not installed: CI installs it (scripts/install-tools.sh)")
+        pytest.skip("gtlsclient is not installed (apt-get install ngtcp2-client); CI installs it")
+    out = tmp_path / "results.json"
+    argv = [
+        sys.executable,
+        str(ROOT / "bench" / "run.py"),
+        "--no-setup",
+        "--use-current-venv",
+        "--servers",
+        "multicorn-asyncio",
+        "--scenarios",
+        "h3-get",
+        "--duration",
+        "1",
+        "--rounds",
+        "1",
+        "--warmup",
+        "0",
+        "--json-out",
+        str(out),
+        "--no-plot",
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads(out.read_text())
+    assert [run["ok"] for run in results["runs"]] == [True], results["runs"]
+    metrics = results["runs"][0]["metrics"]
+    assert metrics["requests"] > 0 and metrics["requests_per_s"] > 0
+    assert metrics["client_processes"] == SCENARIOS_BY_NAME["h3-get"].connections
+    assert metrics["client_cpu_percent"] >= 0
+    assert "--quic-bind" in results["runs"][0]["server_command"]
+    assert "| multicorn-asyncio |" in done.stdout

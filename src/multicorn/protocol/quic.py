@@ -99,7 +99,7 @@ import hmac
 import itertools
 import struct
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -209,6 +209,14 @@ def _address_bytes(addr: Address) -> bytes:
     return repr(tuple(addr[:2])).encode()
 
 
+class _EveryStream:
+    def __contains__(self, stream_id: object) -> bool:
+        return True
+
+
+_EVERY_STREAM = _EveryStream()
+
+
 class _ServerConnection(QuicConnection):
     """aioquic's QuicConnection with stateless reset tokens derived from a key, 0-RTT refused
     unless it is wanted, and receive credit granted as the application reads (`read_credit`,
@@ -220,6 +228,13 @@ class _ServerConnection(QuicConnection):
     `_write_application`."""
 
     read_credit: ReadCredit | None = None
+    # The streams whose limit may grow: read_credit.due once use_read_credit() was called,
+    # and every stream before (aioquic's own rule then applies to each).
+    _due: Container[int] = _EVERY_STREAM
+
+    def use_read_credit(self, credit: ReadCredit) -> None:
+        self.read_credit = credit
+        self._due = credit.due
 
     def __init__(
         self,
@@ -331,19 +346,23 @@ class _ServerConnection(QuicConnection):
     def _write_stream_limits(
         self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream
     ) -> None:
-        credit = self.read_credit
+        # aioquic calls this for every open stream and every packet it builds, so the usual
+        # case comes first and must be cheap: a request stream (bidirectional) nothing was
+        # read from, whose last MAX_STREAM_DATA was not lost (aioquic zeroes what it counts
+        # as sent then).
         stream_id = stream.stream_id
+        if (
+            stream.max_stream_data_local_sent == stream.max_stream_data_local
+            and stream_id is not None
+            and not stream_id & 2
+            and stream_id not in self._due
+        ):
+            return
+        credit = self.read_credit
         if credit is None or stream_id is None or stream_id & 2:
             # Unidirectional: the client's control and QPACK streams, which the HTTP/3 layer
             # consumes as they arrive; aioquic's own rule suits them.
             super()._write_stream_limits(builder, space, stream)
-            return
-        # The usual case, for every open stream and every packet, must be cheap: nothing was
-        # read, and no MAX_STREAM_DATA was lost (aioquic zeroes what it counts as sent).
-        if (
-            stream_id not in credit.due
-            and stream.max_stream_data_local_sent == stream.max_stream_data_local
-        ):
             return
         credit.due.discard(stream_id)
         receiver = stream.receiver
@@ -734,7 +753,7 @@ class QuicEndpoint:
             self._dirty[id(peer)] = peer
 
         protocol = HTTP3Protocol(quic=quic, limits=self._limits, now=now, on_transmit=on_transmit)
-        quic.read_credit = protocol.read_credit
+        quic.use_read_credit(protocol.read_credit)
         peer = _Peer(protocol=protocol, host=host)
         # Registered in the routing map once its first datagram proves it real (see
         # receive_datagram).

@@ -115,7 +115,7 @@ from aioquic.quic.packet import (
     encode_quic_version_negotiation,
     pull_quic_header,
 )
-from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.quic.packet_builder import QuicDeliveryState, QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 
@@ -221,11 +221,11 @@ class _ServerConnection(QuicConnection):
     """aioquic's QuicConnection with stateless reset tokens derived from a key, 0-RTT refused
     unless it is wanted, and receive credit granted as the application reads (`read_credit`,
     set by HTTP3Protocol: protocol/read_credit.py). aioquic has no public hook for any of these,
-    so this overrides six private methods (`_replenish_connection_ids`, `_initialize`,
+    so this overrides seven private methods (`_replenish_connection_ids`, `_initialize`,
     `_update_traffic_key`, `_write_application`, `_write_connection_limits`,
-    `_write_stream_limits`) and writes private attributes (`_host_cids`, `tls._max_early_data`,
-    `_local_max_data`, `_streams_queue`). The last three methods also make sending cheaper: see
-    `_write_application`."""
+    `_write_stream_limits`, `_on_max_stream_data_delivery`) and writes private attributes
+    (`_host_cids`, `tls._max_early_data`, `_local_max_data`, `_streams_queue`, `_streams`). The
+    last four methods also make sending cheaper: see `_write_application`."""
 
     read_credit: ReadCredit | None = None
     # The streams whose limit may grow: read_credit.due once use_read_credit() was called,
@@ -291,8 +291,16 @@ class _ServerConnection(QuicConnection):
         # time: each call fills packets from those few until they have sent what they can,
         # then the next few get their turn. Streams with nothing pending keep their place,
         # ahead of those just served (aioquic's round-robin order).
+        #
+        # It also asks every open stream, for every packet, whether its receive limit must be
+        # written. With read_credit only a few can say yes: the client's unidirectional
+        # streams (aioquic's own rule) and those in `due`. For the call its stream table holds
+        # only those and the streams handed over; the only other use it makes of the table
+        # is removing the streams it discards, which are taken out of the real one after.
+        credit = self.read_credit
         idle: list[QuicStream] = []
         busy: list[QuicStream] = []
+        limited: dict[int, QuicStream] = {}
         for stream in self._streams_queue:
             sender = stream.sender
             receiver = stream.receiver
@@ -305,19 +313,36 @@ class _ServerConnection(QuicConnection):
                 idle.append(stream)
             else:
                 busy.append(stream)
-        if len(busy) <= _SEND_CHUNK and not idle:
+            stream_id = stream.stream_id
+            if stream_id is not None and stream_id & 2 and not stream_id & 1:
+                limited[stream_id] = stream  # the client's control and QPACK streams
+        if credit is None or (len(busy) <= _SEND_CHUNK and not idle):
             super()._write_application(builder, network_path, now)
             return
+        streams = self._streams
+        for stream_id in credit.due:
+            due = streams.get(stream_id)
+            if due is not None:
+                limited[stream_id] = due
         done: list[QuicStream] = []  # aioquic's new order for those handed over (discarded gone)
         handed = 0
         try:
             while True:
-                self._streams_queue = busy[handed : handed + _SEND_CHUNK]
+                chunk = busy[handed : handed + _SEND_CHUNK]
                 handed += _SEND_CHUNK
+                self._streams_queue = chunk
+                table = dict(limited)
+                ids = [stream.stream_id for stream in chunk if stream.stream_id is not None]
+                table.update(zip(ids, chunk, strict=True))
+                self._streams = table
                 try:
                     # Raises QuicPacketBuilderStop when the congestion window is full.
                     super()._write_application(builder, network_path, now)
                 finally:
+                    self._streams = streams
+                    for stream_id in ids:
+                        if stream_id not in table:
+                            streams.pop(stream_id, None)  # aioquic discarded it
                     done.extend(self._streams_queue)
                 if handed >= len(busy) or self._pacing_at is not None:
                     break  # all had their turn, or the pacer wants a pause
@@ -325,6 +350,14 @@ class _ServerConnection(QuicConnection):
             # Streams not handed over (pacing or a full window stopped the loop) go before
             # those served, as in aioquic's own order.
             self._streams_queue = idle + busy[handed:] + done
+
+    def _on_max_stream_data_delivery(self, delivery: QuicDeliveryState, stream: QuicStream) -> None:
+        super()._on_max_stream_data_delivery(delivery, stream)
+        credit = self.read_credit
+        stream_id = stream.stream_id
+        if delivery != QuicDeliveryState.ACKED and credit is not None and stream_id is not None:
+            # Lost: the limit must be written again, and only streams in `due` are asked.
+            credit.due.add(stream_id)
 
     def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
         credit = self.read_credit

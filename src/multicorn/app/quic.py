@@ -13,9 +13,10 @@ else is runtime-neutral and lives here once for asyncio and trio:
   only marks output due, and one flush at `batch_done()` sends it all.
 
 A handler's `Transport` is `_QuicConnectionTransport`: nothing is ever written to it (an HTTP/3
-core queues its output into the QUIC connection), reading cannot be paused (aioquic grants
-flow-control credit on receipt: see protocol/http3.py), `close()` has nothing to do (the QUIC
-connection closes itself once drained) and `abort()` closes the QUIC connection at once.
+core queues its output into the QUIC connection), reading needs no pausing (receive credit
+follows what the application reads: protocol/read_credit.py), `close()` only sends what the
+core queued (the QUIC connection closes itself once drained) and `abort()` closes the QUIC
+connection at once.
 
 Shutdown: the backend keeps the UDP socket open through the graceful drain (a QUIC connection
 cannot outlive it); each connection is drained by its handler like any other (GOAWAY, streams
@@ -230,7 +231,7 @@ class _QuicConnectionTransport:
         self._listener.flush()
 
     def set_reading(self, enabled: bool) -> None:
-        pass  # aioquic grants credit on receipt; there is no read to pause
+        pass  # never needed: a client may only send as far as its receive credit goes
 
     def set_deadline(self, deadline: float | None) -> None:
         pass  # an HTTP/3 core has no deadline of its own: QUIC's are the endpoint's
@@ -239,16 +240,13 @@ class _QuicConnectionTransport:
 def _tls_extension(protocol: HTTP3Protocol, server_cert: str | None) -> dict[str, object]:
     """The ASGI `tls` extension for a QUIC connection. Client certificates are never asked for
     (see net/quic.py), so the client fields are empty."""
-    # aioquic exposes the negotiated suite only on its TLS context's key schedule.
-    schedule = getattr(protocol.quic.tls, "key_schedule", None)
-    suite = getattr(schedule, "cipher_suite", None)
     return {
         "server_cert": server_cert,
         "client_cert_chain": [],
         "client_cert_name": None,
         "client_cert_error": None,
         "tls_version": _TLS_1_3,
-        "cipher_suite": None if suite is None else int(suite),
+        "cipher_suite": protocol.cipher_suite,
     }
 
 

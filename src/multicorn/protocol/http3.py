@@ -1078,6 +1078,14 @@ class HTTP3Protocol:
         return self._phase is _Phase.CLOSED
 
     @property
+    def cipher_suite(self) -> int | None:
+        """The TLS 1.3 cipher suite the handshake chose (its IANA number), once known."""
+        # aioquic exposes it only on its TLS context's key schedule.
+        schedule = getattr(self.quic.tls, "key_schedule", None)
+        suite = getattr(schedule, "cipher_suite", None)
+        return None if suite is None else int(suite)
+
+    @property
     def peer_address(self) -> tuple[object, ...] | None:
         """Where the client is now (it may migrate, RFC 9000 9)."""
         addr = self.quic.get_peer_address()

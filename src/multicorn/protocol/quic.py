@@ -69,17 +69,19 @@ connection is gone from the endpoint. Handshakes that never complete (and sent n
 reach the driver. Stream events are only produced once a connection is reported, so none is
 lost.
 
-How the ASGI layer drives this (the wiring comes with the UDP listener): a datagram handler in
-app/ owns the endpoint; for each `ConnectionOpened` it builds one `ConnectionHandler` around the
-`HTTP3Protocol`, which has the `ServerProtocol` shape except for input, and passes each
-`StreamEvents` batch to that handler (a public twin of `data_received` that takes events
-instead of bytes). The handler's commands go into `HTTP3Protocol.send()`, which queues HTTP/3
-frames into the QuicConnection; its `data_to_send()` is always empty. After every wake-up (a
-datagram, the timer, a handler's upkeep) the datagram handler calls `datagrams_to_send(now)`,
-`sendto`s the results and re-arms one `Runtime.call_at` at `next_deadline()`. The handler's
-transport is a small adapter: `write` is never called, `close` needs nothing (the QUIC
-connection closes itself), `abort` is `HTTP3Protocol.abort()`, reading and deadlines are the
-endpoint's.
+How the ASGI layer drives this (app/quic.py's `QuicListener`, the UDP socket's datagram
+handler, owns the endpoint): for each `ConnectionOpened` it builds one `ConnectionHandler`
+around the `HTTP3Protocol`, which has the `ServerProtocol` shape except for input, and passes
+each `StreamEvents` batch to that handler's `events_received`. The handler's commands go into
+`HTTP3Protocol.send()`, which queues HTTP/3 frames into the QuicConnection; its
+`data_to_send()` is always empty. After every wake-up (a batch of datagrams, the timer, the
+handlers' output in a loop turn) the listener calls `datagrams_to_send(now)`, `sendto`s the
+results and re-arms one `Runtime.call_at` at `next_deadline()`.
+
+Sending is aioquic's, made cheaper where it walked every open stream for every packet:
+`_ServerConnection._write_application` hands it only the streams with something to send, a few
+at a time, and a stream table holding only the streams whose receive limit may need writing
+(receive credit follows what the application reads: protocol/read_credit.py).
 
 Several processes sharing one UDP port: the kernel spreads datagrams by address, so a migrated
 client can reach a process that does not hold its connection. That process answers with a

@@ -7,6 +7,7 @@ a bug of ours); the other streams must be served as if nothing happened, and not
 
 from __future__ import annotations
 
+import h2.errors
 import h2.events
 import pytest
 
@@ -155,3 +156,28 @@ def _head(path: bytes) -> Headers:
         (b":authority", b"example.com"),
         (b":path", path),
     ]
+
+
+def test_streams_beyond_the_concurrency_limit_are_refused_one_by_one() -> None:
+    # RFC 9113 5.1.2: a HEADERS frame past the advertised limit is a stream error (here
+    # REFUSED_STREAM, which the client may retry), not the end of the connection; the requests
+    # before it in the same read are served.
+    p = Pair(max_concurrent_streams=2)
+    # A client that ignores our SETTINGS (h2's own client would refuse to send the third).
+    p.client.remote_settings.max_concurrent_streams = 100
+    p.client.remote_settings.acknowledge()
+    head = [(":method", "GET"), (":scheme", "https"), (":authority", "x"), (":path", "/")]
+    for stream_id in (1, 3, 5):
+        p.client.send_headers(stream_id, head, end_stream=True)
+    events = p.to_server()
+    assert [e.stream_id for e in of_type(events, RequestReceived)] == [1, 3]
+    assert not of_type(events, ConnectionClosed)
+    refused = [
+        (e.stream_id, e.error_code) for e in p.to_client() if isinstance(e, h2.events.StreamReset)
+    ]
+    assert refused == [(5, h2.errors.ErrorCodes.REFUSED_STREAM)]
+    # Once a stream is done there is room again.
+    p.server.send(SendResponse(stream_id=1, status=204, headers=[], end_stream=True), p.now)
+    p.to_client()
+    p.client.send_headers(7, head, end_stream=True)
+    assert [e.stream_id for e in of_type(p.to_server(), RequestReceived)] == [7]

@@ -239,6 +239,22 @@ class _Level:
     incremental: deque[int] = field(default_factory=deque)  # in round-robin order
 
 
+class _ServerSettings(h2.settings.Settings):
+    """Our SETTINGS as h2 keeps them, except that h2's own check of the concurrent stream limit
+    sees no limit: it makes a HEADERS frame beyond it a connection error (losing every frame
+    after it in the same read), where RFC 9113 5.1.2 asks for a stream error. The advertised
+    value is unchanged (SETTINGS frames are written from the stored values), and
+    HTTP2Protocol._on_request refuses the extra streams itself."""
+
+    @property
+    def max_concurrent_streams(self) -> int:
+        return 2**31 - 1
+
+    @max_concurrent_streams.setter
+    def max_concurrent_streams(self, value: int) -> None:
+        self[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = value
+
+
 class HTTP2Protocol:
     """One HTTP/2 connection, server side. See the module docstring."""
 
@@ -276,7 +292,9 @@ class HTTP2Protocol:
         }
         if limits.extended_connect:
             settings[codes.ENABLE_CONNECT_PROTOCOL] = 1  # RFC 8441 3
-        self._h2.local_settings = h2.settings.Settings(client=False, initial_values=settings)
+        self._h2.local_settings = _ServerSettings(client=False, initial_values=settings)
+        self._max_streams = limits.max_concurrent_streams
+        self._pushed = 0  # pushed (server-initiated) streams in self._streams
         self._h2.max_inbound_frame_size = limits.max_inbound_frame_size
         # Enforced from the first frame, not only once the peer acknowledges our SETTINGS.
         self._h2.decoder.max_header_list_size = limits.max_header_list_size
@@ -388,6 +406,15 @@ class HTTP2Protocol:
             self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return False
         self._last_stream_id = max(self._last_stream_id, stream_id)
+        if len(self._streams) - self._pushed >= self._max_streams:
+            # RFC 9113 5.1.2: "An endpoint that receives a HEADERS frame that causes its
+            # advertised concurrent stream limit to be exceeded MUST treat this as a stream
+            # error (Section 5.4.2) of type PROTOCOL_ERROR or REFUSED_STREAM." REFUSED_STREAM
+            # tells the client it may retry. h2 would end the whole connection (see
+            # _ServerSettings); each refusal draws on the reset budget, as a flood of them
+            # costs the client no more than a flood of RST_STREAMs.
+            self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return not self._resets.take(now)
         ended = event.stream_ended is not None
         try:
             pseudo, headers, priority, hosts = split_pseudo_head(event.headers)
@@ -587,6 +614,7 @@ class HTTP2Protocol:
             *command.headers,
         ]
         self._h2.push_stream(command.stream_id, promised, request)
+        self._pushed += 1
         self._streams[promised] = _Stream(
             scheme=parent.scheme, authority=parent.authority, request_done=True
         )
@@ -656,6 +684,8 @@ class HTTP2Protocol:
         stream = self._streams.pop(stream_id, None)
         if stream is not None:
             self._unready(stream_id, stream)
+            if not stream_id & 1:
+                self._pushed -= 1
         return stream
 
     def _fail(
@@ -774,6 +804,8 @@ class HTTP2Protocol:
             return
         if stream.request_done:
             del self._streams[stream_id]
+            if not stream_id & 1:
+                self._pushed -= 1
         elif stream.rejected or stream.tunnel:
             # Nobody reads the rest of a rejected request, nor of a WebSocket the server has
             # ended (its closing handshake is over, or it was declined or failed): a client that
@@ -862,6 +894,7 @@ class HTTP2Protocol:
     def _terminate(self, error: ProtocolError | None = None) -> list[Event]:
         events: list[Event] = [StreamReset(stream_id=sid) for sid in self._streams]
         self._streams.clear()
+        self._pushed = 0
         for level in self._levels:
             level.sequential.clear()
             level.incremental.clear()

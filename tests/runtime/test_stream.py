@@ -16,7 +16,7 @@ import pytest
 import trustme
 
 from multicorn.net.tls import TLSInfo
-from multicorn.runtime.base import ServerTLS
+from multicorn.runtime.base import LINGER_TIME, ServerTLS
 
 from .harness import (
     BackendUnderTest,
@@ -172,7 +172,9 @@ async def test_close_stops_data_received(backend: BackendUnderTest):
         handler.transport.close()
         await read_until_eof(client)
         with pytest.raises((anyio.BrokenResourceError, ConnectionError, OSError)):
-            for _ in range(100):  # the peer is gone: the kernel soon refuses
+            # The peer is gone once its lingering ends (at most LINGER_TIME): the kernel
+            # then refuses.
+            for _ in range(int(LINGER_TIME * 100) + 200):
                 await client.send(b"too late")
                 await anyio.sleep(0.01)
         await eventually(lambda: handler.count("lost") == 1, "connection_lost")
@@ -393,3 +395,34 @@ async def test_stop_listeners_refuses_new_connections_but_keeps_open_ones(
         await eventually(lambda: handler.received == b"still here", "data after stop")
         handler.transport.close()
         await read_until_eof(client)
+
+
+async def test_close_lingers_so_a_client_still_sending_reads_the_whole_answer(
+    backend: BackendUnderTest, bind: str
+):
+    # RFC 9112 9.6: a server that closes while the client is still sending must not let its
+    # TCP stack answer the unread bytes with a reset, which can destroy the response in the
+    # client's receive buffer before the client reads it. close() half-closes, then reads and
+    # discards for a bounded time before the socket goes.
+    answer = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\n\r\n"
+    async with backend.running() as b, stream_server(b, bind) as server:
+        for attempt in range(3):
+            async with await server.connect() as client:
+                await client.send(b"GET / HTTP/1.1\r\n" + b"x" * 1024)
+                handler = await server.accepted(attempt)
+
+                def answer_and_close(data: bytes, handler=handler) -> None:
+                    if handler.transport is not None and handler.count("data") == 1:
+                        handler.transport.write(answer)
+                        handler.transport.close()
+
+                handler.on_data = answer_and_close
+                if handler.count("data"):
+                    answer_and_close(b"")
+                # Still sending when the answer goes out: 1 MiB the server never reads.
+                chunk = b"y" * 65536
+                for _ in range(16):
+                    await client.send(chunk)
+                data, how = await read_until_eof(client, timeout=10)
+                assert data == answer
+                assert how == "eof"

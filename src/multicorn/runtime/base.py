@@ -30,6 +30,11 @@ if TYPE_CHECKING:
     from multicorn.net.binds import SockName
     from multicorn.net.tls import TLSInfo
 
+# Lingering close bounds (Transport.close): the same on every backend.
+LINGER_TIME = 2.0  # seconds in all
+LINGER_IDLE = 0.5  # seconds without input from the peer
+LINGER_BYTES = 16 * 1024 * 1024  # discarded input
+
 # A datagram peer as the socket module reports it: (host, port) for IPv4, (host, port, flowinfo,
 # scope_id) for IPv6. `sendto` takes back exactly what `datagram_received` was given.
 DatagramAddress: TypeAlias = tuple[Any, ...]
@@ -100,7 +105,13 @@ class Transport(Protocol):
     def close(self) -> None:
         """Close after everything written so far has been sent (TLS: with close_notify).
 
-        Reading stops at once. The handler writes nothing after close() or abort()."""
+        The handler hears no more input (`data_received`, `eof_received`) and writes nothing
+        after close() or abort(). Over TCP and unix sockets the backend lingers (RFC 9112
+        9.6): it half-closes once the output is sent, then reads and discards what the peer
+        still sends until the peer closes too, or `LINGER_IDLE` passes without input, or
+        `LINGER_TIME` in all, or `LINGER_BYTES`; only then does the socket go, so that the
+        peer's TCP stack does not answer its unread bytes with a reset that could destroy the
+        response before the peer reads it."""
 
     def abort(self) -> None:
         """Drop the socket now, discarding unsent data; nothing else. Tasks spawned for the

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, cast
 
-from multicorn.runtime.base import ConnectionDetails
+from multicorn.runtime.base import LINGER_BYTES, LINGER_IDLE, LINGER_TIME, ConnectionDetails
 
 if TYPE_CHECKING:
     from multicorn.runtime.asyncio.runtime import AsyncioRuntime
@@ -25,6 +25,9 @@ class AsyncioConnection(asyncio.Protocol):
     __slots__ = (
         "_factory",
         "_handler",
+        "_linger",
+        "_linger_end",
+        "_lingered",
         "_loop",
         "_open",
         "_runtime",
@@ -48,6 +51,10 @@ class AsyncioConnection(asyncio.Protocol):
         self._open = open_connections  # the backend's, so its session's end can abort us
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
+        # Lingering after close(): the timer that ends it, the input discarded, the deadline.
+        self._linger: asyncio.TimerHandle | None = None
+        self._lingered = 0
+        self._linger_end = 0.0
         self._transport: asyncio.Transport
         self._handler: Handler
 
@@ -66,9 +73,14 @@ class AsyncioConnection(asyncio.Protocol):
         self._open.add(self)
 
     def data_received(self, data: bytes) -> None:
+        if self._linger is not None:
+            self._discard(len(data))
+            return
         self._handler.data_received(data)
 
     def eof_received(self) -> bool | None:
+        if self._linger is not None:
+            return False  # the peer is done too: asyncio closes the transport
         self._handler.eof_received()
         # Half-close: keep the transport open for the handler to close (TLS transports cannot
         # stay half-open, so there asyncio closes it).
@@ -79,6 +91,8 @@ class AsyncioConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._linger is not None:
+            self._linger.cancel()
         self._handler.connection_lost()
 
     def _deadline_reached(self) -> None:
@@ -97,7 +111,35 @@ class AsyncioConnection(asyncio.Protocol):
         self._transport.write(data)
 
     def close(self) -> None:
-        self._transport.close()
+        transport = self._transport
+        if self._linger is not None or transport.is_closing():
+            return
+        if self._tls is not None or not transport.can_write_eof():
+            # TLS cannot half-close (a close_notify ends both directions).
+            transport.close()
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        # Lingering close (see Transport.close): FIN once the buffer is flushed, then discard.
+        try:
+            transport.write_eof()
+        except OSError:
+            transport.close()  # the peer is gone already (a reset): nothing to linger for
+            return
+        transport.resume_reading()
+        self._linger_end = self._loop.time() + LINGER_TIME
+        self._linger = self._loop.call_at(self._loop.time() + LINGER_IDLE, transport.close)
+
+    def _discard(self, size: int) -> None:
+        self._lingered += size
+        assert self._linger is not None
+        self._linger.cancel()
+        if self._lingered > LINGER_BYTES:
+            self._transport.close()
+            return
+        when = min(self._loop.time() + LINGER_IDLE, self._linger_end)
+        self._linger = self._loop.call_at(when, self._transport.close)
 
     def abort(self) -> None:
         # asyncio's abort() only closes the socket; our tasks are the runtime's, not the
@@ -105,7 +147,7 @@ class AsyncioConnection(asyncio.Protocol):
         self._transport.abort()
 
     def set_reading(self, enabled: bool) -> None:
-        if self._transport.is_closing():
+        if self._linger is not None or self._transport.is_closing():
             return
         if enabled:
             self._transport.resume_reading()

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from multicorn.runtime.base import ConnectionDetails
+from multicorn.runtime.base import LINGER_BYTES, LINGER_IDLE, LINGER_TIME, ConnectionDetails
 from multicorn.runtime.trio.runtime import TrioRuntime, TrioWaiter
 
 if TYPE_CHECKING:
@@ -57,6 +57,12 @@ class TrioConnection:
         self._can_read.set()
         self._closing = False
         self._lost = False
+        self._peer_done = False  # the peer half-closed: nothing left to linger for
+        self._lingered = TrioWaiter()
+        # Only a plain socket stream can half-close (TLS has no way to end one direction).
+        self._half_closable = stream if isinstance(stream, trio.SocketStream) else None
+        self._lingers = self._half_closable is not None
+        self._receiving = trio.CancelScope()
         # Created up front so an abort() from the handler factory is not missed.
         self._io = trio.CancelScope()
         self._timer_scope = trio.CancelScope()
@@ -81,17 +87,41 @@ class TrioConnection:
             if not self._can_read.is_set():
                 await self._can_read.wait()
                 continue
-            try:
-                data = await self._stream.receive_some(_READ_SIZE)
-            except _BROKEN:
-                self._io.cancel()
-                return
+            data: bytes | bytearray = b""
+            # close() cancels a receive in progress, so lingering starts with its idle bound.
+            with trio.CancelScope() as self._receiving:
+                try:
+                    data = await self._stream.receive_some(_READ_SIZE)
+                except _BROKEN:
+                    self._io.cancel()
+                    return
             if self._closing:
-                return  # close() stops reading at once, as asyncio's does
+                break  # close() ends the handler's input at once, as asyncio's does
             if not data:
+                self._peer_done = True  # first: the handler may close() from eof_received()
                 self._handler.eof_received()
                 return  # half-closed: the writer keeps going until the handler closes
             self._handler.data_received(bytes(data))
+        await self._linger()
+
+    async def _linger(self) -> None:
+        """After close(), read and discard what the peer still sends (see Transport.close)
+        until it closes too or a bound is reached; then the writer may close the socket."""
+        try:
+            if not self._lingers:
+                return
+            discarded = 0
+            with trio.move_on_after(LINGER_TIME):
+                while discarded <= LINGER_BYTES:
+                    with trio.move_on_after(LINGER_IDLE) as idle:
+                        data = await self._stream.receive_some(_READ_SIZE)
+                    if idle.cancelled_caught or not data:
+                        return
+                    discarded += len(data)
+        except _BROKEN:
+            return
+        finally:
+            self._lingered.set()
 
     async def _writer(self) -> None:
         while True:
@@ -110,6 +140,16 @@ class TrioConnection:
                     self._paused = False
                     self._handler.resume_writing()
             if self._closing and not self._queue:
+                if self._half_closable is not None and self._lingers:
+                    # Half-close, then let the reader discard the peer's input for a while.
+                    try:
+                        await self._half_closable.send_eof()
+                    except _BROKEN:
+                        pass
+                    else:
+                        # The reader's own bounds end it; this one only guards against a bug.
+                        with trio.move_on_after(LINGER_TIME + LINGER_IDLE):
+                            await self._lingered.wait()
                 with contextlib.suppress(*_BROKEN):  # gone already: closed is what we wanted
                     await self._stream.aclose()
                 self._io.cancel()  # the reader and the timer end with the socket
@@ -137,7 +177,10 @@ class TrioConnection:
             self._handler.pause_writing()
 
     def close(self) -> None:
+        if self._peer_done:
+            self._lingers = False
         self._closing = True
+        self._receiving.cancel()
         self._has_output.set()
         self._can_read.set()
 

@@ -19,6 +19,7 @@ import h2.events
 import httpx
 import pytest
 
+from . import support
 from .h2client import H2Client
 from .h3client import H3Client, quic_port
 from .support import host_port, read_until, read_until_closed, serving
@@ -26,6 +27,17 @@ from .support import host_port, read_until, read_until_closed, serving
 pytestmark = pytest.mark.anyio
 
 LIMIT = 1000
+
+
+@pytest.fixture(params=["h11", "httptools"])
+def engine(request: pytest.FixtureRequest) -> Any:
+    """The HTTP/1.1 tests run on both parsing engines."""
+    support.ENGINE["http"] = request.param
+    yield request.param
+    support.ENGINE["http"] = "auto"
+
+
+both_engines = pytest.mark.usefixtures("engine")
 
 
 class LimitsApp:
@@ -126,6 +138,7 @@ def _get(path: str, *, close: bool = False) -> bytes:
 # ---- max_request_body_size: HTTP/1.1 -----------------------------------------------------
 
 
+@both_engines
 async def test_h11_announced_body_over_the_cap_is_413_without_the_app() -> None:
     app = LimitsApp()
     async with serving(app, max_request_body_size=LIMIT, lifespan="off") as server:
@@ -136,6 +149,7 @@ async def test_h11_announced_body_over_the_cap_is_413_without_the_app() -> None:
     assert app.calls == []
 
 
+@both_engines
 async def test_h11_expect_continue_over_the_cap_gets_413_and_no_100() -> None:
     app = LimitsApp()
     request = (
@@ -148,6 +162,7 @@ async def test_h11_expect_continue_over_the_cap_gets_413_and_no_100() -> None:
     assert app.calls == []
 
 
+@both_engines
 async def test_h11_body_at_the_cap_is_served() -> None:
     app = LimitsApp()
     async with serving(app, max_request_body_size=LIMIT, lifespan="off") as server:
@@ -157,6 +172,7 @@ async def test_h11_body_at_the_cap_is_served() -> None:
             assert (status, body) == (200, b"%d" % LIMIT)
 
 
+@both_engines
 async def test_h11_chunked_body_over_the_cap_is_413_and_the_app_sees_at_most_the_cap() -> None:
     app = LimitsApp()
     async with serving(app, max_request_body_size=LIMIT, lifespan="off") as server:
@@ -170,6 +186,7 @@ async def test_h11_chunked_body_over_the_cap_is_413_and_the_app_sees_at_most_the
     assert app.ended.get("/chunked", "disconnect") == "disconnect"
 
 
+@both_engines
 async def test_h11_chunked_body_crossing_the_cap_while_the_app_reads() -> None:
     app = LimitsApp()
     head = b"POST /slow HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -267,6 +284,7 @@ async def test_h3_body_over_the_cap_is_413_and_the_connection_stays(certs: Any) 
 # ---- limit_concurrency -------------------------------------------------------------------
 
 
+@both_engines
 async def test_h11_past_the_concurrency_limit_is_503_until_a_request_ends() -> None:
     app = LimitsApp()
     async with serving(app, limit_concurrency=2, lifespan="off") as server:
@@ -293,6 +311,7 @@ async def test_h11_past_the_concurrency_limit_is_503_until_a_request_ends() -> N
             assert _parse(await read_until_closed(second))[0] == 200
 
 
+@both_engines
 async def test_a_websocket_past_the_concurrency_limit_gets_503() -> None:
     app = LimitsApp()
     handshake = (

@@ -144,3 +144,16 @@ def test_result_feeds_load_config():
     config = load_config(toml_path=None, environ={"MULTICORN_BACKLOG": "9"}, cli=values)
     assert config.backlog == 5
     assert config.include_server_header is False
+
+
+@pytest.mark.parametrize(
+    ("argv", "field", "expected"),
+    [
+        (["--max-request-body-size", "1048576"], "max_request_body_size", 1048576),
+        (["--limit-concurrency", "0"], "limit_concurrency", 0),
+        (["--limit-concurrency", "100"], "limit_concurrency", 100),
+    ],
+)
+def test_load_limit_flags(argv, field, expected):
+    _, _, values = parse_args(["x:app", *argv])
+    assert values == {field: expected}

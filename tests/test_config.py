@@ -314,3 +314,35 @@ def test_quic_values_are_validated(kwargs):
     with pytest.raises(ConfigError) as info:
         Config(certfile="cert.pem", **kwargs)
     assert info.value.key == name
+
+
+# ---- load limits: request body size and concurrency -----------------------------------------
+
+
+def test_load_limits_are_off_by_default():
+    config = Config()
+    assert config.max_request_body_size == 0
+    assert config.limit_concurrency == 0
+
+
+def test_load_limits_from_the_environment_and_toml(tmp_path):
+    toml = "max_request_body_size = 1048576\n"
+    config = load(tmp_path, toml, environ={"MULTICORN_LIMIT_CONCURRENCY": "64"})
+    assert (config.max_request_body_size, config.limit_concurrency) == (1048576, 64)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_request_body_size": -1},
+        {"max_request_body_size": 1.5},
+        {"max_request_body_size": True},
+        {"limit_concurrency": -1},
+        {"limit_concurrency": "10"},
+    ],
+)
+def test_load_limits_are_validated(kwargs):
+    (name,) = kwargs
+    with pytest.raises(ConfigError) as info:
+        Config(**kwargs)
+    assert info.value.key == name

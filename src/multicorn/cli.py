@@ -426,6 +426,20 @@ def build_parser() -> argparse.ArgumentParser:
         dest="quic_0rtt",
         help="accept 0-RTT early data (only GET, HEAD and OPTIONS before the handshake ends)",
     )
+    setting(
+        "--max-request-body-size",
+        dest="max_request_body_size",
+        metavar="BYTES",
+        help="answer a request body larger than this with 413, before the app reads past it "
+        "(0: no cap)",
+    )
+    setting(
+        "--limit-concurrency",
+        dest="limit_concurrency",
+        metavar="N",
+        help="requests and WebSockets served at once, server-wide; more are answered 503 with "
+        "Retry-After without calling the app (0: no cap)",
+    )
     parser.add_argument("--version", action="version", version=f"multicorn {__version__}")
     return parser
 

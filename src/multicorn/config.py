@@ -124,6 +124,11 @@ class Config:
     # Accept 0-RTT early data from resuming clients (only GET, HEAD, OPTIONS are served before
     # the handshake completes; other requests wait for it).
     quic_0rtt: bool = False
+    # Load limits. A request body larger than this is answered 413 (0: no cap; the body is
+    # streamed to the app under flow control either way, so the server's memory is bounded).
+    max_request_body_size: int = 0
+    # Requests and WebSockets served at once, server-wide; past it 503 + Retry-After (0: off).
+    limit_concurrency: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -240,6 +245,10 @@ _RULES: Final[Mapping[str, _Rule]] = MappingProxyType(
         "quic_max_connections": _positive_int("a whole number of connections"),
         "quic_retry": _BOOL,
         "quic_0rtt": _BOOL,
+        "max_request_body_size": _Rule(
+            "int", "a whole number of bytes >= 0 (0: no cap)", minimum=0
+        ),
+        "limit_concurrency": _Rule("int", "a whole number of streams >= 0 (0: no cap)", minimum=0),
     }
 )
 

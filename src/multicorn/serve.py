@@ -194,7 +194,12 @@ class Server:
         await self._lifespan.startup(config.startup_timeout)
         context = ServerContext(
             app=self.app,
-            settings=AppSettings(root_path=config.root_path, send_timeout=config.send_timeout),
+            settings=AppSettings(
+                root_path=config.root_path,
+                send_timeout=config.send_timeout,
+                max_request_body_size=config.max_request_body_size,
+                limit_concurrency=config.limit_concurrency,
+            ),
             loggers=self._loggers,
             protocol_limits=protocol_limits(config),
             default_headers=DefaultHeaders(

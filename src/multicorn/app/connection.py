@@ -55,6 +55,11 @@ _REQUEST = StreamKind.REQUEST
 # A stream's body may run this far ahead of the peer's flow-control window before send() waits.
 _STREAM_BACKLOG = 64 * 1024
 
+# Sent with the 503 of a request refused by `limit_concurrency` (RFC 9110 10.2.3): streams on a
+# busy server usually end within a second, and a client that honours it retries soon but not
+# at once.
+_BUSY_HEADERS = [(b"retry-after", b"1")]
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -62,6 +67,7 @@ if TYPE_CHECKING:
     from multicorn.app.dispatch import StreamBridge
     from multicorn.app.registry import ConnectionRegistry
     from multicorn.protocol.base import ServerProtocol
+    from multicorn.protocol.events import Headers
     from multicorn.runtime.base import Runtime, TaskHandle, Transport, Waiter
 
 
@@ -99,6 +105,9 @@ class ConnectionHandler:
         # The bridge of ordinary requests, looked up once: StreamKind is a plain Enum, whose hash
         # is a Python-level call, and nearly every stream is a request.
         self._request_bridge = context.bridges.get(StreamKind.REQUEST)
+        # Streams served at once, server-wide (0: no cap). Read once: it never changes, and a
+        # disabled limit then costs one test per stream.
+        self._limit = context.settings.limit_concurrency
         # Called after each upkeep when the protocol's output is not bytes for this transport
         # (HTTP/3: queued into a QUIC connection that the endpoint sends datagrams for).
         self._flush = flush
@@ -307,6 +316,17 @@ class ConnectionHandler:
                 self._stream_failed(event.stream_id, exc)
 
     def _open_stream(self, event: RequestReceived) -> None:
+        limit = self._limit
+        if limit:
+            registry = self._registry
+            if registry.streams >= limit:
+                # Refused before any application code runs, as Uvicorn's --limit-concurrency
+                # does; a WebSocket handshake gets the same 503 as its denial.
+                self.context.loggers.error.debug(
+                    "%d streams in progress: answered %s with 503", limit, _peer(self.info)
+                )
+                self._answer(event.stream_id, 503, _BUSY_HEADERS)
+                return
         kind = event.kind
         factory = self._request_bridge if kind is _REQUEST else self.context.bridges.get(kind)
         if factory is None:
@@ -320,6 +340,10 @@ class ConnectionHandler:
         stream = factory(self, event)
         self._streams[event.stream_id] = stream
         self._tasks[event.stream_id] = self.runtime.spawn(self._run_stream, stream)
+        if limit:
+            # Counted once its task exists (a bridge that failed to build holds no slot);
+            # _run_stream gives the slot back when the task ends.
+            self._registry.streams += 1
 
     async def _run_stream(self, stream: StreamBridge) -> None:
         try:
@@ -328,6 +352,8 @@ class ConnectionHandler:
             # The bridge handles the app's own exceptions; this is one of ours.
             self._stream_failed(stream.stream_id, exc)
         finally:
+            if self._limit:
+                self._registry.streams -= 1
             self._streams.pop(stream.stream_id, None)
             self._tasks.pop(stream.stream_id, None)
             self._check_finished()
@@ -388,6 +414,15 @@ class ConnectionHandler:
         if leftover:
             self._dispatch(self.protocol.receive_data(leftover, now))
 
+    def close_after_response(self) -> None:
+        """The stream being answered leaves the rest of its request body unread (a 413).
+        HTTP/1.1 cannot skip a body without reading it: its connection closes after this
+        response (`connection: close`). A multiplexed protocol needs nothing: ending the stream
+        ends that exchange alone (HTTP/3 asks the client to stop sending it), and the body
+        still arriving is acknowledged and dropped."""
+        if not self.protocol.multiplexed:
+            self.send(CloseConnection())
+
     def _reject(self, event: RequestRejected) -> None:
         """Answer a request the protocol core refused before any application saw it."""
         self.context.loggers.error.debug(
@@ -395,9 +430,10 @@ class ConnectionHandler:
         )
         self._answer(event.stream_id, event.error.error_status_hint)
 
-    def _answer(self, stream_id: int, status: int) -> None:
+    def _answer(self, stream_id: int, status: int, extra: Headers | None = None) -> None:
         """A response the server gives itself, on a stream no application serves."""
-        headers, body = error_response(status, self.context.default_headers.get())
+        defaults = self.context.default_headers.get()
+        headers, body = error_response(status, [*defaults, *extra] if extra else defaults)
         now = self.runtime.now()
         self._dispatch(
             self.protocol.send(

@@ -64,6 +64,10 @@ class AppSettings:
 
     root_path: str = ""  # the ASGI `root_path`: where a proxy mounts this application
     send_timeout: float = 60.0  # how long send() waits for a peer that reads nothing
+    # Request body bytes one request may send; past it the request is answered 413 (0: no cap).
+    max_request_body_size: int = 0
+    # Streams served at once, server-wide; past it a new one is answered 503 (0: no cap).
+    limit_concurrency: int = 0
 
 
 @dataclass(kw_only=True)

@@ -4,6 +4,20 @@ The stream does not know the HTTP version: it receives body events from its conn
 and turns the application's messages into protocol commands. Request body bytes wait in a list
 until the application asks for them (already-buffered data is returned without a trip through
 the event loop); consumption is acknowledged to the protocol, which is how reading resumes.
+
+With `max_request_body_size` set, a request body larger than it is refused here, once for every
+HTTP version, and the application is never handed more than the cap:
+- announced by Content-Length: answered 413 without calling the application (RFC 9110 15.5.14;
+  what nginx's client_max_body_size does), so it never reads a byte of a body it would not get
+  whole, and a client waiting on `Expect: 100-continue` never sends it;
+- not announced (chunked, or HTTP/2 and HTTP/3 DATA without content-length): counted as it
+  arrives. The piece that crosses the cap, and whatever the application has not read yet, are
+  dropped; the request is answered 413 if the response head has not gone out, else the stream
+  is reset; from then on the application's `receive()` gives `http.disconnect` and its
+  `send()` raises `ClientDisconnected`, as after a client hang-up.
+After a 413 an HTTP/1.1 connection closes (its unread body cannot be skipped without reading
+it); on HTTP/2 and HTTP/3 only the stream ends, and body bytes still arriving are acknowledged
+and dropped so the connection's flow-control window stays open.
 """
 
 from __future__ import annotations
@@ -35,6 +49,21 @@ if TYPE_CHECKING:
 
 # Statuses whose responses never carry a body, so no Content-Length is added (RFC 9110 8.6).
 _NO_BODY_STATUS = frozenset({204, 304})
+
+# RFC 9110 15.5.14: Content Too Large.
+_TOO_LARGE = 413
+
+
+def _announced_length(headers: Headers) -> int:
+    """The request's Content-Length, or -1 without one. The protocol cores have checked its
+    syntax (a list, a sign, a mismatch with the body are refused before the app layer)."""
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return -1
+    return -1
 
 
 def _headers(raw: Any) -> Headers:
@@ -109,6 +138,7 @@ class HTTPStream:
     __slots__ = (
         "_body",
         "_body_complete",
+        "_body_left",
         "_body_sent",
         "_conn",
         "_continue_pending",
@@ -116,6 +146,7 @@ class HTTPStream:
         "_disconnected",
         "_final_sent",
         "_pending_start",
+        "_refused",
         "_response_bytes",
         "_response_complete",
         "_response_started",
@@ -141,6 +172,11 @@ class HTTPStream:
         self.scope: Scope = scope
         self._body: list[bytes] = []
         self._body_complete = False
+        # Body bytes the request may still send before it is refused; None: no cap, and then
+        # data_received costs one test more than it would without the feature.
+        limit = ctx.settings.max_request_body_size
+        self._body_left: int | None = limit if limit else None
+        self._refused = False  # the body went over the cap: answered 413 (or reset)
         self._final_sent = False  # the `more_body: False` request message was delivered
         self._disconnected = False
         self._disconnect: ClientDisconnected | None = None  # the one send() raised, if any
@@ -160,6 +196,17 @@ class HTTPStream:
     # ---- events from the connection -------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        left = self._body_left
+        if left is not None:
+            left -= len(data)
+            self._body_left = left
+            if left < 0:
+                # Past the cap: never handed to the app, but the flow-control credit these
+                # bytes used must come back, or an HTTP/2 or HTTP/3 connection stalls.
+                self._conn.send(AcknowledgeData(stream_id=self.stream_id, amount=len(data)))
+                if not self._refused:
+                    self._refuse_body()
+                return
         self._body.append(data)
         self._wake()
 
@@ -183,6 +230,8 @@ class HTTPStream:
     async def run(self) -> None:
         ctx = self._conn.context
         try:
+            if self._body_left is not None and self._refuse_announced():
+                return  # answered 413; the application is not called
             await ctx.app(self.scope, self.receive, self.send)
         except Exception as exc:
             if self._disconnect is not None and _caused_by(exc, self._disconnect):
@@ -207,6 +256,50 @@ class HTTPStream:
         finally:
             if ctx.loggers.access is not None:
                 self._log_access()
+
+    def _refuse_announced(self) -> bool:
+        """True when the body is refused before the application is called: it went over the
+        cap already, or its Content-Length announces more than the cap."""
+        if self._refused:
+            return True
+        limit = self._conn.context.settings.max_request_body_size
+        if _announced_length(self.scope["headers"]) <= limit:
+            return False
+        self._refuse_body()
+        return True
+
+    def _refuse_body(self) -> None:
+        """The body is over `max_request_body_size` (see the module docstring): drop what the
+        app has not read, answer 413 if the response head has not gone out (else reset the
+        stream), and treat the request as gone from the application's side."""
+        self._refused = True
+        conn = self._conn
+        if self._body:
+            unread = sum(len(piece) for piece in self._body)
+            self._body.clear()
+            conn.send(AcknowledgeData(stream_id=self.stream_id, amount=unread))
+        # receive() goes straight to http.disconnect, whether or not the body ends later.
+        self._final_sent = True
+        self._continue_pending = False  # a client waiting for 100 is answered 413 instead
+        if not self._response_complete and not self._disconnected:
+            self._response_complete = True
+            if self._response_started and self._pending_start is None:
+                conn.send(ResetStream(stream_id=self.stream_id))  # the app's head is out
+            else:
+                # A head the app passed to send() but that waits for its first body chunk is
+                # replaced: nothing of it reached the client.
+                self._pending_start = None
+                self._status = _TOO_LARGE
+                headers, body = error_response(_TOO_LARGE, conn.context.default_headers.get())
+                self._sent_headers = headers
+                self._response_bytes = len(body)
+                conn.close_after_response()
+                conn.send(
+                    SendResponse(stream_id=self.stream_id, status=_TOO_LARGE, headers=headers),
+                    SendData(stream_id=self.stream_id, data=body, end_stream=True),
+                )
+        self._disconnected = True
+        self._wake()
 
     def abandon(self) -> None:
         """The application failed: a 500 if nothing was sent yet, else cut the stream."""

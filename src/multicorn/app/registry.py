@@ -1,4 +1,5 @@
-"""The set of live connections of one server, and the graceful-drain order over them.
+"""The set of live connections of one server, the count of streams they serve, and the
+graceful-drain order over them.
 
 Shutdown order (the same on every runtime): the backend closes its listeners first; then every
 connection is told to finish what is in flight and close when idle; then we wait, up to the
@@ -23,6 +24,10 @@ class ConnectionRegistry:
         # True once drain() began: a connection that opens later (a QUIC handshake completing
         # on a socket still open for the drain) must go away at once.
         self.draining = False
+        # Streams (requests, WebSockets) being served by every connection of this server: what
+        # `limit_concurrency` caps. Counted only while that limit is on. One plain int on an
+        # object every handler already holds: no lock, as all connections run on one thread.
+        self.streams = 0
 
     def __len__(self) -> int:
         return len(self._handlers)

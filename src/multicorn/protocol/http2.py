@@ -806,14 +806,16 @@ class HTTP2Protocol:
             del self._streams[stream_id]
             if not stream_id & 1:
                 self._pushed -= 1
-        elif stream.rejected or stream.tunnel:
-            # Nobody reads the rest of a rejected request, nor of a WebSocket the server has
-            # ended (its closing handshake is over, or it was declined or failed): a client that
-            # never ends its side must not hold the stream, nor a draining connection, open
-            # (RFC 8441 5 maps a TCP close to END_STREAM; RFC 6455 7.1.1 has the server close
-            # first and not wait for the client's). RFC 9113 8.1: "a server MAY request
-            # that the client abort transmission of a request without error by sending a
-            # RST_STREAM with an error code of NO_ERROR after sending a complete response".
+        else:
+            # Nobody reads the rest of the request once its response is complete: ASGI answers
+            # receive() after it with http.disconnect, a rejected request's body is dropped, a
+            # WebSocket the server has ended is over (RFC 8441 5 maps a TCP close to
+            # END_STREAM; RFC 6455 7.1.1 has the server close first and not wait for the
+            # client's). A client that never ends its side must not hold the stream, its
+            # share of the concurrency limit, nor a draining connection open. RFC 9113 8.1:
+            # "a server MAY request that the client abort transmission of a request without
+            # error by sending a RST_STREAM with an error code of NO_ERROR after sending a
+            # complete response". (HTTP/3 does the same with STOP_SENDING.)
             del self._streams[stream_id]
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)

@@ -426,6 +426,17 @@ def build_parser() -> argparse.ArgumentParser:
         dest="quic_0rtt",
         help="accept 0-RTT early data (only GET, HEAD and OPTIONS before the handshake ends)",
     )
+    switch(
+        "--proxy-headers",
+        dest="proxy_headers",
+        help="believe X-Forwarded-For/-Proto/-Host/-Port and Forwarded from trusted proxies",
+    )
+    setting(
+        "--forwarded-allow-ips",
+        dest="forwarded_allow_ips",
+        metavar="LIST",
+        help="the trusted proxies, comma-separated: IP addresses, CIDR networks, 'unix', '*'",
+    )
     parser.add_argument("--version", action="version", version=f"multicorn {__version__}")
     return parser
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Final, Literal
 
+from multicorn.app.proxy import ProxyTrust
 from multicorn.net.binds import BindError, parse_bind
 
 ENV_PREFIX: Final = "MULTICORN_"
@@ -124,6 +125,10 @@ class Config:
     # Accept 0-RTT early data from resuming clients (only GET, HEAD, OPTIONS are served before
     # the handshake completes; other requests wait for it).
     quic_0rtt: bool = False
+    # Proxies: believe X-Forwarded-* and Forwarded (RFC 7239) from these peers only: IP
+    # addresses, CIDR networks, "unix" (Unix-socket peers) and "*" (everyone), as Uvicorn.
+    proxy_headers: bool = True
+    forwarded_allow_ips: list[str] = field(default_factory=lambda: ["127.0.0.1"])
 
     def __post_init__(self) -> None:
         self.validate()
@@ -240,12 +245,16 @@ _RULES: Final[Mapping[str, _Rule]] = MappingProxyType(
         "quic_max_connections": _positive_int("a whole number of connections"),
         "quic_retry": _BOOL,
         "quic_0rtt": _BOOL,
+        "proxy_headers": _BOOL,
+        "forwarded_allow_ips": _Rule(
+            "str_list", "IP addresses, CIDR networks, 'unix' or '*', comma-separated"
+        ),
     }
 )
 
 
 # Address lists that may be empty (only `bind` must name at least one address).
-_MAY_BE_EMPTY: Final = frozenset({"insecure_bind", "quic_bind"})
+_MAY_BE_EMPTY: Final = frozenset({"insecure_bind", "quic_bind", "forwarded_allow_ips"})
 
 _INT_MAXIMA: Final[Mapping[str, int]] = MappingProxyType(
     {
@@ -310,6 +319,11 @@ def _problem(name: str, value: object) -> str | None:
             if name == "alpn_protocols":
                 if item not in ALPN_PROTOCOLS:
                     return bad
+                continue
+            if name == "forwarded_allow_ips":
+                problem = ProxyTrust.problem(item)
+                if problem is not None:
+                    return problem
                 continue
             try:
                 bind = parse_bind(item)

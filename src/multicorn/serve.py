@@ -21,6 +21,7 @@ import sniffio
 from multicorn.app.connection import ConnectionHandler
 from multicorn.app.context import AppSettings, ConnectionInfo, DefaultHeaders, ServerContext
 from multicorn.app.lifespan import Lifespan
+from multicorn.app.proxy import ProxyTrust
 from multicorn.app.registry import ConnectionRegistry
 from multicorn.config import Config, ConfigError
 from multicorn.logging import configure_logging
@@ -194,7 +195,13 @@ class Server:
         await self._lifespan.startup(config.startup_timeout)
         context = ServerContext(
             app=self.app,
-            settings=AppSettings(root_path=config.root_path, send_timeout=config.send_timeout),
+            settings=AppSettings(
+                root_path=config.root_path,
+                send_timeout=config.send_timeout,
+                proxy_trust=(
+                    ProxyTrust(config.forwarded_allow_ips) if config.proxy_headers else None
+                ),
+            ),
             loggers=self._loggers,
             protocol_limits=protocol_limits(config),
             default_headers=DefaultHeaders(
@@ -212,11 +219,14 @@ class Server:
         ) -> ConnectionHandler:
             server = _address(details.sockname)
             tls = details.tls
+            client = _address(details.peername)
+            trust = context.settings.proxy_trust
             info = ConnectionInfo(
-                client=_address(details.peername),
+                client=client,
                 server=server if server is not None else (str(details.sockname), None),
                 scheme="https" if tls is not None else "http",
                 tls=None if tls is None else tls.as_extension(),
+                forwarder=None if trust is None else trust.for_peer(client),
             )
             protocol = for_connection(
                 context.protocol_limits,

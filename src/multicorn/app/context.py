@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
     from multicorn.app.dispatch import BridgeFactory
     from multicorn.app.logs import Loggers
+    from multicorn.app.proxy import Forwarder, ProxyTrust
     from multicorn.protocol.events import StreamKind
     from multicorn.protocol.negotiate import ProtocolLimits
     from multicorn.typing import ASGIApp
@@ -31,6 +32,9 @@ class ConnectionInfo:
     server: tuple[str, int | None] | None
     scheme: str = "http"
     tls: dict[str, object] | None = None  # the ASGI `tls` extension, on TLS connections
+    # Set when the peer is a trusted proxy (decided once, when the connection is made): reads
+    # the client, scheme and host it forwards. None: forwarding headers are not believed.
+    forwarder: Forwarder | None = None
 
 
 class DefaultHeaders:
@@ -64,6 +68,8 @@ class AppSettings:
 
     root_path: str = ""  # the ASGI `root_path`: where a proxy mounts this application
     send_timeout: float = 60.0  # how long send() waits for a peer that reads nothing
+    # Proxies: whose X-Forwarded-* and Forwarded headers are believed; None when off.
+    proxy_trust: ProxyTrust | None = None
 
 
 @dataclass(kw_only=True)

@@ -17,6 +17,7 @@ from multicorn.config import (
     HTTP_ENGINES,
     LIFESPAN_MODES,
     LOG_LEVELS,
+    PROXY_PROTOCOL_MODES,
     VERIFY_MODES,
     WORKER_CLASSES,
     Config,
@@ -436,6 +437,18 @@ def build_parser() -> argparse.ArgumentParser:
         dest="forwarded_allow_ips",
         metavar="LIST",
         help="the trusted proxies, comma-separated: IP addresses, CIDR networks, 'unix', '*'",
+    )
+    setting(
+        "--proxy-protocol",
+        dest="proxy_protocol",
+        metavar=choices(PROXY_PROTOCOL_MODES),
+        help="read HAProxy's PROXY protocol header on cleartext listeners",
+    )
+    setting(
+        "--proxy-protocol-allow-ips",
+        dest="proxy_protocol_allow_ips",
+        metavar="LIST",
+        help="peers that must send the PROXY header (others may not), comma-separated",
     )
     parser.add_argument("--version", action="version", version=f"multicorn {__version__}")
     return parser

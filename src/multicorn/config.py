@@ -31,6 +31,7 @@ VERIFY_MODES: Final = ("none", "optional", "required")
 H2C_MODES: Final = ("off", "prior-knowledge", "upgrade", "both")
 ALPN_PROTOCOLS: Final = ("h2", "http/1.1")
 HTTP_ENGINES: Final = ("auto", "h11", "httptools")
+PROXY_PROTOCOL_MODES: Final = ("off", "v1", "v2", "auto")
 
 _TRUE_WORDS: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE_WORDS: Final = frozenset({"0", "false", "no", "off"})
@@ -129,6 +130,10 @@ class Config:
     # addresses, CIDR networks, "unix" (Unix-socket peers) and "*" (everyone), as Uvicorn.
     proxy_headers: bool = True
     forwarded_allow_ips: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    # HAProxy's PROXY protocol on cleartext listeners: off | v1 | v2 | auto. From the peers in
+    # proxy_protocol_allow_ips the header is required; from others it is refused.
+    proxy_protocol: str = "off"
+    proxy_protocol_allow_ips: list[str] = field(default_factory=lambda: ["127.0.0.1"])
 
     def __post_init__(self) -> None:
         self.validate()
@@ -249,12 +254,18 @@ _RULES: Final[Mapping[str, _Rule]] = MappingProxyType(
         "forwarded_allow_ips": _Rule(
             "str_list", "IP addresses, CIDR networks, 'unix' or '*', comma-separated"
         ),
+        "proxy_protocol": _choice(PROXY_PROTOCOL_MODES),
+        "proxy_protocol_allow_ips": _Rule(
+            "str_list", "IP addresses, CIDR networks, 'unix' or '*', comma-separated"
+        ),
     }
 )
 
 
 # Address lists that may be empty (only `bind` must name at least one address).
-_MAY_BE_EMPTY: Final = frozenset({"insecure_bind", "quic_bind", "forwarded_allow_ips"})
+_MAY_BE_EMPTY: Final = frozenset(
+    {"insecure_bind", "quic_bind", "forwarded_allow_ips", "proxy_protocol_allow_ips"}
+)
 
 _INT_MAXIMA: Final[Mapping[str, int]] = MappingProxyType(
     {
@@ -320,7 +331,7 @@ def _problem(name: str, value: object) -> str | None:
                 if item not in ALPN_PROTOCOLS:
                     return bad
                 continue
-            if name == "forwarded_allow_ips":
+            if name in ("forwarded_allow_ips", "proxy_protocol_allow_ips"):
                 problem = ProxyTrust.problem(item)
                 if problem is not None:
                     return problem

@@ -14,7 +14,7 @@ import dataclasses
 import os
 import stat
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, cast, final
 
 import sniffio
 
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     import socket
     from types import TracebackType
 
+    from multicorn.protocol.proxy_protocol import ProxyMode
     from multicorn.runtime.base import (
         Backend,
         ConnectionDetails,
@@ -213,6 +214,16 @@ class Server:
         )
         registry = ConnectionRegistry(runtime)
         self._registry = registry
+        # PROXY protocol: decided per connection, from the peer; None when it is off.
+        header_trust = None
+        header_mode = cast("ProxyMode", config.proxy_protocol)
+        if config.proxy_protocol != "off":
+            header_trust = ProxyTrust(config.proxy_protocol_allow_ips)
+            if server_tls is not None and config.bind:
+                self._loggers.error.warning(
+                    "the PROXY protocol is read on cleartext listeners only, not on %s",
+                    ", ".join(config.bind),
+                )
 
         def new_connection(
             transport: Transport, conn_runtime: Runtime, details: ConnectionDetails
@@ -228,11 +239,16 @@ class Server:
                 tls=None if tls is None else tls.as_extension(),
                 forwarder=None if trust is None else trust.for_peer(client),
             )
+            proxy_header: ProxyMode | None = None
+            if header_trust is not None and tls is None:
+                # A trusted balancer must send the header; anyone else may not.
+                proxy_header = header_mode if header_trust.trusts_peer(client) else "reject"
             protocol = for_connection(
                 context.protocol_limits,
                 alpn=None if tls is None else tls.alpn,
                 tls=tls is not None,
                 now=conn_runtime.now(),
+                proxy_header=proxy_header,
             )
             return ConnectionHandler(
                 protocol=protocol,

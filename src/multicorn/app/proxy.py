@@ -28,11 +28,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final, Literal
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
+
+    from multicorn.app.context import AppSettings, ConnectionInfo
+    from multicorn.protocol.proxy_protocol import ProxyHeader
 
 _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -229,6 +232,24 @@ class Forwarder:
             host=forwarded_host,
             port=host_port if host_port is not None else forwarded_port,
         )
+
+
+def with_proxy_header(
+    info: ConnectionInfo, header: ProxyHeader | None, settings: AppSettings
+) -> ConnectionInfo:
+    """The connection as the PROXY protocol header describes it: the client is the address
+    that connected to the load balancer, the server the address it connected to. Whether that
+    client's own X-Forwarded-* are believed is decided again, for the client named."""
+    if header is None or header.source is None:
+        return info
+    client = header.source
+    trust = settings.proxy_trust
+    return replace(
+        info,
+        client=client,
+        server=header.destination if header.destination is not None else info.server,
+        forwarder=None if trust is None else trust.for_peer(client),
+    )
 
 
 def parse_ip(text: str) -> _IPAddress | None:

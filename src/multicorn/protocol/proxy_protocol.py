@@ -93,6 +93,8 @@ def _parse_v1(buffer: bytes) -> tuple[ProxyHeader, int] | None:
             raise RemoteProtocolError("PROXY v1 header with a bare CR or LF")
         return None
     line = buffer[:end]
+    if b"\r" in line or b"\n" in line:
+        raise RemoteProtocolError("PROXY v1 header with a bare CR or LF")
     # 2.1: fields are separated by exactly one space.
     parts = line.split(b" ")
     if len(parts) >= 2 and parts[1] == b"UNKNOWN":

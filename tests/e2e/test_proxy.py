@@ -13,8 +13,8 @@ from wsproto.events import TextMessage
 
 from .h2client import H2Client
 from .h3client import H3Client, quic_port
-from .support import host_port, raw_exchange, serving
-from .wsclient import RawWebSocket
+from .support import host_port, raw_exchange, read_until, serving
+from .wsclient import RawWebSocket, handshake
 
 pytestmark = pytest.mark.anyio
 
@@ -194,3 +194,104 @@ async def test_http3_trusted_and_untrusted(certs):
             stream = await client.request("/who", extra=extra)
         seen = json.loads(stream.body)
         assert (seen["client"][0], seen["scheme"]) == expected
+
+
+# ---- the PROXY protocol ----------------------------------------------------------------------
+
+V1_HEADER = b"PROXY TCP4 203.0.113.7 192.0.2.1 56324 8443\r\n"
+V2_HEADER = (
+    b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c"
+    + bytes([203, 0, 113, 8, 192, 0, 2, 1])
+    + (40000).to_bytes(2, "big")
+    + (443).to_bytes(2, "big")
+)
+V2_LOCAL = b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00"
+
+
+async def test_proxy_protocol_v1_names_the_client(tmp_path):
+    log = tmp_path / "access.log"
+    settings = {"access_logfile": str(log), "access_logformat": LOG_FORMAT}
+    async with serving(app, proxy_protocol="v1", **settings) as server:
+        response = await raw_exchange(server, V1_HEADER + _http11(b""))
+    seen = json.loads(response.partition(b"\r\n\r\n")[2])
+    assert seen["client"] == ["203.0.113.7", 56324]
+    assert seen["server"] == ["192.0.2.1", 8443]
+    assert seen["scheme"] == "http"
+    assert log.read_text().strip() == '203.0.113.7 "GET /who HTTP/1.1" 200'
+
+
+async def test_proxy_protocol_v2_then_http2():
+    async with serving(app, proxy_protocol="auto") as server:
+        stream = await anyio.connect_tcp(*host_port(server))
+        await stream.send(V2_HEADER)
+        client = H2Client(stream)
+        await client.flush()
+        try:
+            stream_id = await client.request("/who")
+            _, body = await client.response(stream_id)
+        finally:
+            await client.aclose()
+    assert json.loads(body)["client"] == ["203.0.113.8", 40000]
+
+
+async def test_proxy_protocol_local_keeps_the_connection():
+    async with serving(app, proxy_protocol="v2") as server:
+        seen = await _http11_scope_raw(server, V2_LOCAL)
+    assert seen["client"][0] == "127.0.0.1"
+
+
+async def test_proxy_protocol_then_websocket():
+    async with serving(app, proxy_protocol="v1") as server:
+        stream = await anyio.connect_tcp(*host_port(server))
+        await stream.send(V1_HEADER)
+        ws = await _ws_on(stream)
+        event = await ws.receive()
+        await ws.aclose()
+    assert isinstance(event, TextMessage)
+    assert json.loads(event.data)["client"] == ["203.0.113.7", 56324]
+
+
+async def test_proxy_protocol_client_headers_are_not_believed():
+    # The balancer is trusted; the client it names (203.0.113.7) is not, so its own
+    # X-Forwarded-For is ignored.
+    async with serving(app, proxy_protocol="v1") as server:
+        seen = await _http11_scope_raw(server, V1_HEADER, b"X-Forwarded-For: 198.51.100.1\r\n")
+    assert seen["client"] == ["203.0.113.7", 56324]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _http11(b""),  # a trusted balancer must send the header
+        b"PROXY TCP4 203.0.113.7 192.0.2.1 56324\r\n" + _http11(b""),
+        V2_HEADER + _http11(b""),  # v2 while only v1 is on
+    ],
+)
+async def test_proxy_protocol_missing_or_garbage_closes(data):
+    async with serving(app, proxy_protocol="v1") as server:
+        assert await raw_exchange(server, data) == b""
+
+
+async def test_proxy_protocol_untrusted_peer():
+    async with serving(app, proxy_protocol="auto", proxy_protocol_allow_ips=["10.0.0.1"]) as server:
+        # A peer not allowed to send the header is cut off when it does...
+        assert await raw_exchange(server, V1_HEADER + _http11(b"")) == b""
+        # ...and served as usual when it does not.
+        seen = await _http11_scope(server, b"")
+    assert seen["client"][0] == "127.0.0.1"
+
+
+async def _http11_scope_raw(server: Any, header: bytes, extra: bytes = b"") -> dict[str, Any]:
+    response = await raw_exchange(server, header + _http11(extra))
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    seen: dict[str, Any] = json.loads(body)
+    return seen
+
+
+async def _ws_on(stream: anyio.abc.ByteStream) -> RawWebSocket:
+    await stream.send(handshake("/ws"))
+    data = await read_until(stream, b"\r\n\r\n")
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    return RawWebSocket(stream, head, rest)

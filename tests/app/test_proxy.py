@@ -384,3 +384,17 @@ def test_websocket_scope_from_an_untrusted_peer() -> None:
         _event(HEADERS), _info(False), root_path="", state={}, subprotocols=[]
     )
     assert (scope["client"], scope["scheme"]) == (PEER, "ws")
+
+
+def test_results_are_cached_within_bounds() -> None:
+    found = forwarder()
+    headers = [(b"x-forwarded-for", b"203.0.113.7")]
+    first = found.read(headers)
+    assert found.read(headers) is first  # the second request of a connection: no parsing
+    for n in range(3000):
+        found.read([(b"x-forwarded-for", f"10.{n // 256}.{n % 256}.1".encode())])
+    assert len(found._cache) <= 1024
+    huge = [(b"x-forwarded-for", b", ".join([b"203.0.113.7"] * 100))]
+    found._cache.clear()
+    assert found.read(huge) is not None
+    assert found._cache == {}  # a client's long header is parsed, never kept

@@ -124,11 +124,21 @@ class Forwarded:
     port: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Forwarder:
-    """Reads forwarding headers of requests from one trusted peer."""
+# Results kept per distinct set of forwarding headers: a client sends the same ones on every
+# request of a connection, and parsing addresses costs microseconds. Bounded in entries and
+# in key size, since the keys are the client's bytes.
+_CACHE_ENTRIES: Final = 1024
+_CACHE_KEY_BYTES: Final = 512
 
-    trust: ProxyTrust
+
+class Forwarder:
+    """Reads forwarding headers of requests from trusted peers."""
+
+    __slots__ = ("_cache", "trust")
+
+    def __init__(self, trust: ProxyTrust) -> None:
+        self.trust = trust
+        self._cache: dict[tuple[tuple[bytes, bytes], ...], Forwarded | None] = {}
 
     def resolve(
         self,
@@ -155,24 +165,35 @@ class Forwarder:
         return client, scheme, server
 
     def read(self, headers: Sequence[tuple[bytes, bytes]]) -> Forwarded | None:
+        found = [pair for pair in headers if pair[0] in _NAMES]
+        if not found:
+            return None
+        key = tuple(found)
+        cache = self._cache
+        if key in cache:
+            return cache[key]
+        forwarded = self._read(found)
+        if sum(len(value) for _, value in found) <= _CACHE_KEY_BYTES:
+            if len(cache) >= _CACHE_ENTRIES:
+                cache.clear()
+            cache[key] = forwarded
+        return forwarded
+
+    def _read(self, found: list[tuple[bytes, bytes]]) -> Forwarded | None:
         rfc7239: list[bytes] = []
         xff: list[bytes] = []
         proto: list[bytes] = []
         host: list[bytes] = []
         port: list[bytes] = []
-        for name, value in headers:
-            if name[:1] not in (b"f", b"x"):
-                continue
-            if name == b"forwarded":
-                rfc7239.append(value)
-            elif name == b"x-forwarded-for":
-                xff.append(value)
-            elif name == b"x-forwarded-proto":
-                proto.append(value)
-            elif name == b"x-forwarded-host":
-                host.append(value)
-            elif name == b"x-forwarded-port":
-                port.append(value)
+        lists = {
+            b"forwarded": rfc7239,
+            b"x-forwarded-for": xff,
+            b"x-forwarded-proto": proto,
+            b"x-forwarded-host": host,
+            b"x-forwarded-port": port,
+        }
+        for name, value in found:
+            lists[name].append(value)
         if rfc7239:
             elements = parse_forwarded(b",".join(rfc7239))
             if elements:
@@ -232,6 +253,12 @@ class Forwarder:
             host=forwarded_host,
             port=host_port if host_port is not None else forwarded_port,
         )
+
+
+_NAMES: Final = frozenset(
+    (b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+     b"x-forwarded-port")
+)  # fmt: skip
 
 
 def with_proxy_header(

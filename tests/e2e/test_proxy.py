@@ -13,7 +13,7 @@ from wsproto.events import TextMessage
 
 from .h2client import H2Client
 from .h3client import H3Client, quic_port
-from .support import host_port, raw_exchange, read_until, serving
+from .support import host_port, raw_exchange, read_until, read_until_closed, serving
 from .wsclient import RawWebSocket, handshake
 
 pytestmark = pytest.mark.anyio
@@ -114,6 +114,19 @@ async def test_http11_cidr_and_chain():
     async with serving(app, forwarded_allow_ips=["127.0.0.0/8", "10.0.0.0/8"]) as server:
         seen = await _http11_scope(server, extra)
     assert seen["client"] == ["203.0.113.7", 0]
+
+
+@pytest.mark.parametrize(("allow", "client"), [(["unix"], "203.0.113.7"), (["127.0.0.1"], None)])
+async def test_unix_socket_peer(tmp_path, allow, client):
+    path = tmp_path / "s.sock"
+    async with (
+        serving(app, bind=[f"unix:{path}"], forwarded_allow_ips=allow),
+        await anyio.connect_unix(str(path)) as stream,
+    ):
+        await stream.send(_http11(FORWARDED_HEADERS))
+        response = await read_until_closed(stream)
+    seen = json.loads(response.partition(b"\r\n\r\n")[2])
+    assert (seen["client"] or [None])[0] == client
 
 
 async def _h2_scope(server: Any, **extra: str) -> dict[str, Any]:

@@ -70,7 +70,6 @@ class ProxyTrust:
             else:
                 # strict=False: "10.0.0.1/8" means the network 10.0.0.0/8, as a person meant.
                 networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
-        self._networks = tuple(networks)
         # Most lists are a few single addresses: a set lookup, not a scan of networks.
         self._addresses = frozenset(n.network_address for n in networks if n.num_addresses == 1)
         self._ranges = tuple(n for n in networks if n.num_addresses > 1)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from multicorn.app.context import ConnectionInfo
 from multicorn.app.proxy import Forwarder, ProxyTrust, parse_forwarded
@@ -398,3 +400,33 @@ def test_results_are_cached_within_bounds() -> None:
     found._cache.clear()
     assert found.read(huge) is not None
     assert found._cache == {}  # a client's long header is parsed, never kept
+
+
+_NAMES = ["forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+          "x-forwarded-port"]  # fmt: skip
+_PIECES = st.sampled_from(
+    ["for=", "proto=", "host=", '"', "[", "]", ":", ";", ",", " ", "_x", "unknown", "1.2.3.4",
+     "2001:db8::1", "10.0.0.1", "65536", "https", "\\", "=", "%", "\xff"]
+)  # fmt: skip
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(_NAMES),
+            st.one_of(st.binary(max_size=40), st.lists(_PIECES, max_size=12).map("".join)),
+        ),
+        max_size=5,
+    )
+)
+def test_any_header_values_resolve_without_raising(pairs: list[tuple[str, object]]) -> None:
+    headers = [
+        (name.encode(), value if isinstance(value, bytes) else str(value).encode("latin-1"))
+        for name, value in pairs
+    ]
+    found = ProxyTrust(["127.0.0.0/8", "10.0.0.0/8", "2001:db8::/32"]).for_peer(PEER)
+    assert found is not None
+    got_client, got_scheme, got_server = found.resolve(headers, PEER, "http", SERVER)
+    assert got_scheme in ("http", "https")
+    assert got_client is None or (isinstance(got_client[0], str) and 0 <= got_client[1] < 65536)
+    assert got_server is not None and (got_server[1] is None or 0 <= got_server[1] < 65536)

@@ -5,6 +5,7 @@ The test client is the "proxy": it connects from 127.0.0.1, the default trusted 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import anyio
@@ -286,9 +287,21 @@ async def test_proxy_protocol_missing_or_garbage_closes(data):
 
 
 async def test_proxy_protocol_untrusted_peer():
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("multicorn.error")
+    logger.addHandler(handler)
+    settings = {"proxy_protocol_allow_ips": ["10.0.0.1"], "log_level": "debug"}
+    try:
+        async with serving(app, proxy_protocol="auto", **settings) as server:
+            # A peer not allowed to send the header is cut off when it does, with a debug line...
+            assert await raw_exchange(server, V1_HEADER + _http11(b"")) == b""
+    finally:
+        logger.removeHandler(handler)
+    lines = [r.getMessage() for r in records if r.levelno == logging.DEBUG]
+    assert any("not allowed" in line and "127.0.0.1" in line for line in lines), lines
     async with serving(app, proxy_protocol="auto", proxy_protocol_allow_ips=["10.0.0.1"]) as server:
-        # A peer not allowed to send the header is cut off when it does...
-        assert await raw_exchange(server, V1_HEADER + _http11(b"")) == b""
         # ...and served as usual when it does not.
         seen = await _http11_scope(server, b"")
     assert seen["client"][0] == "127.0.0.1"

@@ -164,9 +164,13 @@ class Forwarder:
         return client, scheme, server
 
     def read(self, headers: Sequence[tuple[bytes, bytes]]) -> Forwarded | None:
-        found = [pair for pair in headers if pair[0] in _NAMES]
-        if not found:
+        # Most requests carry none of these, even from a proxy: look before collecting.
+        for name, _ in headers:
+            if name in _NAMES:
+                break
+        else:
             return None
+        found = [pair for pair in headers if pair[0] in _NAMES]
         key = tuple(found)
         cache = self._cache
         if key in cache:

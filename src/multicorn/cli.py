@@ -17,6 +17,7 @@ from multicorn.config import (
     HTTP_ENGINES,
     LIFESPAN_MODES,
     LOG_LEVELS,
+    PROXY_PROTOCOL_MODES,
     VERIFY_MODES,
     WORKER_CLASSES,
     Config,
@@ -439,6 +440,29 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="requests and WebSockets served at once, server-wide; more are answered 503 with "
         "Retry-After without calling the app (0: no cap)",
+    )
+    switch(
+        "--proxy-headers",
+        dest="proxy_headers",
+        help="believe X-Forwarded-For/-Proto/-Host/-Port and Forwarded from trusted proxies",
+    )
+    setting(
+        "--forwarded-allow-ips",
+        dest="forwarded_allow_ips",
+        metavar="LIST",
+        help="the trusted proxies, comma-separated: IP addresses, CIDR networks, 'unix', '*'",
+    )
+    setting(
+        "--proxy-protocol",
+        dest="proxy_protocol",
+        metavar=choices(PROXY_PROTOCOL_MODES),
+        help="read HAProxy's PROXY protocol header on cleartext listeners",
+    )
+    setting(
+        "--proxy-protocol-allow-ips",
+        dest="proxy_protocol_allow_ips",
+        metavar="LIST",
+        help="peers that must send the PROXY header (others may not), comma-separated",
     )
     parser.add_argument("--version", action="version", version=f"multicorn {__version__}")
     return parser

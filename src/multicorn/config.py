@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Final, Literal
 
+from multicorn.app.proxy import ProxyTrust
 from multicorn.net.binds import BindError, parse_bind
 
 ENV_PREFIX: Final = "MULTICORN_"
@@ -30,6 +31,7 @@ VERIFY_MODES: Final = ("none", "optional", "required")
 H2C_MODES: Final = ("off", "prior-knowledge", "upgrade", "both")
 ALPN_PROTOCOLS: Final = ("h2", "http/1.1")
 HTTP_ENGINES: Final = ("auto", "h11", "httptools")
+PROXY_PROTOCOL_MODES: Final = ("off", "v1", "v2", "auto")
 
 _TRUE_WORDS: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE_WORDS: Final = frozenset({"0", "false", "no", "off"})
@@ -129,6 +131,14 @@ class Config:
     max_request_body_size: int = 0
     # Requests and WebSockets served at once, server-wide; past it 503 + Retry-After (0: off).
     limit_concurrency: int = 0
+    # Proxies: believe X-Forwarded-* and Forwarded (RFC 7239) from these peers only: IP
+    # addresses, CIDR networks, "unix" (Unix-socket peers) and "*" (everyone), as Uvicorn.
+    proxy_headers: bool = True
+    forwarded_allow_ips: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    # HAProxy's PROXY protocol on cleartext listeners: off | v1 | v2 | auto. From the peers in
+    # proxy_protocol_allow_ips the header is required; from others it is refused.
+    proxy_protocol: str = "off"
+    proxy_protocol_allow_ips: list[str] = field(default_factory=lambda: ["127.0.0.1"])
 
     def __post_init__(self) -> None:
         self.validate()
@@ -249,12 +259,22 @@ _RULES: Final[Mapping[str, _Rule]] = MappingProxyType(
             "int", "a whole number of bytes >= 0 (0: no cap)", minimum=0
         ),
         "limit_concurrency": _Rule("int", "a whole number of streams >= 0 (0: no cap)", minimum=0),
+        "proxy_headers": _BOOL,
+        "forwarded_allow_ips": _Rule(
+            "str_list", "IP addresses, CIDR networks, 'unix' or '*', comma-separated"
+        ),
+        "proxy_protocol": _choice(PROXY_PROTOCOL_MODES),
+        "proxy_protocol_allow_ips": _Rule(
+            "str_list", "IP addresses, CIDR networks, 'unix' or '*', comma-separated"
+        ),
     }
 )
 
 
 # Address lists that may be empty (only `bind` must name at least one address).
-_MAY_BE_EMPTY: Final = frozenset({"insecure_bind", "quic_bind"})
+_MAY_BE_EMPTY: Final = frozenset(
+    {"insecure_bind", "quic_bind", "forwarded_allow_ips", "proxy_protocol_allow_ips"}
+)
 
 _INT_MAXIMA: Final[Mapping[str, int]] = MappingProxyType(
     {
@@ -319,6 +339,11 @@ def _problem(name: str, value: object) -> str | None:
             if name == "alpn_protocols":
                 if item not in ALPN_PROTOCOLS:
                     return bad
+                continue
+            if name in ("forwarded_allow_ips", "proxy_protocol_allow_ips"):
+                problem = ProxyTrust.problem(item)
+                if problem is not None:
+                    return problem
                 continue
             try:
                 bind = parse_bind(item)

@@ -14,13 +14,14 @@ import dataclasses
 import os
 import stat
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, cast, final
 
 import sniffio
 
 from multicorn.app.connection import ConnectionHandler
 from multicorn.app.context import AppSettings, ConnectionInfo, DefaultHeaders, ServerContext
 from multicorn.app.lifespan import Lifespan
+from multicorn.app.proxy import ProxyTrust
 from multicorn.app.registry import ConnectionRegistry
 from multicorn.config import Config, ConfigError
 from multicorn.logging import configure_logging
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     import socket
     from types import TracebackType
 
+    from multicorn.protocol.proxy_protocol import ProxyMode
     from multicorn.runtime.base import (
         Backend,
         ConnectionDetails,
@@ -199,6 +201,9 @@ class Server:
                 send_timeout=config.send_timeout,
                 max_request_body_size=config.max_request_body_size,
                 limit_concurrency=config.limit_concurrency,
+                proxy_trust=(
+                    ProxyTrust(config.forwarded_allow_ips) if config.proxy_headers else None
+                ),
             ),
             loggers=self._loggers,
             protocol_limits=protocol_limits(config),
@@ -211,23 +216,41 @@ class Server:
         )
         registry = ConnectionRegistry(runtime)
         self._registry = registry
+        # PROXY protocol: decided per connection, from the peer; None when it is off.
+        header_trust = None
+        header_mode = cast("ProxyMode", config.proxy_protocol)
+        if config.proxy_protocol != "off":
+            header_trust = ProxyTrust(config.proxy_protocol_allow_ips)
+            if server_tls is not None and config.bind:
+                self._loggers.error.warning(
+                    "the PROXY protocol is read on cleartext listeners only, not on %s",
+                    ", ".join(config.bind),
+                )
 
         def new_connection(
             transport: Transport, conn_runtime: Runtime, details: ConnectionDetails
         ) -> ConnectionHandler:
             server = _address(details.sockname)
             tls = details.tls
+            client = _address(details.peername)
+            trust = context.settings.proxy_trust
             info = ConnectionInfo(
-                client=_address(details.peername),
+                client=client,
                 server=server if server is not None else (str(details.sockname), None),
                 scheme="https" if tls is not None else "http",
                 tls=None if tls is None else tls.as_extension(),
+                forwarder=None if trust is None else trust.for_peer(client),
             )
+            proxy_header: ProxyMode | None = None
+            if header_trust is not None and tls is None:
+                # A trusted balancer must send the header; anyone else may not.
+                proxy_header = header_mode if header_trust.trusts_peer(client) else "reject"
             protocol = for_connection(
                 context.protocol_limits,
                 alpn=None if tls is None else tls.alpn,
                 tls=tls is not None,
                 now=conn_runtime.now(),
+                proxy_header=proxy_header,
             )
             return ConnectionHandler(
                 protocol=protocol,

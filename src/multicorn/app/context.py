@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
     from multicorn.app.dispatch import BridgeFactory
     from multicorn.app.logs import Loggers
+    from multicorn.app.proxy import Forwarder, ProxyTrust
     from multicorn.protocol.events import StreamKind
     from multicorn.protocol.negotiate import ProtocolLimits
     from multicorn.typing import ASGIApp
@@ -31,6 +32,9 @@ class ConnectionInfo:
     server: tuple[str, int | None] | None
     scheme: str = "http"
     tls: dict[str, object] | None = None  # the ASGI `tls` extension, on TLS connections
+    # Set when the peer is a trusted proxy (decided once, when the connection is made): reads
+    # the client, scheme and host it forwards. None: forwarding headers are not believed.
+    forwarder: Forwarder | None = None
 
 
 class DefaultHeaders:
@@ -68,6 +72,8 @@ class AppSettings:
     max_request_body_size: int = 0
     # Streams served at once, server-wide; past it a new one is answered 503 (0: no cap).
     limit_concurrency: int = 0
+    # Proxies: whose X-Forwarded-* and Forwarded headers are believed; None when off.
+    proxy_trust: ProxyTrust | None = None
 
 
 @dataclass(kw_only=True)

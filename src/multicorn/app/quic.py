@@ -185,11 +185,14 @@ class QuicListener:
     def _open(self, event: ConnectionOpened) -> None:
         protocol = event.connection
         addr = event.addr
+        client = _client(addr)
+        trust = self._context.settings.proxy_trust
         info = ConnectionInfo(
-            client=_client(addr),
+            client=client,
             server=self._server,
             scheme="https",
             tls=_tls_extension(protocol, self._server_cert),
+            forwarder=None if trust is None else trust.for_peer(client),
         )
         handler = ConnectionHandler(
             # The ServerProtocol shape but for input: this handler is fed by events_received,

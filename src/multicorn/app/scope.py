@@ -56,19 +56,23 @@ def build_http_scope(
     if info.tls is not None:
         # ASGI TLS extension: present on TLS connections only, never on cleartext ones.
         extensions["tls"] = info.tls
+    client, scheme, server = info.client, info.scheme, info.server
+    if info.forwarder is not None:
+        # A trusted proxy's peer: the client, scheme and host it forwards (app/proxy.py).
+        client, scheme, server = info.forwarder.resolve(headers, client, scheme, server)
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.5"},
         "http_version": event.http_version,
         "method": event.method.decode("ascii"),
-        "scheme": info.scheme,
+        "scheme": scheme,
         "path": path,
         "raw_path": raw_path,
         "query_string": query,
         "root_path": root_path,
         "headers": headers,
-        "client": info.client,
-        "server": info.server,
+        "client": client,
+        "server": server,
         "state": state.copy(),
         "extensions": extensions,
     }
@@ -93,14 +97,14 @@ def build_websocket_scope(
         "type": "websocket",
         "asgi": http["asgi"],
         "http_version": http["http_version"],
-        "scheme": "wss" if info.scheme == "https" else "ws",
+        "scheme": "wss" if http["scheme"] == "https" else "ws",
         "path": http["path"],
         "raw_path": http["raw_path"],
         "query_string": http["query_string"],
         "root_path": root_path,
         "headers": http["headers"],
-        "client": info.client,
-        "server": info.server,
+        "client": http["client"],
+        "server": http["server"],
         "subprotocols": subprotocols,
         "state": http["state"],
         "extensions": extensions,

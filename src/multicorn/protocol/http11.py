@@ -91,8 +91,9 @@ from multicorn.protocol.http11_parsers import (
     SpentParser,
     UpgradeOp,
     new_parser,
+    refuse_transfer_coding,
 )
-from multicorn.protocol.request_head import check_request_head
+from multicorn.protocol.request_head import check_host, check_request_head
 
 # Once the response is complete, at most this much of an unread request body is read and thrown
 # away to keep the connection alive; past it, closing is cheaper than draining.
@@ -541,16 +542,20 @@ class HTTP11Protocol:
             elif name == b"upgrade":
                 flags |= _UPGRADE
             elif name == b"content-length":
+                # RFC 9110 8.6: Content-Length = 1*DIGIT. RFC 9112 6.3: "If a message is
+                # received without Transfer-Encoding and with an invalid Content-Length header
+                # field, then the message framing is invalid and the recipient MUST treat it as
+                # an unrecoverable error [...] the server MUST respond with a 400". A list
+                # ("1, 1") or a repeated field is refused even when the values agree (RFC 9112
+                # 6.3 allows either), as llhttp does; bytes.isdigit() is ASCII digits only.
+                if has_length or not value.isdigit() or len(value) > 18:
+                    raise RemoteProtocolError("invalid or repeated Content-Length")
                 has_length = True
                 if value != b"0":
                     flags |= _HAS_BODY
             elif name == b"transfer-encoding":
                 if has_chunked or value.strip().lower() != b"chunked":
-                    # RFC 9112 6.1: "A server that receives a request message with a transfer
-                    # coding it does not understand SHOULD respond with 501 (Not Implemented)."
-                    raise RemoteProtocolError(
-                        "only Transfer-Encoding: chunked is supported", error_status_hint=501
-                    )
+                    refuse_transfer_coding(value, has_chunked)
                 has_chunked = True
                 flags |= _HAS_BODY
             elif b"close" in value.lower() and b"close" in _tokens(value.lower()):
@@ -569,6 +574,10 @@ class HTTP11Protocol:
         # that contains more than one Host header field line".
         if hosts > 1 or (hosts == 0 and version == "1.1"):
             raise RemoteProtocolError("a request needs exactly one Host header")
+        if hosts or head.target[:1] != b"/":
+            # "... or a Host header field with an invalid field value" (the same sentence);
+            # and an absolute-form target's authority must be valid and agree with Host.
+            check_host(_header(headers, b"host") if hosts else None, head.target)
         # RFC 9112 6.1: a request with both is a smuggling vector ("ought to be handled as an
         # error"); refuse it outright.
         if has_length and has_chunked:

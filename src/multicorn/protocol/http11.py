@@ -27,6 +27,7 @@ stateDiagram-v2
     IDLE --> RECEIVING: REQUEST (head checked and delivered)
     RECEIVING --> RESPONDING: BODY_END
     RECEIVING --> DRAINING: RESPONSE_END (the body was not read)
+    RECEIVING --> REJECTING: REJECT (a malformed body before any response)
     RESPONDING --> IDLE: RESPONSE_END (keep-alive)
     DRAINING --> IDLE: BODY_END
     IDLE --> REJECTING: REJECT (head refused, bad input, header timeout)
@@ -191,6 +192,7 @@ _MOVES: dict[tuple[_State, _Ev], _State] = {
     (S_IDLE, E_REJECT): S_REJECTING,
     (S_IDLE, E_SWITCH): S_SWITCHED,
     (S_RECEIVING, E_BODY_END): S_RESPONDING,
+    (S_RECEIVING, E_REJECT): S_REJECTING,
     (S_RECEIVING, E_RESPONSE_END): S_DRAINING,
     (S_RESPONDING, E_RESPONSE_END): S_IDLE,
     (S_DRAINING, E_BODY_END): S_IDLE,
@@ -508,8 +510,13 @@ class HTTP11Protocol:
         state = self._state
         if state is S_IDLE or state is S_H2C_PENDING:
             return self._reject(error)
-        # Mid-body (RECEIVING), or in the body being drained after the response: nobody can be
-        # answered any more.
+        if state is S_RECEIVING and self._mode is M_IDLE and not self._eof:
+            # The head was fine, its body is not (a bad chunk) and no response has begun: the
+            # application loses its request (the reset), and the client still learns why
+            # (RFC 9112 6.3 and 7.1 ask for a 400 on invalid framing), then the close.
+            return [StreamReset(stream_id=self._stream_id), *self._reject(error)]
+        # In the body being drained after the response, or mid-body with the response under
+        # way: nobody can be answered any more.
         return self._close(error)
 
     # ---- checks (they decide; the transitions above and below act) -------------------------

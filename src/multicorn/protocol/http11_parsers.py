@@ -84,7 +84,7 @@ _MAX_CHUNK_SIZE = 2**63 - 1  # llhttp refuses sizes that overflow 64 bits; this 
 # The framing fields of a raw head, which h11 would normalise before anyone sees them (it
 # merges "1, 1" and repeated equal Content-Lengths into one, refuses codings with its own 501).
 _FRAMING_LINE = re.compile(
-    rb"\r\n(content-length|transfer-encoding):[ \t]*([^\r]*?)[ \t]*(?=\r\n)", re.IGNORECASE
+    rb"\r\n(content-length|transfer-encoding):[ \t]*([^\r]*)(?=\r\n)", re.IGNORECASE
 ).finditer
 
 
@@ -109,6 +109,10 @@ def _check_raw_framing(head: bytearray) -> None:
     has_length = has_chunked = False
     for line in _FRAMING_LINE(head):
         value = bytes(line[2])
+        if value[-1:] in (b" ", b"\t"):
+            # llhttp refuses trailing whitespace after these two values (RFC 9112 5 allows OWS
+            # there): refusing it on both engines keeps one verdict, and no client sends it.
+            raise RemoteProtocolError("whitespace after a Content-Length or Transfer-Encoding")
         if len(line[1]) == 14:  # content-length
             if has_length or not value.isdigit() or len(value) > 18:
                 raise RemoteProtocolError("invalid or repeated Content-Length")
@@ -123,9 +127,10 @@ def _strict_head_reader(buf: ReceiveBuffer) -> h11.Request | None:
     """h11's request-head reader, behind the RFC 9112 grammar check."""
     data = buf._data
     # RFC 9112 2.2: "a server that is expecting to receive and parse a request-line SHOULD
-    # ignore at least one empty line (CRLF) received prior to the request-line" (as llhttp).
-    while data[:2] == b"\r\n":
-        del data[:2]
+    # ignore at least one empty line (CRLF) received prior to the request-line". llhttp skips
+    # any run of CR and LF there: so do we (those bytes are part of no head).
+    if data and data[0] in (0x0D, 0x0A):
+        buf._extract(len(data) - len(data.lstrip(b"\r\n")))  # (resets h11's search marks)
     end = _H11_HEAD_END(data)
     if end is not None:
         if STRICT_HEAD(data, 0, end.end()) is None:
@@ -137,7 +142,9 @@ def _strict_head_reader(buf: ReceiveBuffer) -> h11.Request | None:
 
 class _StrictChunkedReader:
     """A chunked body (RFC 9112 7.1), read strictly; it replaces h11's ChunkedReader, which
-    takes anything after ";" as an extension (bare CR included) and OWS after the size."""
+    takes anything after ";" as an extension (bare CR included) and OWS after the size. It
+    deletes from h11's buffer directly: h11's line-search marks only serve the head reader,
+    which runs on a fresh buffer once the body is over (H11Parser._fresh)."""
 
     __slots__ = ("_crlf", "_left", "_trailer")
 

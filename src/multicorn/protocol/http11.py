@@ -105,6 +105,9 @@ _STATUS_LINES = {
     for status in HTTPStatus
 }
 
+# The request line of the HTTP/2 connection preface (RFC 9113 3.4): no HTTP/1.1 request has it.
+_PREFACE_LINE: Final = PREFACE[:16]
+
 # RFC 6455 1.3: the GUID the server appends to Sec-WebSocket-Key before hashing.
 _WEBSOCKET_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # Headers of the application's accepting response that the 101 sets itself or that would frame
@@ -354,7 +357,11 @@ class HTTP11Protocol:
                 self._sniffed = data
                 return []
             self._sniffed = None
-            if data.startswith(PREFACE):
+            if data.startswith(_PREFACE_LINE):
+                # The preface, or input that begins like it and is not it: both are HTTP/2's.
+                # RFC 9113 3.4: "Clients and servers MUST treat an invalid connection preface
+                # as a connection error of type PROTOCOL_ERROR", so the HTTP/2 core answers
+                # the second with a GOAWAY, not an HTTP/1.1 400.
                 self._state = _TRANSITIONS[self._state, E_SWITCH]
                 return [H2CPriorKnowledge(leftover=data)]
         if not data:

@@ -108,6 +108,7 @@ VALID: list[Case] = [
     Case("Upgrade to an unknown protocol", _h(b"Connection: upgrade", b"Upgrade: foo/1"), "ok"),
     Case("Connection close", _h(b"Connection: close"), "ok"),
     Case("PATCH", _h(method=b"PATCH", target=b"/x"), "ok"),
+    Case("target of 8 KiB", _h(target=b"/" + b"a" * 8191), "ok"),
     Case("DELETE", _h(method=b"DELETE"), "ok"),
     Case("HEAD", _h(method=b"HEAD"), "ok"),
 ]
@@ -143,6 +144,8 @@ INVALID: list[Case] = [
     Case("obs-text in the target", b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     Case("DEL in the target", b"GET /\x7f HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     # ---- request target (RFC 9112 3.2, RFC 3986) --------------------------------------------
+    Case("target over 8 KiB", _h(target=b"/" + b"a" * 8192), 414),
+    Case("query over 8 KiB", _h(target=b"/?" + b"a" * 8192), 414),
     Case("fragment", _h(target=b"/a#b"), 400),
     Case("fragment only", _h(target=b"/#"), 400),
     Case("relative target", _h(target=b"a/b"), 400),

@@ -284,6 +284,9 @@ _FRAMING_NAMES: Final = frozenset(
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HTTP11Limits:
     max_incomplete_size: int = 16 * 1024  # a request head, in bytes
+    # The request target, in bytes (as nginx's and Apache's default request-line limits); a
+    # longer one is answered 414, unless the whole head is over max_incomplete_size (431).
+    max_target_size: int = 8 * 1024
     keep_alive_timeout: float = 5.0
     header_timeout: float = 10.0
     max_requests: int = 1000
@@ -583,6 +586,10 @@ class HTTP11Protocol:
             if size > self._limits.max_incomplete_size:
                 # RFC 6585 5: 431 Request Header Fields Too Large.
                 raise RemoteProtocolError("request header section too large", error_status_hint=431)
+        if len(head.target) > self._limits.max_target_size:
+            # RFC 9112 3: "A server that receives a request-target longer than any URI it
+            # wishes to parse MUST respond with a 414 (URI Too Long) status code".
+            raise RemoteProtocolError("request target too long", error_status_hint=414)
         # RFC 9112 3.2: "A server MUST respond with a 400 (Bad Request) status code to any
         # HTTP/1.1 request message that lacks a Host header field and to any request message
         # that contains more than one Host header field line".

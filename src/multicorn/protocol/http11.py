@@ -54,6 +54,7 @@ import base64
 import binascii
 import enum
 import hashlib
+import re
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final
@@ -274,6 +275,13 @@ _KEEP_ALIVE: Final = 1  # the client allows another request after this one
 _EXPECTS_100: Final = 2
 _UPGRADE: Final = 4  # an Upgrade header is present
 _HAS_BODY: Final = 8  # Content-Length other than 0, or Transfer-Encoding
+
+# The usual Host value (a name or IPv4 address, a port up to 65535): one regex, and the full
+# check (request_head.check_host) only for the rest.
+_PLAIN_HOST: Final = re.compile(
+    rb"[A-Za-z0-9\-.]+(?::(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}"
+    rb"|655[0-2][0-9]|6553[0-5]))?"
+).fullmatch
 
 # The request headers the HTTP/1.1 head check looks at.
 _FRAMING_NAMES: Final = frozenset(
@@ -544,6 +552,7 @@ class HTTP11Protocol:
             )
         has_length = has_chunked = False
         hosts = 0
+        host = b""
         # RFC 9112 9.3: HTTP/1.1 is persistent by default; HTTP/1.0 keep-alive is not offered.
         flags = _KEEP_ALIVE if version == "1.1" else 0
         headers = head.headers
@@ -552,6 +561,7 @@ class HTTP11Protocol:
                 continue  # most headers: one set lookup instead of a chain of comparisons
             if name == b"host":
                 hosts += 1
+                host = value
             elif name == b"expect":
                 # RFC 9110 10.1.1: only an HTTP/1.1 client waits for a 100 before the body.
                 if value.lower() == b"100-continue" and version == "1.1":
@@ -595,10 +605,10 @@ class HTTP11Protocol:
         # that contains more than one Host header field line".
         if hosts > 1 or (hosts == 0 and version == "1.1"):
             raise RemoteProtocolError("a request needs exactly one Host header")
-        if hosts or head.target[:1] != b"/":
+        if (hosts and _PLAIN_HOST(host) is None) or head.target[:1] != b"/":
             # "... or a Host header field with an invalid field value" (the same sentence);
             # and an absolute-form target's authority must be valid and agree with Host.
-            check_host(_header(headers, b"host") if hosts else None, head.target)
+            check_host(host if hosts else None, head.target)
         # RFC 9112 6.1: a request with both is a smuggling vector ("ought to be handled as an
         # error"); refuse it outright.
         if has_length and has_chunked:

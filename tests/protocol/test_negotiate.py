@@ -21,6 +21,7 @@ from multicorn.protocol.events import (
     H2CUpgrade,
     PushPromise,
     RequestReceived,
+    RequestRejected,
     SendData,
     SendResponse,
     StreamEnded,
@@ -344,6 +345,16 @@ def test_malformed_http2_settings_never_raise(settings: bytes) -> None:
         if isinstance(event, UpgradeRequested):
             server, _, leftover = upgrade(event, protocol_limits, now=0.0)
             server.receive_data(leftover + PREFACE, 0.0)
+
+
+@pytest.mark.parametrize("settings", [b"abc", b"AAIAAAAC", b"AASAAAAA", b"AAEA"])
+def test_malformed_http2_settings_are_refused_400(settings: bytes) -> None:
+    http11 = for_connection(limits(H2C), alpn=None, tls=False, now=0.0)
+    events = http11.receive_data(upgrade_request(settings, b"body"), 0.0)
+    assert [type(event) for event in events] == [RequestRejected]
+    assert isinstance(events[0], RequestRejected)
+    assert events[0].error.error_status_hint == 400
+    assert b"101" not in http11.data_to_send()
 
 
 # ---- Upgrade: h2c refused, served as HTTP/1.1 --------------------------------------------------

@@ -639,7 +639,10 @@ class HTTP11Protocol:
         ):
             return None
         if not valid_upgrade_settings(settings):
-            return None  # not a usable offer: serve the request over HTTP/1.1
+            # RFC 7540 3.2.1: HTTP2-Settings is the base64url of a valid SETTINGS payload; a
+            # value that is not is a malformed field of the request, not an offer to ignore
+            # (serving it over HTTP/1.1 would let two servers read one request two ways).
+            raise RemoteProtocolError("malformed HTTP2-Settings in an h2c upgrade")
         return settings
 
     def _websocket_offered(self, head: HeadOp, flags: int) -> bool:

@@ -14,7 +14,7 @@ from multicorn.protocol.events import (
 )
 from multicorn.protocol.http11 import HTTP11Limits, HTTP11Protocol
 
-from .cases import INVALID, VALID, Case
+from .cases import INVALID, KNOWN_DIFFERENCES, VALID, Case
 
 ENGINES = ["h11", "httptools"]
 
@@ -55,3 +55,10 @@ def test_both_engines_give_the_expected_verdict(case: Case) -> None:
         for bytewise in (False, True)
     }
     assert set(got.values()) == {case.verdict}, got
+
+
+@pytest.mark.xfail(strict=True, reason="llhttp accepts extra spaces in the request line")
+@pytest.mark.parametrize("case", KNOWN_DIFFERENCES, ids=lambda case: case.name)
+def test_known_differences(case: Case) -> None:
+    assert run("h11", case.wire, bytewise=False) == case.verdict
+    assert run("httptools", case.wire, bytewise=False) == case.verdict

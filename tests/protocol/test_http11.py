@@ -818,14 +818,33 @@ def test_rejection_answered_with_end_stream_on_the_response_head() -> None:
     assert server.closed
 
 
-def test_malformed_chunked_body_resets_the_stream() -> None:
+def test_malformed_chunked_body_resets_the_stream_and_answers_400() -> None:
     server = make_server()
     events = server.receive_data(
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 0.0
     )
-    assert kinds(events) == [RequestReceived, StreamReset, ConnectionClosed]
+    assert kinds(events) == [RequestReceived, StreamReset, RequestRejected]
     assert events[1] == StreamReset(stream_id=1)
-    assert isinstance(events[2].error, RemoteProtocolError)
+    rejected = events[2]
+    assert isinstance(rejected, RequestRejected)
+    assert rejected.stream_id == 1
+    assert rejected.error.error_status_hint == 400
+    assert answer_rejection(server, rejected) == []
+    response = parse_one(server.data_to_send())
+    assert response.status == 400
+    assert b"close" in response.header_tokens(b"connection")
+    assert server.closed
+
+
+def test_malformed_chunked_body_after_the_response_began_closes() -> None:
+    server = make_server()
+    events = server.receive_data(
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", 0.0
+    )
+    assert kinds(events) == [RequestReceived]
+    server.send(SendResponse(stream_id=1, status=200, headers=[]), 0.0)
+    events = server.receive_data(b"zz\r\n", 0.0)
+    assert kinds(events) == [StreamReset, ConnectionClosed]
     assert server.closed
 
 

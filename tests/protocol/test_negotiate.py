@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 
+import h2.errors
 import h2.events
 import pytest
 
@@ -20,6 +21,7 @@ from multicorn.protocol.events import (
     H2CUpgrade,
     PushPromise,
     RequestReceived,
+    RequestRejected,
     SendData,
     SendResponse,
     StreamEnded,
@@ -114,6 +116,37 @@ def test_h2c_is_off_over_tls(alpn: str | None) -> None:
     events = protocol.receive_data(upgrade_request(settings, b"body"), 0.0)
     assert_plain_http11(events, 1, b"body")
     assert b"101" not in protocol.data_to_send()
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n",  # the right start, the wrong rest
+        b"PRI * HTTP/2.0\r\nHost: a\r\n\r\n",  # an HTTP/1.1-looking head after it
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\r",
+    ],
+)
+@pytest.mark.parametrize("whole", [True, False])
+def test_a_near_preface_gets_an_http2_goaway(wire: bytes, whole: bool) -> None:
+    """RFC 9113 3.4: an invalid connection preface is a connection error of type
+    PROTOCOL_ERROR, answered with GOAWAY (not with an HTTP/1.1 400)."""
+    protocol = for_connection(limits(H2C), alpn=None, tls=False, now=0.0)
+    pieces = [wire] if whole else [wire[i : i + 1] for i in range(len(wire))]
+    events: list[Event] = []
+    for piece in pieces:
+        events += protocol.receive_data(piece, 0.0)
+    event = only_upgrade(events)
+    assert isinstance(event, H2CPriorKnowledge)
+    http2, owed, leftover = upgrade(event, limits(H2C), now=0.0)
+    assert owed == []
+    events = http2.receive_data(leftover, 0.0)
+    assert http2.closed
+    out = http2.data_to_send()
+    assert not out.startswith(b"HTTP/1.1")
+    client = make_client()
+    received = client.receive_data(out)
+    goaways = [e for e in received if isinstance(e, h2.events.ConnectionTerminated)]
+    assert goaways and goaways[0].error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
 
 
 def test_h2c_is_on_in_cleartext_when_configured() -> None:
@@ -312,6 +345,16 @@ def test_malformed_http2_settings_never_raise(settings: bytes) -> None:
         if isinstance(event, UpgradeRequested):
             server, _, leftover = upgrade(event, protocol_limits, now=0.0)
             server.receive_data(leftover + PREFACE, 0.0)
+
+
+@pytest.mark.parametrize("settings", [b"abc", b"AAIAAAAC", b"AASAAAAA", b"AAEA"])
+def test_malformed_http2_settings_are_refused_400(settings: bytes) -> None:
+    http11 = for_connection(limits(H2C), alpn=None, tls=False, now=0.0)
+    events = http11.receive_data(upgrade_request(settings, b"body"), 0.0)
+    assert [type(event) for event in events] == [RequestRejected]
+    assert isinstance(events[0], RequestRejected)
+    assert events[0].error.error_status_hint == 400
+    assert b"101" not in http11.data_to_send()
 
 
 # ---- Upgrade: h2c refused, served as HTTP/1.1 --------------------------------------------------

@@ -27,6 +27,7 @@ stateDiagram-v2
     IDLE --> RECEIVING: REQUEST (head checked and delivered)
     RECEIVING --> RESPONDING: BODY_END
     RECEIVING --> DRAINING: RESPONSE_END (the body was not read)
+    RECEIVING --> REJECTING: REJECT (a malformed body before any response)
     RESPONDING --> IDLE: RESPONSE_END (keep-alive)
     DRAINING --> IDLE: BODY_END
     IDLE --> REJECTING: REJECT (head refused, bad input, header timeout)
@@ -53,6 +54,7 @@ import base64
 import binascii
 import enum
 import hashlib
+import re
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final
@@ -91,8 +93,9 @@ from multicorn.protocol.http11_parsers import (
     SpentParser,
     UpgradeOp,
     new_parser,
+    refuse_transfer_coding,
 )
-from multicorn.protocol.request_head import check_request_head
+from multicorn.protocol.request_head import check_host, check_request_head
 
 # Once the response is complete, at most this much of an unread request body is read and thrown
 # away to keep the connection alive; past it, closing is cheaper than draining.
@@ -102,6 +105,9 @@ _STATUS_LINES = {
     status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode("ascii"))
     for status in HTTPStatus
 }
+
+# The request line of the HTTP/2 connection preface (RFC 9113 3.4): no HTTP/1.1 request has it.
+_PREFACE_LINE: Final = PREFACE[:16]
 
 # RFC 6455 1.3: the GUID the server appends to Sec-WebSocket-Key before hashing.
 _WEBSOCKET_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -190,6 +196,7 @@ _MOVES: dict[tuple[_State, _Ev], _State] = {
     (S_IDLE, E_REJECT): S_REJECTING,
     (S_IDLE, E_SWITCH): S_SWITCHED,
     (S_RECEIVING, E_BODY_END): S_RESPONDING,
+    (S_RECEIVING, E_REJECT): S_REJECTING,
     (S_RECEIVING, E_RESPONSE_END): S_DRAINING,
     (S_RESPONDING, E_RESPONSE_END): S_IDLE,
     (S_DRAINING, E_BODY_END): S_IDLE,
@@ -269,6 +276,13 @@ _EXPECTS_100: Final = 2
 _UPGRADE: Final = 4  # an Upgrade header is present
 _HAS_BODY: Final = 8  # Content-Length other than 0, or Transfer-Encoding
 
+# The usual Host value (a name or IPv4 address, a port up to 65535): one regex, and the full
+# check (request_head.check_host) only for the rest.
+_PLAIN_HOST: Final = re.compile(
+    rb"[A-Za-z0-9\-.]+(?::(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}"
+    rb"|655[0-2][0-9]|6553[0-5]))?"
+).fullmatch
+
 # The request headers the HTTP/1.1 head check looks at.
 _FRAMING_NAMES: Final = frozenset(
     {b"host", b"expect", b"upgrade", b"content-length", b"transfer-encoding", b"connection"}
@@ -278,6 +292,9 @@ _FRAMING_NAMES: Final = frozenset(
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HTTP11Limits:
     max_incomplete_size: int = 16 * 1024  # a request head, in bytes
+    # The request target, in bytes (as nginx's and Apache's default request-line limits); a
+    # longer one is answered 414, unless the whole head is over max_incomplete_size (431).
+    max_target_size: int = 8 * 1024
     keep_alive_timeout: float = 5.0
     header_timeout: float = 10.0
     max_requests: int = 1000
@@ -351,7 +368,11 @@ class HTTP11Protocol:
                 self._sniffed = data
                 return []
             self._sniffed = None
-            if data.startswith(PREFACE):
+            if data.startswith(_PREFACE_LINE):
+                # The preface, or input that begins like it and is not it: both are HTTP/2's.
+                # RFC 9113 3.4: "Clients and servers MUST treat an invalid connection preface
+                # as a connection error of type PROTOCOL_ERROR", so the HTTP/2 core answers
+                # the second with a GOAWAY, not an HTTP/1.1 400.
                 self._state = _TRANSITIONS[self._state, E_SWITCH]
                 return [H2CPriorKnowledge(leftover=data)]
         if not data:
@@ -507,8 +528,13 @@ class HTTP11Protocol:
         state = self._state
         if state is S_IDLE or state is S_H2C_PENDING:
             return self._reject(error)
-        # Mid-body (RECEIVING), or in the body being drained after the response: nobody can be
-        # answered any more.
+        if state is S_RECEIVING and self._mode is M_IDLE and not self._eof:
+            # The head was fine, its body is not (a bad chunk) and no response has begun: the
+            # application loses its request (the reset), and the client still learns why
+            # (RFC 9112 6.3 and 7.1 ask for a 400 on invalid framing), then the close.
+            return [StreamReset(stream_id=self._stream_id), *self._reject(error)]
+        # In the body being drained after the response, or mid-body with the response under
+        # way: nobody can be answered any more.
         return self._close(error)
 
     # ---- checks (they decide; the transitions above and below act) -------------------------
@@ -526,6 +552,7 @@ class HTTP11Protocol:
             )
         has_length = has_chunked = False
         hosts = 0
+        host = b""
         # RFC 9112 9.3: HTTP/1.1 is persistent by default; HTTP/1.0 keep-alive is not offered.
         flags = _KEEP_ALIVE if version == "1.1" else 0
         headers = head.headers
@@ -534,6 +561,7 @@ class HTTP11Protocol:
                 continue  # most headers: one set lookup instead of a chain of comparisons
             if name == b"host":
                 hosts += 1
+                host = value
             elif name == b"expect":
                 # RFC 9110 10.1.1: only an HTTP/1.1 client waits for a 100 before the body.
                 if value.lower() == b"100-continue" and version == "1.1":
@@ -541,16 +569,20 @@ class HTTP11Protocol:
             elif name == b"upgrade":
                 flags |= _UPGRADE
             elif name == b"content-length":
+                # RFC 9110 8.6: Content-Length = 1*DIGIT. RFC 9112 6.3: "If a message is
+                # received without Transfer-Encoding and with an invalid Content-Length header
+                # field, then the message framing is invalid and the recipient MUST treat it as
+                # an unrecoverable error [...] the server MUST respond with a 400". A list
+                # ("1, 1") or a repeated field is refused even when the values agree (RFC 9112
+                # 6.3 allows either), as llhttp does; bytes.isdigit() is ASCII digits only.
+                if has_length or not value.isdigit() or len(value) > 18:
+                    raise RemoteProtocolError("invalid or repeated Content-Length")
                 has_length = True
                 if value != b"0":
                     flags |= _HAS_BODY
             elif name == b"transfer-encoding":
                 if has_chunked or value.strip().lower() != b"chunked":
-                    # RFC 9112 6.1: "A server that receives a request message with a transfer
-                    # coding it does not understand SHOULD respond with 501 (Not Implemented)."
-                    raise RemoteProtocolError(
-                        "only Transfer-Encoding: chunked is supported", error_status_hint=501
-                    )
+                    refuse_transfer_coding(value, has_chunked)
                 has_chunked = True
                 flags |= _HAS_BODY
             elif b"close" in value.lower() and b"close" in _tokens(value.lower()):
@@ -564,11 +596,19 @@ class HTTP11Protocol:
             if size > self._limits.max_incomplete_size:
                 # RFC 6585 5: 431 Request Header Fields Too Large.
                 raise RemoteProtocolError("request header section too large", error_status_hint=431)
+        if len(head.target) > self._limits.max_target_size:
+            # RFC 9112 3: "A server that receives a request-target longer than any URI it
+            # wishes to parse MUST respond with a 414 (URI Too Long) status code".
+            raise RemoteProtocolError("request target too long", error_status_hint=414)
         # RFC 9112 3.2: "A server MUST respond with a 400 (Bad Request) status code to any
         # HTTP/1.1 request message that lacks a Host header field and to any request message
         # that contains more than one Host header field line".
         if hosts > 1 or (hosts == 0 and version == "1.1"):
             raise RemoteProtocolError("a request needs exactly one Host header")
+        if (hosts and _PLAIN_HOST(host) is None) or head.target[:1] != b"/":
+            # "... or a Host header field with an invalid field value" (the same sentence);
+            # and an absolute-form target's authority must be valid and agree with Host.
+            check_host(host if hosts else None, head.target)
         # RFC 9112 6.1: a request with both is a smuggling vector ("ought to be handled as an
         # error"); refuse it outright.
         if has_length and has_chunked:
@@ -599,7 +639,10 @@ class HTTP11Protocol:
         ):
             return None
         if not valid_upgrade_settings(settings):
-            return None  # not a usable offer: serve the request over HTTP/1.1
+            # RFC 7540 3.2.1: HTTP2-Settings is the base64url of a valid SETTINGS payload; a
+            # value that is not is a malformed field of the request, not an offer to ignore
+            # (serving it over HTTP/1.1 would let two servers read one request two ways).
+            raise RemoteProtocolError("malformed HTTP2-Settings in an h2c upgrade")
         return settings
 
     def _websocket_offered(self, head: HeadOp, flags: int) -> bool:

@@ -14,6 +14,14 @@ Both turn bytes into the same small operations, appended to `ops` in wire order:
 Each engine parses everything it is given, pipelined requests included; holding those back until
 their turn is the protocol's job (http11.py), as are all strictness rules both engines share.
 
+Strictness of the wire syntax. llhttp (in its default, strict mode) refuses bare LF and bare CR,
+obs-fold, whitespace before a colon and malformed chunk lines; h11 accepts all of them. So the
+h11 engine runs on `_StrictConnection`, which swaps two of h11's readers: the request head is
+checked against `STRICT_HEAD` (the RFC 9112 grammar, one regex per head) before h11 parses it,
+and chunked bodies are read by `_StrictChunkedReader`, which knows RFC 9112 7.1 exactly. Both
+engines then agree on every case of tests/corpus/. One llhttp leniency is left: it skips extra
+spaces between the parts of the request line, and httptools gives no offsets to check them with.
+
 The ops are small slotted classes rather than NamedTuples or dataclasses: they are created for
 every request on the hot path, and a plain `__init__` with `__slots__` is the cheapest object
 Python builds. The protocol tells them apart with `type(op) is ...`.
@@ -21,15 +29,196 @@ Python builds. The protocol tells them apart with `type(op) is ...`.
 
 from __future__ import annotations
 
+import re
 from collections import deque
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import h11
+from h11._readers import ChunkedReader, maybe_read_from_IDLE_client
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from h11._receivebuffer import ReceiveBuffer
 
 from multicorn.protocol.errors import LocalProtocolError, RemoteProtocolError
+from multicorn.protocol.headers import TOKEN
 
 if TYPE_CHECKING:
     from multicorn.protocol.events import Headers
+
+_TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+# RFC 9112 2.2, 3 and 5: the whole request head.
+#   request-line = method SP request-target SP HTTP-version CRLF   (one SP each: 3 "SP")
+#   field-line   = field-name ":" OWS field-value OWS                (no whitespace before ":")
+# and "CRLF" everywhere: "a recipient MAY recognize a single LF as a line terminator" (2.2) is
+# not taken, since llhttp does not and a front proxy that disagrees is a smuggling vector; bare
+# CR "MUST" be rejected or replaced (2.2) and obs-fold is refused (5.2: a server "MUST either
+# reject the message by sending a 400 (Bad Request)" or replace it). Field values: no CTL but
+# HTAB (RFC 9110 5.5); obs-text passes (see request_head.py). The target only has to be visible
+# characters here: request_head.py checks its form. Version: the ones llhttp parses.
+STRICT_HEAD: Final = re.compile(
+    _TCHAR + rb"+ [\x21-\x7e\x80-\xff]+ HTTP/(?:1\.[01]|2\.0)\r\n"
+    rb"(?:" + _TCHAR + rb"+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*\r\n"
+).fullmatch
+# The end of a head as h11 finds it (h11._receivebuffer.blank_line_regex), so that what is
+# checked is exactly what h11 goes on to parse.
+_H11_HEAD_END = re.compile(rb"\n\r?\n").search
+# RFC 9112 7.1: chunk = chunk-size [ chunk-ext ] CRLF; chunk-ext = *( BWS ";" BWS ext-name
+# [ BWS "=" BWS ext-val ] ), ext-val = token / quoted-string. BWS is refused, as llhttp does
+# ("a sender MUST NOT generate" it; being stricter than a proxy in front never smuggles).
+_QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
+_CHUNK_LINE: Final = re.compile(
+    rb"([0-9A-Fa-f]+)(?:;" + _TCHAR + rb"+(?:=(?:" + _TCHAR + rb"+|" + _QUOTED + rb"))?)*\r\n"
+).fullmatch
+# Trailer section (RFC 9112 7.1.2): field lines as in a head, then CRLF.
+_TRAILERS: Final = re.compile(
+    rb"(?:" + _TCHAR + rb"+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*\r\n"
+).fullmatch
+# What an unfinished line may hold: no LF (it would end the line), CR only last.
+_OPEN_LINE = re.compile(rb"[^\r\n]*\r?").fullmatch
+_MAX_CHUNK_LINE = 4096  # longer chunk lines (extensions) are refused rather than buffered
+_MAX_CHUNK_SIZE = 2**63 - 1  # llhttp refuses sizes that overflow 64 bits; this is below both
+
+
+# The framing fields of a raw head, which h11 would normalise before anyone sees them (it
+# merges "1, 1" and repeated equal Content-Lengths into one, refuses codings with its own 501).
+_FRAMING_LINE = re.compile(
+    rb"\r\n(content-length|transfer-encoding):[ \t]*([^\r]*)(?=\r\n)", re.IGNORECASE
+).finditer
+
+
+def refuse_transfer_coding(value: bytes, had_chunked: bool) -> NoReturn:
+    """Raise the verdict for a Transfer-Encoding other than one final `chunked`."""
+    codings = [coding.strip().lower() for coding in value.split(b",")]
+    # RFC 9112 6.3: "If a Transfer-Encoding header field is present in a request and the
+    # chunked transfer coding is not the final encoding, the message body length cannot be
+    # determined reliably; the server MUST respond with the 400 (Bad Request) status code and
+    # then close the connection." 6.1: chunked is never applied twice. An empty element or one
+    # that is not a token is a syntax error (RFC 9110 5.6.1, 10.1.4).
+    if had_chunked or b"chunked" in codings[:-1] or not all(map(TOKEN.fullmatch, codings)):
+        raise RemoteProtocolError("Transfer-Encoding with chunked not final, or malformed")
+    # RFC 9112 6.1: "A server that receives a request message with a transfer coding it does
+    # not understand SHOULD respond with 501 (Not Implemented)."
+    raise RemoteProtocolError("only Transfer-Encoding: chunked is supported", error_status_hint=501)
+
+
+def _check_raw_framing(head: bytearray) -> None:
+    """Content-Length and Transfer-Encoding as they came, with the verdicts http11.py gives
+    the heads llhttp parses (where the same rules are written out with their RFC text)."""
+    has_length = has_chunked = False
+    for line in _FRAMING_LINE(head):
+        value = bytes(line[2])
+        if value[-1:] in (b" ", b"\t"):
+            # llhttp refuses trailing whitespace after these two values (RFC 9112 5 allows OWS
+            # there): refusing it on both engines keeps one verdict, and no client sends it.
+            raise RemoteProtocolError("whitespace after a Content-Length or Transfer-Encoding")
+        if len(line[1]) == 14:  # content-length
+            if has_length or not value.isdigit() or len(value) > 18:
+                raise RemoteProtocolError("invalid or repeated Content-Length")
+            has_length = True
+        elif has_chunked or value.lower() != b"chunked":
+            refuse_transfer_coding(value, has_chunked)
+        else:
+            has_chunked = True
+
+
+def _strict_head_reader(buf: ReceiveBuffer) -> h11.Request | None:
+    """h11's request-head reader, behind the RFC 9112 grammar check."""
+    data = buf._data
+    # RFC 9112 2.2: "a server that is expecting to receive and parse a request-line SHOULD
+    # ignore at least one empty line (CRLF) received prior to the request-line". llhttp skips
+    # any run of CR and LF there: so do we (those bytes are part of no head).
+    if data and data[0] in (0x0D, 0x0A):
+        buf._extract(len(data) - len(data.lstrip(b"\r\n")))  # (resets h11's search marks)
+    end = _H11_HEAD_END(data)
+    if end is not None:
+        if STRICT_HEAD(data, 0, end.end()) is None:
+            raise h11.RemoteProtocolError("malformed request head (RFC 9112 2-5)")
+        _check_raw_framing(data[: end.end()])
+    request: h11.Request | None = maybe_read_from_IDLE_client(buf)
+    return request
+
+
+class _StrictChunkedReader:
+    """A chunked body (RFC 9112 7.1), read strictly; it replaces h11's ChunkedReader, which
+    takes anything after ";" as an extension (bare CR included) and OWS after the size. It
+    deletes from h11's buffer directly: h11's line-search marks only serve the head reader,
+    which runs on a fresh buffer once the body is over (H11Parser._fresh)."""
+
+    __slots__ = ("_crlf", "_left", "_trailer")
+
+    def __init__(self) -> None:
+        self._left = 0  # bytes of the current chunk still to come
+        self._crlf = False  # the CRLF after a chunk's data is due
+        self._trailer = False  # the last chunk was read: the trailer section is due
+
+    def __call__(self, buf: ReceiveBuffer) -> h11.Data | h11.EndOfMessage | None:
+        data = buf._data
+        if self._trailer:
+            return self._read_trailer(buf)
+        if self._crlf:
+            if data[:2] != b"\r\n":
+                if len(data) < 2 and data[:1] != b"\n":
+                    return None
+                raise h11.RemoteProtocolError("chunk data not followed by CRLF")
+            del data[:2]
+            self._crlf = False
+        if not self._left:
+            end = data.find(b"\r\n")
+            if end < 0:
+                if len(data) > _MAX_CHUNK_LINE or _OPEN_LINE(data) is None:
+                    raise h11.RemoteProtocolError("malformed chunk line")
+                return None
+            match = _CHUNK_LINE(data, 0, end + 2)
+            if match is None or len(match[1]) > 16:
+                raise h11.RemoteProtocolError("malformed chunk line")
+            size = int(match[1], 16)
+            if size > _MAX_CHUNK_SIZE:
+                raise h11.RemoteProtocolError("chunk size out of range")
+            del data[: end + 2]
+            if not size:
+                self._trailer = True
+                return self._read_trailer(buf)
+            self._left = size
+        if not data:
+            return None
+        chunk = bytes(data[: self._left])
+        del data[: len(chunk)]
+        self._left -= len(chunk)
+        self._crlf = not self._left
+        return h11.Data(data=chunk)
+
+    def _read_trailer(self, buf: ReceiveBuffer) -> h11.EndOfMessage | None:
+        data = buf._data
+        # The section ends at its empty line: right away, or after field lines.
+        end = 2 if data[:2] == b"\r\n" else data.find(b"\r\n\r\n") + 4
+        if end < 4 and data[:2] != b"\r\n":  # not complete yet
+            if len(data) > _MAX_CHUNK_LINE or b"\n\n" in data or b"\r\r" in data:
+                raise h11.RemoteProtocolError("malformed trailer section")
+            if data[:1] == b"\n" or b"\n" in data.replace(b"\r\n", b""):
+                raise h11.RemoteProtocolError("malformed trailer section")
+            return None
+        if _TRAILERS(data, 0, end) is None:
+            raise h11.RemoteProtocolError("malformed trailer section")
+        del data[:end]
+        # Trailers are not passed on (the ops have no place for them), as before.
+        return h11.EndOfMessage()
+
+    def read_eof(self) -> None:
+        raise h11.RemoteProtocolError("the connection closed in the middle of a chunked body")
+
+
+class _StrictConnection(h11.Connection):
+    """h11, with the strict readers above in place of two of its own."""
+
+    def _get_io_object(self, role: Any, event: Any, io_dict: Any) -> Callable[..., Any] | None:
+        io = super()._get_io_object(role, event, io_dict)
+        if io is maybe_read_from_IDLE_client:
+            return _strict_head_reader
+        if type(io) is ChunkedReader:
+            return _StrictChunkedReader()
+        return io
 
 
 class HeadOp:
@@ -95,7 +284,7 @@ class H11Parser:
 
     def __init__(self, max_size: int) -> None:
         self._max_size = max_size
-        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_size)
+        self._conn = _StrictConnection(h11.SERVER, max_incomplete_event_size=max_size)
         self.ops: deque[Op] = deque()
         self._bound = 0  # bytes the heads completed by this feed can at most span
         self._stop: UpgradeOp | None = None  # the stop at an upgrade request, until resumed
@@ -120,7 +309,7 @@ class H11Parser:
         self._drain()
 
     def _fresh(self, leftover: bytes) -> None:
-        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_size)
+        self._conn = _StrictConnection(h11.SERVER, max_incomplete_event_size=self._max_size)
         if leftover:
             self._conn.receive_data(leftover)
 

@@ -15,10 +15,22 @@ Two verdicts, because the versions answer them differently:
 - any other `RemoteProtocolError`: the head is well-formed but the request cannot be served
   (CONNECT to a server that is no proxy, `*` with a method other than OPTIONS). It gets a
   response with `error_status_hint`, on every version.
+
+Two choices this module makes for every version:
+- %-escapes (RFC 3986 2.1: pct-encoded = "%" HEXDIG HEXDIG): a "%" in the path not followed by
+  two hex digits makes the target invalid, so the head is malformed (400 on HTTP/1.1, a stream
+  reset on HTTP/2 and HTTP/3), as the strictest servers do. Only the path is checked: the query
+  is the application's to decode (form data), and RFC 3986 gives it no other meaning.
+- obs-text (bytes 0x80-0xFF) in field values passes through as bytes: RFC 9110 5.5 allows it
+  ("a recipient SHOULD treat other allowed octets in field content (i.e., obs-text) as opaque
+  data"), both HTTP/1.1 engines accept it, and applications still meet it in the wild (UTF-8
+  file names in Content-Disposition). It is refused everywhere else: in field names, methods and
+  targets.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from multicorn.protocol.errors import RemoteProtocolError
@@ -37,6 +49,16 @@ _EDGE_SPACE = (b" ", b"\t")
 _METHODS = frozenset(
     {b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH"}
 )
+
+# RFC 3986 2.1: "%" not followed by two hex digits.
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})").search
+# RFC 3986 3.2.2 and RFC 9110 7.2: authority = uri-host [ ":" port ] (no userinfo in HTTP:
+# RFC 9110 4.2.4). IP-literal = "[" ( IPv6address / IPvFuture ) "]" (the IPv6 address is
+# checked by ipaddress), reg-name = *( unreserved / pct-encoded / sub-delims ).
+_AUTHORITY = re.compile(
+    rb"(?:\[([0-9A-Fa-f:.]+)\]|\[v[0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+\]"
+    rb"|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)(?::([0-9]*))?"
+).fullmatch
 
 # Extended CONNECT protocols (RFC 8441 4, RFC 9220 3) this server can carry.
 _TUNNELS = {b"websocket": StreamKind.WEBSOCKET}
@@ -96,6 +118,8 @@ def check_request_head(
         raise MalformedHead(":protocol on a request that is not a CONNECT")
     if target[:1] != b"/" or _TARGET(target) is None:
         _check_target(method, target, multiplexed=multiplexed)  # all but a valid origin-form
+    if b"%" in target and _BAD_ESCAPE(target.partition(b"?")[0]) is not None:
+        raise MalformedHead(f"malformed %-escape in the request target {target[:64]!r}")
     if protocol is None:
         return _REQUEST
     kind = _TUNNELS.get(protocol.lower() if not multiplexed else protocol)
@@ -134,6 +158,50 @@ def _check_target(method: bytes, target: bytes, *, multiplexed: bool) -> None:
     # RFC 9112 3.2.2: absolute-form, which a server must accept even though only proxies need it.
     if not target.startswith((b"http://", b"https://")):
         raise RemoteProtocolError("request target is not in origin-form or absolute-form")
+
+
+def valid_authority(authority: bytes) -> bool:
+    """Whether `authority` is `host[:port]` as RFC 3986 3.2.2 and 3.2.3 spell it."""
+    match = _AUTHORITY(authority)
+    if match is None:
+        return False
+    literal, port = match[1], match[2]
+    if port and (len(port) > 5 or int(port) > 65535):
+        return False  # RFC 3986 allows any digits; no TCP port is above 65535
+    if literal is not None:
+        try:
+            ipaddress.IPv6Address(literal.decode("ascii"))
+        except ValueError:
+            return False
+    return True
+
+
+def check_host(host: bytes | None, target: bytes) -> None:
+    """An HTTP/1.1 request's Host value and its absolute-form target's authority; raise 400
+    when either is malformed or they disagree."""
+    # RFC 9112 3.2: "A server MUST respond with a 400 (Bad Request) status code to any
+    # HTTP/1.1 request message that [...] contains [...] a Host header field with an invalid
+    # field value."
+    if host is not None and not valid_authority(host):
+        raise RemoteProtocolError(f"invalid Host {host[:64]!r}")
+    if not target.startswith((b"http://", b"https://")):
+        return  # origin-form, asterisk-form, or a form check_request_head refuses
+    rest = target.partition(b"://")[2]
+    end = len(rest)
+    for stop in (b"/", b"?"):
+        index = rest.find(stop)
+        if 0 <= index < end:
+            end = index
+    authority = rest[:end]
+    # RFC 9110 4.2.1: "A sender MUST NOT generate an "http" URI with an empty host identifier.
+    # A recipient that processes such a URI reference MUST reject it as invalid." 4.2.4: "A
+    # recipient SHOULD parse for userinfo and treat its presence as an error".
+    if not authority or authority[:1] == b":" or not valid_authority(authority):
+        raise RemoteProtocolError(f"invalid authority in the request target {target[:64]!r}")
+    # RFC 9112 3.2.2 makes the target's authority win over Host; a front end that reads Host
+    # instead would route the request elsewhere, so a disagreement is refused outright.
+    if host is not None and host.lower() != authority.lower():
+        raise RemoteProtocolError("the request target's authority and Host differ")
 
 
 def split_pseudo_head(raw: Headers) -> tuple[dict[bytes, bytes], Headers, bytes | None, int]:

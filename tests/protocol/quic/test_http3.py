@@ -190,8 +190,24 @@ def test_expect_continue(pki: Pki) -> None:
             [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"localhost")],
             [],
         ),
+        (
+            [
+                (b":method", b"GET"),
+                (b":scheme", b"https"),
+                (b":authority", b"localhost"),
+                (b":path", b"/a%zz"),
+            ],
+            [],
+        ),
     ],
-    ids=["uppercase-name", "connection-specific", "method-with-space", "control-char", "no-path"],
+    ids=[
+        "uppercase-name",
+        "connection-specific",
+        "method-with-space",
+        "control-char",
+        "no-path",
+        "bad-percent-escape",
+    ],
 )
 def test_malformed_head_costs_only_its_stream(pki: Pki, pseudo: list | None, extra: list) -> None:
     p = Pair(pki)

@@ -46,6 +46,7 @@ import h2.exceptions
 import h2.settings
 from hyperframe.frame import GoAwayFrame, PingFrame
 
+from multicorn.protocol.budget import TokenBucket
 from multicorn.protocol.errors import (
     LocalProtocolError,
     PeerAbuse,
@@ -111,23 +112,6 @@ class HTTP2Limits:
     extended_connect: bool = False
 
 
-class _Bucket:
-    """A token bucket on the injected clock; `take()` is False once the peer overspends."""
-
-    __slots__ = ("_capacity", "_last", "_rate", "_tokens")
-
-    def __init__(self, budget: tuple[float, float], now: float) -> None:
-        self._capacity, self._rate = budget
-        self._tokens = self._capacity
-        self._last = now
-
-    def take(self, now: float) -> bool:
-        self._tokens = min(self._capacity, self._tokens + (now - self._last) * self._rate)
-        self._last = now
-        self._tokens -= 1
-        return self._tokens >= 0
-
-
 class _Calm(Exception):
     """The peer overspent a budget: GOAWAY(ENHANCE_YOUR_CALM)."""
 
@@ -149,7 +133,7 @@ class FrameGuard:
         "_skip",
     )
 
-    def __init__(self, *, header_block_limit: int, control: _Bucket, preface: bool) -> None:
+    def __init__(self, *, header_block_limit: int, control: TokenBucket, preface: bool) -> None:
         self._limit = header_block_limit
         self._control = control
         self._preface = 0 if preface else len(PREFACE)  # preface bytes checked so far
@@ -305,8 +289,8 @@ class HTTP2Protocol:
         extra = limits.connection_window_size - 65535
         if extra > 0:
             self._h2.increment_flow_control_window(extra)
-        self._control = _Bucket(limits.control_frame_budget, now)
-        self._resets = _Bucket(limits.reset_budget, now)
+        self._control = TokenBucket(limits.control_frame_budget, now)
+        self._resets = TokenBucket(limits.reset_budget, now)
         self._guard = FrameGuard(
             header_block_limit=limits.max_header_list_size,
             control=self._control,

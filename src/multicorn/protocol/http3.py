@@ -98,6 +98,7 @@ from aioquic.quic import events as quic_events
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicErrorCode
 
+from multicorn.protocol.budget import TokenBucket
 from multicorn.protocol.errors import (
     LocalProtocolError,
     PeerAbuse,
@@ -184,24 +185,6 @@ class _ExcessiveLoad(H3Error):
     it like with its own errors."""
 
     error_code = ErrorCode.H3_EXCESSIVE_LOAD
-
-
-class _Bucket:
-    """A token bucket on the injected clock; `take()` is False once the peer overspends."""
-
-    __slots__ = ("_capacity", "_last", "_rate", "_tokens")
-
-    def __init__(self, budget: tuple[float, float], now: float) -> None:
-        self._capacity, self._rate = budget
-        self._tokens = self._capacity
-        self._last = now
-
-    def take(self, now: float) -> bool:
-        if now > self._last:
-            self._tokens = min(self._capacity, self._tokens + (now - self._last) * self._rate)
-            self._last = now
-        self._tokens -= 1
-        return self._tokens >= 0
 
 
 # RFC 9114 4.2.2: "The size of a field list is calculated based on the uncompressed size of
@@ -572,7 +555,7 @@ class HTTP3Protocol:
         # Streams reset in both directions whose input may still be arriving; the client
         # answers STOP_SENDING with RESET_STREAM (RFC 9000 3.5), which ends the entry.
         self._abandoned: set[int] = set()
-        self._resets = _Bucket(limits.reset_budget, now)
+        self._resets = TokenBucket(limits.reset_budget, now)
         self._now = now  # of the input being handled, for the reset budget
         # Why the peer's behaviour made us close the connection (H3_EXCESSIVE_LOAD), once it has.
         self._abuse: str | None = None

@@ -121,6 +121,7 @@ from aioquic.quic.packet_builder import QuicDeliveryState, QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 
+from multicorn.protocol.budget import TokenBucket
 from multicorn.protocol.events import ConnectionClosed, Event
 from multicorn.protocol.http3 import HTTP3Limits, HTTP3Protocol
 from multicorn.protocol.read_credit import ReadCredit
@@ -459,23 +460,6 @@ class _TicketStore:
         return len(self._tickets)
 
 
-@dataclass(slots=True)
-class _TokenBucket:
-    rate: float
-    capacity: float
-    tokens: float
-    last: float
-
-    def take(self, now: float) -> bool:
-        if now > self.last:
-            self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
-            self.last = now
-        if self.tokens < 1.0:
-            return False
-        self.tokens -= 1.0
-        return True
-
-
 @dataclass(slots=True, eq=False)
 class _Peer:
     """One QUIC connection and what the endpoint keeps about it."""
@@ -544,9 +528,7 @@ class QuicEndpoint:
         self._max_handshakes = max_handshakes_per_address
         self._early_data = early_data
         self._tickets = _TicketStore() if session_tickets else None
-        self._resets = _TokenBucket(
-            rate=_RESET_RATE, capacity=_RESET_BURST, tokens=_RESET_BURST, last=now
-        )
+        self._resets = TokenBucket((_RESET_BURST, _RESET_RATE), now)
         self._by_cid: dict[bytes, _Peer] = {}
         self._peers: dict[int, _Peer] = {}  # by id(), in creation order
         # (timer, tie-breaker, connection): at least one live entry per connection with a timer.

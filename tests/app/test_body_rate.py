@@ -225,3 +225,15 @@ def test_once_the_response_head_is_out_the_stream_is_reset() -> None:
     assert ResetStream(stream_id=1) in protocol.commands
     assert statuses(protocol) == [200]
     assert app.messages == [{"type": "http.disconnect"}]
+
+
+def test_a_413_during_a_wait_leaves_no_timer() -> None:
+    app = Recorder()
+    protocol, handler, runtime = rated(app, max_request_body_size=100)
+    feed(protocol, handler, post())
+    runtime.run()
+    assert armed(runtime) == 1
+    feed(protocol, handler, DataReceived(stream_id=1, data=b"x" * 101))
+    assert armed(runtime) == 0  # at once, before the app's task runs again
+    runtime.advance(60.0)
+    assert statuses(protocol) == [413]

@@ -348,6 +348,8 @@ class HTTPStream:
         response head has not gone out (else reset the stream), and treat the request as gone
         from the application's side."""
         self._refused = True
+        if self._rate_timer is not None:
+            self._stop_waiting()  # a 413 during a wait: that wait's timer must not add a 408
         # Body bytes still arriving take the over-the-cap path in data_received: acknowledged
         # (so HTTP/2 and HTTP/3 flow control stays open) and dropped.
         self._body_left = -1

@@ -186,8 +186,6 @@ def test_off_means_no_timers() -> None:
 
 
 def test_a_cancelled_receive_cancels_its_timer() -> None:
-    task_box: list[Any] = []
-
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await receive()
 
@@ -195,10 +193,9 @@ def test_a_cancelled_receive_cancels_its_timer() -> None:
     feed(protocol, handler, post())
     runtime.run()
     assert armed(runtime) == 1
-    task_box.extend(runtime.tasks)
     handler.cancel_tasks()
     runtime.run()
-    assert all(task.cancelled for task in task_box)
+    assert all(task.cancelled for task in runtime.tasks)
     assert armed(runtime) == 0
 
 

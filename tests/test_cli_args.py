@@ -35,6 +35,7 @@ def test_bind_is_repeatable():
         (["--keep-alive", "2.5"], "keep_alive", 2.5),
         (["--keep-alive-max-requests", "3"], "keep_alive_max_requests", 3),
         (["--header-timeout", "1"], "header_timeout", 1.0),
+        (["--h11-header-timeout", "2.5"], "header_timeout", 2.5),  # the name issue 10 uses
         (["--graceful-timeout", "0"], "graceful_timeout", 0.0),
         (["--root-path", "/api"], "root_path", "/api"),
         (["--lifespan", "off"], "lifespan", "off"),
@@ -150,6 +151,9 @@ def test_result_feeds_load_config():
     ("argv", "field", "expected"),
     [
         (["--max-request-body-size", "1048576"], "max_request_body_size", 1048576),
+        (["--min-request-body-rate", "500"], "min_request_body_rate", 500),
+        (["--min-request-body-rate", "0"], "min_request_body_rate", 0),
+        (["--min-request-body-rate-grace", "20"], "min_request_body_rate_grace", 20.0),
         (["--limit-concurrency", "0"], "limit_concurrency", 0),
         (["--limit-concurrency", "100"], "limit_concurrency", 100),
     ],

@@ -325,6 +325,20 @@ def test_load_limits_are_off_by_default():
     assert config.limit_concurrency == 0
 
 
+def test_min_request_body_rate_is_on_by_default_with_a_grace():
+    config = Config()
+    assert (config.min_request_body_rate, config.min_request_body_rate_grace) == (100, 10.0)
+
+
+def test_min_request_body_rate_from_the_environment(tmp_path):
+    config = load(
+        tmp_path,
+        "min_request_body_rate = 0\n",
+        environ={"MULTICORN_MIN_REQUEST_BODY_RATE_GRACE": "2.5"},
+    )
+    assert (config.min_request_body_rate, config.min_request_body_rate_grace) == (0, 2.5)
+
+
 def test_load_limits_from_the_environment_and_toml(tmp_path):
     toml = "max_request_body_size = 1048576\n"
     config = load(tmp_path, toml, environ={"MULTICORN_LIMIT_CONCURRENCY": "64"})
@@ -339,6 +353,9 @@ def test_load_limits_from_the_environment_and_toml(tmp_path):
         {"max_request_body_size": True},
         {"limit_concurrency": -1},
         {"limit_concurrency": "10"},
+        {"min_request_body_rate": -1},
+        {"min_request_body_rate": 0.5},
+        {"min_request_body_rate_grace": -1},
     ],
 )
 def test_load_limits_are_validated(kwargs):

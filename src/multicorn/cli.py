@@ -154,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     setting(
         "--header-timeout",
+        "--h11-header-timeout",
         dest="header_timeout",
         metavar="SECONDS",
         help="a request head, once begun, must arrive whole within this",
@@ -433,6 +434,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="answer a request body larger than this with 413, before the app reads past it "
         "(0: no cap)",
+    )
+    setting(
+        "--min-request-body-rate",
+        dest="min_request_body_rate",
+        metavar="BYTES_PER_SECOND",
+        help="answer 408 to a request body that arrives more slowly than this, counting only "
+        "the time the server waits for it (0: off)",
+    )
+    setting(
+        "--min-request-body-rate-grace",
+        dest="min_request_body_rate_grace",
+        metavar="SECONDS",
+        help="waiting time allowed before min-request-body-rate applies",
     )
     setting(
         "--limit-concurrency",

@@ -129,6 +129,15 @@ class Config:
     # Load limits. A request body larger than this is answered 413 (0: no cap; the body is
     # streamed to the app under flow control either way, so the server's memory is bounded).
     max_request_body_size: int = 0
+    # A request body arriving more slowly than this (bytes/second) is answered 408 and, on
+    # HTTP/1.1, its connection closed (0: off). Only the time the server spends waiting for the
+    # client counts (the application blocked in receive() with nothing buffered), and only once
+    # that adds up to the grace period. 100 B/s is far below any real link (2G GPRS carries
+    # ~3 KB/s) yet ends a body trickled a few bytes at a time; Kestrel's default is 240 B/s with
+    # a 5 s grace, Apache's mod_reqtimeout 500 B/s after 20 s. The 10 s grace lets a slow start
+    # (a mobile handover, a client reading a file) pass.
+    min_request_body_rate: int = 100
+    min_request_body_rate_grace: float = 10.0
     # Requests and WebSockets served at once, server-wide; past it 503 + Retry-After (0: off).
     limit_concurrency: int = 0
     # Proxies: believe X-Forwarded-* and Forwarded (RFC 7239) from these peers only: IP
@@ -258,6 +267,10 @@ _RULES: Final[Mapping[str, _Rule]] = MappingProxyType(
         "max_request_body_size": _Rule(
             "int", "a whole number of bytes >= 0 (0: no cap)", minimum=0
         ),
+        "min_request_body_rate": _Rule(
+            "int", "a whole number of bytes per second >= 0 (0: off)", minimum=0
+        ),
+        "min_request_body_rate_grace": _seconds(),
         "limit_concurrency": _Rule("int", "a whole number of streams >= 0 (0: no cap)", minimum=0),
         "proxy_headers": _BOOL,
         "forwarded_allow_ips": _Rule(

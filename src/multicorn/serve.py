@@ -200,6 +200,8 @@ class Server:
                 root_path=config.root_path,
                 send_timeout=config.send_timeout,
                 max_request_body_size=config.max_request_body_size,
+                min_request_body_rate=config.min_request_body_rate,
+                min_request_body_rate_grace=config.min_request_body_rate_grace,
                 limit_concurrency=config.limit_concurrency,
                 proxy_trust=(
                     ProxyTrust(config.forwarded_allow_ips) if config.proxy_headers else None

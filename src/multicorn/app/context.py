@@ -70,6 +70,11 @@ class AppSettings:
     send_timeout: float = 60.0  # how long send() waits for a peer that reads nothing
     # Request body bytes one request may send; past it the request is answered 413 (0: no cap).
     max_request_body_size: int = 0
+    # Slowest request body accepted, bytes/second, measured over the time the server waited for
+    # it once `min_request_body_rate_grace` seconds of such waiting have passed; slower is
+    # answered 408 (0: off). Config's defaults and their reasons live in config.py.
+    min_request_body_rate: int = 100
+    min_request_body_rate_grace: float = 10.0
     # Streams served at once, server-wide; past it a new one is answered 503 (0: no cap).
     limit_concurrency: int = 0
     # Proxies: whose X-Forwarded-* and Forwarded headers are believed; None when off.

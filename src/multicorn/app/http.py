@@ -18,6 +18,16 @@ HTTP version, and the application is never handed more than the cap:
 After a 413 an HTTP/1.1 connection closes (its unread body cannot be skipped without reading
 it); on HTTP/2 and HTTP/3 only the stream ends, and body bytes still arriving are acknowledged
 and dropped so the connection's flow-control window stays open.
+
+With `min_request_body_rate` set, a body that arrives too slowly is refused the same way, with
+408 (RFC 9110 15.5.9) in place of 413. Only the server's waiting counts: time accrues while the
+application is blocked in `receive()` with nothing buffered and the body not complete. While
+the application does not read, the body backs up against flow control and a low rate is its
+doing, not the client's. Once `min_request_body_rate_grace` seconds of waiting have passed,
+body bytes received / waiting time below the rate is a 408 (Kestrel's MinRequestBodyDataRate
+measures the same way). A timer is armed only while the application waits, for the moment the
+rate would fall below the minimum if nothing more came, and cancelled when data, the body's
+end or a hang-up ends the wait.
 """
 
 from __future__ import annotations
@@ -44,7 +54,7 @@ from multicorn.protocol.events import (
 if TYPE_CHECKING:
     from multicorn.app.connection import ConnectionHandler
     from multicorn.protocol.events import Headers, RequestReceived
-    from multicorn.runtime.base import Waiter
+    from multicorn.runtime.base import TimerHandle, Waiter
     from multicorn.typing import Message, Scope
 
 # Statuses whose responses never carry a body, so no Content-Length is added (RFC 9110 8.6).
@@ -52,6 +62,8 @@ _NO_BODY_STATUS = frozenset({204, 304})
 
 # RFC 9110 15.5.14: Content Too Large.
 _TOO_LARGE = 413
+# RFC 9110 15.5.9: Request Timeout, for a body slower than `min_request_body_rate`.
+_TIMEOUT = 408
 
 
 def _announced_length(headers: Headers) -> int:
@@ -139,13 +151,16 @@ class HTTPStream:
         "_body",
         "_body_complete",
         "_body_left",
+        "_body_read",
         "_body_sent",
         "_conn",
         "_continue_pending",
         "_disconnect",
         "_disconnected",
         "_final_sent",
+        "_min_rate",
         "_pending_start",
+        "_rate_timer",
         "_refused",
         "_response_bytes",
         "_response_complete",
@@ -155,6 +170,8 @@ class HTTPStream:
         "_status",
         "_trailer_fields",
         "_trailers",
+        "_wait_start",
+        "_waited",
         "_waiter",
         "scope",
         "stream_id",
@@ -176,7 +193,15 @@ class HTTPStream:
         # data_received costs one test more than it would without the feature.
         limit = ctx.settings.max_request_body_size
         self._body_left: int | None = limit if limit else None
-        self._refused = False  # the body went over the cap: answered 413 (or reset)
+        self._refused = False  # the body was refused (too large or too slow): 413/408 or reset
+        # Slowest body accepted, bytes/second (0: off, and then receive() pays one test per
+        # wait). The rest is kept only while it is on: body bytes handed to the app, seconds
+        # the app waited for more, when the current wait began, and the timer armed for it.
+        self._min_rate = ctx.settings.min_request_body_rate
+        self._body_read = 0
+        self._waited = 0.0
+        self._wait_start = 0.0
+        self._rate_timer: TimerHandle | None = None
         self._final_sent = False  # the `more_body: False` request message was delivered
         self._disconnected = False
         self._disconnect: ClientDisconnected | None = None  # the one send() raised, if any
@@ -205,17 +230,23 @@ class HTTPStream:
                 # bytes used must come back, or an HTTP/2 or HTTP/3 connection stalls.
                 self._conn.send(AcknowledgeData(stream_id=self.stream_id, amount=len(data)))
                 if not self._refused:
-                    self._refuse_body()
+                    self._refuse_body(_TOO_LARGE)
                 return
         self._body.append(data)
+        if self._rate_timer is not None:
+            self._stop_waiting()  # the client's part is done; the app's turn is not counted
         self._wake()
 
     def ended(self) -> None:
         self._body_complete = True
+        if self._rate_timer is not None:
+            self._stop_waiting()
         self._wake()
 
     def client_gone(self) -> None:
         self._disconnected = True
+        if self._rate_timer is not None:
+            self._stop_waiting()
         self._wake()
 
     def going_away(self) -> None:
@@ -265,14 +296,63 @@ class HTTPStream:
         limit = self._conn.context.settings.max_request_body_size
         if _announced_length(self.scope["headers"]) <= limit:
             return False
-        self._refuse_body()
+        self._refuse_body(_TOO_LARGE)
         return True
 
-    def _refuse_body(self) -> None:
-        """The body is over `max_request_body_size` (see the module docstring): drop what the
-        app has not read, answer 413 if the response head has not gone out (else reset the
-        stream), and treat the request as gone from the application's side."""
+    # ---- min_request_body_rate --------------------------------------------------------------
+
+    def _start_waiting(self) -> None:
+        """The app waits for body bytes that have not come: the client's time starts. The timer
+        is set for when, with nothing more arriving, the waiting time reaches the grace period
+        and the rate so far drops below the minimum (bytes / waited < rate, i.e. waited >
+        bytes / rate), whichever is later."""
+        runtime = self._conn.runtime
+        now = runtime.now()
+        self._wait_start = now
+        grace = self._conn.context.settings.min_request_body_rate_grace
+        budget = max(grace, self._body_read / self._min_rate) - self._waited
+        self._rate_timer = runtime.call_at(now + budget, self._too_slow)
+
+    def _stop_waiting(self) -> None:
+        timer = self._rate_timer
+        if timer is not None:
+            self._rate_timer = None
+            timer.cancel()
+            self._waited += self._conn.runtime.now() - self._wait_start
+
+    def _too_slow(self) -> None:
+        """The timer of the current wait fired: nothing came since it was armed, so the body is
+        below the minimum rate."""
+        if self._rate_timer is None:
+            return  # the wait ended as the timer fell due
+        self._rate_timer = None
+        self._waited += self._conn.runtime.now() - self._wait_start
+        ctx = self._conn.context
+        ctx.loggers.error.debug(
+            "request body from %s: %d bytes in %.1f s of waiting, below %d B/s; answered 408",
+            self.scope["client"],
+            self._body_read,
+            self._waited,
+            self._min_rate,
+        )
+        # The refusal writes to the connection from a timer, outside any of its guards.
+        try:
+            self._refuse_body(_TIMEOUT)
+        except Exception as exc:
+            ctx.loggers.error.error("Exception while refusing a slow request body", exc_info=exc)
+            self._conn.abort()
+
+    def _refuse_body(self, status: int) -> None:
+        """The body is over `max_request_body_size` (413) or below `min_request_body_rate`
+        (408; see the module docstring): drop what the app has not read, answer `status` if the
+        response head has not gone out (else reset the stream), and treat the request as gone
+        from the application's side."""
         self._refused = True
+        if self._rate_timer is not None:
+            self._stop_waiting()  # a 413 during a wait: that wait's timer must not add a 408
+        # Body bytes still arriving take the over-the-cap path in data_received: acknowledged
+        # (so HTTP/2 and HTTP/3 flow control stays open) and dropped.
+        self._body_left = -1
         conn = self._conn
         if self._body:
             unread = sum(len(piece) for piece in self._body)
@@ -289,13 +369,13 @@ class HTTPStream:
                 # A head the app passed to send() but that waits for its first body chunk is
                 # replaced: nothing of it reached the client.
                 self._pending_start = None
-                self._status = _TOO_LARGE
-                headers, body = error_response(_TOO_LARGE, conn.context.default_headers.get())
+                self._status = status
+                headers, body = error_response(status, conn.context.default_headers.get())
                 self._sent_headers = headers
                 self._response_bytes = len(body)
                 conn.close_after_response()
                 conn.send(
-                    SendResponse(stream_id=self.stream_id, status=_TOO_LARGE, headers=headers),
+                    SendResponse(stream_id=self.stream_id, status=status, headers=headers),
                     SendData(stream_id=self.stream_id, data=body, end_stream=True),
                 )
         self._disconnected = True
@@ -323,6 +403,7 @@ class HTTPStream:
                 data = b"".join(self._body) if len(self._body) > 1 else self._body[0]
                 self._body.clear()
                 self._conn.send(AcknowledgeData(stream_id=self.stream_id, amount=len(data)))
+                self._body_read += len(data)
                 more = not self._body_complete
                 self._final_sent = not more
                 return {"type": "http.request", "body": data, "more_body": more}
@@ -338,7 +419,15 @@ class HTTPStream:
             if self._waiter is None:
                 self._waiter = self._conn.runtime.waiter()
             self._waiter.clear()
-            await self._waiter.wait()
+            if self._min_rate and not self._body_complete:
+                # Waiting on the client: its time counts towards min_request_body_rate.
+                self._start_waiting()
+                try:
+                    await self._waiter.wait()
+                finally:
+                    self._stop_waiting()  # also when the app cancels its receive()
+            else:
+                await self._waiter.wait()
 
     async def send(self, message: Message) -> None:
         if self._disconnected:

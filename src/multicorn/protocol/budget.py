@@ -1,5 +1,5 @@
-"""The token bucket every abuse budget of the protocol cores is made of (HTTP/2's control frames
-and resets, HTTP/3's resets), on the injected clock."""
+"""The token bucket every budget of the protocol cores is made of (HTTP/2's control frames and
+resets, HTTP/3's resets, the QUIC endpoint's stateless resets), on the injected clock."""
 
 from __future__ import annotations
 

@@ -61,3 +61,25 @@ async def failing_startup(scope, receive, send):
 
 def factory():
     return slow
+
+
+async def hoarder(scope, receive, send):
+    """For tests/e2e/test_queue_bounds.py, each path trying to make the server queue more:
+    /noread never reads its body; /stream sends 64 KiB chunks (256 MiB in all) to a client that
+    need not read them; anything else answers 16 KiB at once (pipelining). A WebSocket is
+    accepted and then never received from."""
+    if scope["type"] == "websocket":
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        await _sleep(3600)
+        return
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/noread":
+        await _sleep(3600)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    if scope["path"] == "/stream":
+        chunk = b"x" * 65536
+        for _ in range(4096):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b"y" * 16384})

@@ -255,14 +255,6 @@ async def test_http2_responses_to_a_client_that_does_not_read(anyio_backend: str
 # ---- pipelined requests ---------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="unbounded: the response to a pipelined request is written without waiting for the "
-    "transport to drain (a final http.response.body does not drain), and reading resumes once "
-    "the parsed requests are answered whatever the write buffer holds; ~20 MiB of pipelined "
-    "GETs answered with 16 KiB each grow RSS by 100-160 MiB (asyncio's write buffer held 8 MiB "
-    "and more at one snapshot)",
-)
 async def test_pipelined_requests_from_a_client_that_does_not_read(anyio_backend: str) -> None:
     budget = 64 * MiB
     request = b"GET /p HTTP/1.1\r\nHost: x\r\n\r\n"

@@ -70,7 +70,7 @@ if TYPE_CHECKING:
     from multicorn.app.registry import ConnectionRegistry
     from multicorn.protocol.base import ServerProtocol
     from multicorn.protocol.events import Headers
-    from multicorn.runtime.base import Runtime, TaskHandle, Transport, Waiter
+    from multicorn.runtime.base import Runtime, TaskHandle, TimerHandle, Transport, Waiter
 
 
 class ConnectionHandler:
@@ -95,6 +95,8 @@ class ConnectionHandler:
         self._registry = registry
         self._streams: dict[int, StreamBridge] = {}
         self._backlogged: dict[int, Waiter] = {}  # streams waiting for flow control
+        self._held: list[Event] = []  # events held while the output drains (see _dispatch)
+        self._stall_timer: TimerHandle | None = None
         self._tasks: dict[int, TaskHandle] = {}
         self._writable = runtime.waiter()
         self._writable.set()
@@ -150,11 +152,26 @@ class ConnectionHandler:
 
     def resume_writing(self) -> None:
         self._writable.set()
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        if self._held:
+            # Pipelined requests held back while the output could not drain (see _dispatch).
+            held, self._held = self._held, []
+            try:
+                self._dispatch(held)
+                self._upkeep()
+            except Exception as exc:
+                self._broken(exc)
 
     def connection_lost(self) -> None:
         if self._lost:
             return
         self._lost = True
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        self._held.clear()
         self._transport_closed = True
         self._writable.set()  # nobody may stay blocked on a dead socket
         for waiter in self._backlogged.values():
@@ -244,6 +261,17 @@ class ConnectionHandler:
             except Exception as exc:
                 self._broken(exc)
 
+    def _stalled(self) -> None:
+        self._stall_timer = None
+        if self._held and not self._writable.is_set():
+            self.context.loggers.error.debug(
+                "closing connection from %s: nothing read for %s s",
+                _peer(self.info),
+                self.context.settings.send_timeout,
+            )
+            self._held.clear()
+            self.abort()
+
     def _deferred_upkeep(self) -> None:
         self._flush_scheduled = False
         self._guarded_upkeep()
@@ -276,6 +304,24 @@ class ConnectionHandler:
     # ---- internals ------------------------------------------------------------------------
 
     def _dispatch(self, events: list[Event]) -> None:
+        if self._held or (
+            not self._writable.is_set()
+            and not self.protocol.multiplexed
+            and any(type(event) is RequestReceived for event in events)
+        ):
+            # HTTP/1.1: a client that pipelines requests without reading the answers would
+            # have every answer pile up in the transport's buffer (each request a few dozen
+            # bytes, each answer any size). The next request waits until the output drains
+            # (resume_writing), in order with everything after it; the core reads no more
+            # meanwhile, as it holds no more than one request ahead.
+            if not self._held and self._stall_timer is None:
+                # A client that never reads must not hold the connection forever either.
+                timeout = self.context.settings.send_timeout
+                self._stall_timer = self.runtime.call_at(
+                    self.runtime.now() + timeout, self._stalled
+                )
+            self._held.extend(events)
+            return
         for event in events:
             try:
                 # The two events of every request first, by exact type (cheaper than

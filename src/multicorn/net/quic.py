@@ -14,7 +14,7 @@ import re
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.tls import load_pem_private_key, load_pem_x509_certificates
 
-from multicorn.net.tls import TLSConfigError, TLSSettings, read_certificates
+from multicorn.net.tls import TLSConfigError, TLSSettings, read_certificates, read_text
 
 # PKCS#8 ("PRIVATE KEY", "ENCRYPTED PRIVATE KEY") or traditional ("EC PRIVATE KEY", ...).
 _PEM_KEY = re.compile(
@@ -58,7 +58,7 @@ def quic_configuration(
     key_path = keyfile if keyfile is not None else certfile
     # Parsed here rather than by QuicConfiguration.load_cert_chain, which only finds a key
     # stored in certfile when it is PKCS#8 and reports anything else as a bad certificate.
-    key_pem = _PEM_KEY.search(_read(key_path, key_setting))
+    key_pem = _PEM_KEY.search(read_text(key_path, key_setting))
     if key_pem is None:
         raise TLSConfigError(
             f"{key_setting} {key_path!r} holds no PEM private key"
@@ -81,15 +81,3 @@ def quic_configuration(
     quic.certificate = certificates[0]
     quic.certificate_chain = certificates[1:]
     return quic
-
-
-def _read(path: str, setting: str) -> str:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read().decode("latin-1")  # PEM is ASCII; latin-1 never fails
-    except OSError as exc:
-        raise TLSConfigError(
-            f"{setting} {path!r} could not be read ({exc.strerror or exc}); check the path and "
-            "that the server's user may read the file",
-            path=path,
-        ) from exc

@@ -127,7 +127,8 @@ def _ssl_reason(exc: ssl.SSLError) -> str:
     return str(getattr(exc, "reason", None) or exc)
 
 
-def _read_text(path: str, setting: str) -> str:
+def read_text(path: str, setting: str) -> str:
+    """The text of a certificate or key file; TLSConfigError naming `setting` if unreadable."""
     try:
         with open(path, "rb") as fh:
             data = fh.read()
@@ -148,7 +149,7 @@ def read_certificates(path: str, setting: str = "certfile") -> list[str]:
     PEM certificate, or holds one OpenSSL cannot parse. Other PEM blocks (such as a private key
     stored alongside) are skipped.
     """
-    blocks = _PEM_CERTIFICATE.findall(_read_text(path, setting))
+    blocks = _PEM_CERTIFICATE.findall(read_text(path, setting))
     if not blocks:
         raise TLSConfigError(
             f"{setting} {path!r} holds no PEM certificate ('-----BEGIN CERTIFICATE-----'); give "
@@ -219,7 +220,7 @@ def _load_cert_chain(
 ) -> None:
     read_certificates(certfile, "certfile")
     if keyfile is not None:
-        _read_text(keyfile, "keyfile")
+        read_text(keyfile, "keyfile")
     key_path = keyfile if keyfile is not None else certfile
     key_setting = "keyfile" if keyfile is not None else "certfile"
     callback: str | Callable[[], str] = (

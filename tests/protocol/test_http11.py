@@ -788,7 +788,7 @@ def test_absolute_form_target_is_accepted(target: bytes) -> None:
 
 def test_rejection_of_a_pipelined_request_after_a_good_one() -> None:
     server = make_server()
-    events = server.receive_data(GET + b"BROKEN LINE\r\n\r\n", 0.0)
+    events = server.receive_data(GET + b"BROKEN\tLINE\r\n\r\n", 0.0)
     assert kinds(events) == [RequestReceived, StreamEnded]
     released = respond(server, 1, b"good")
     assert len(released) == 1

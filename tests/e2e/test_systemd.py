@@ -91,9 +91,12 @@ def _tcp_listener() -> socket.socket:
 def test_socket_activation_serves_the_passed_socket(worker):
     listener = _tcp_listener()
     port = listener.getsockname()[1]
-    with listener, started("tests.e2e.apps:identity", "-k", worker, sockets=[listener]) as (
-        proc,
-        url,
+    with (
+        listener,
+        started("tests.e2e.apps:identity", "-k", worker, sockets=[listener]) as (
+            proc,
+            url,
+        ),
     ):
         assert url == f"http://127.0.0.1:{port}"
         listener.close()  # only the server holds it now

@@ -57,9 +57,11 @@ def test_listen_fds_names_and_kinds(monkeypatch):
 def test_socket_kind_of_a_descriptor_that_is_no_socket(tmp_path):
     from multicorn.systemd import _socket_kind
 
-    with open(tmp_path / "f", "w") as fh:
-        with pytest.raises(ActivationError, match="not an open socket"):
-            _socket_kind(fh.fileno())
+    with (
+        open(tmp_path / "f", "w") as fh,
+        pytest.raises(ActivationError, match="not an open socket"),
+    ):
+        _socket_kind(fh.fileno())
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
         assert _socket_kind(udp.fileno()) == "datagram"
         assert udp.fileno() != -1  # still open: only its type was read

@@ -123,7 +123,7 @@ def test_socket_activation_maps_names_to_tls_cleartext_and_quic(worker, certs):
         udp,
         started(*args, sockets=[secure, insecure, udp], names="web:insecure:quic") as (proc, _),
     ):
-        proc.output.wait_for(r"Running HTTP/3 \(QUIC\) on https://127\.0\.0\.1:%d" % ports[2])
+        proc.output.wait_for(rf"Running HTTP/3 \(QUIC\) on https://127\.0\.0\.1:{ports[2]}")
         tls = httpx.get(f"https://localhost:{ports[0]}/", verify=certs.verify())
         assert tls.status_code == 200
         clear = httpx.get(f"http://127.0.0.1:{ports[1]}/")

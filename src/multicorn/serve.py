@@ -1,8 +1,10 @@
 """Running a server inside an event loop that is already running: `serve()` and `Server`.
 
 The order of events is the same on every runtime and lives here once:
-bind sockets -> lifespan startup -> accept -> (shutdown trigger) -> stop accepting ->
-drain connections within the graceful timeout -> lifespan shutdown.
+umask -> bind sockets -> drop to user/group -> lifespan startup -> accept -> sd_notify READY=1
+(and watchdog pings) -> (shutdown trigger) -> STOPPING=1 -> stop accepting -> drain connections
+within the graceful timeout -> lifespan shutdown. SIGHUP (and --reload-certs) reload the TLS
+certificate in place (multicorn.tlsreload).
 Only the listeners, signals and task primitives come from the runtime backend, chosen by which
 async library is running (sniffio).
 """

@@ -413,3 +413,25 @@ def test_log_config_errors_name_the_file(tmp_path, name, content, message):
     assert info.value.key == "log_config"
     if content is not None and name != "logging.txt":
         assert str(path) in str(info.value)
+
+
+def test_log_config_yaml(tmp_path):
+    pytest.importorskip("yaml")
+    from multicorn.logging import apply_log_config
+
+    target = tmp_path / "yaml.log"
+    path = tmp_path / "logging.yml"
+    path.write_text(
+        "version: 1\n"
+        "handlers:\n"
+        f"  file: {{class: logging.FileHandler, filename: {str(target)!r}}}\n"
+        "loggers:\n"
+        "  multicorn-test-yaml: {handlers: [file], level: INFO}\n"
+    )
+    apply_log_config(str(path))
+    logger = logging.getLogger("multicorn-test-yaml")
+    logger.info("from yaml")
+    for handler in list(logger.handlers):
+        handler.close()
+        logger.removeHandler(handler)
+    assert "from yaml" in target.read_text()

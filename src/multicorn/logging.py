@@ -8,6 +8,7 @@ What gets logged through them, and the access log line format, belong to the ASG
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import logging.config
@@ -74,7 +75,8 @@ def _log_config_dict(path: Path) -> dict[str, Any]:
         loaded = json.loads(text)
     else:
         try:
-            import yaml  # type: ignore[import-untyped]
+            # By name: PyYAML is optional, and its type stubs may or may not be installed.
+            yaml = importlib.import_module("yaml")
         except ImportError:
             raise ConfigError(
                 "log_config",

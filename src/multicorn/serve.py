@@ -316,9 +316,11 @@ class Server:
         interval = self.config.reload_certs_interval
 
         def poll() -> None:
-            if watcher.changed():
-                self.reload_tls()
-            self._timers["certificates"] = runtime.call_at(runtime.now() + interval, poll)
+            try:
+                if watcher.changed():
+                    self._reload_tls_safely()
+            finally:
+                self._timers["certificates"] = runtime.call_at(runtime.now() + interval, poll)
 
         self._timers["certificates"] = runtime.call_at(runtime.now() + interval, poll)
 
@@ -469,7 +471,14 @@ class Server:
         if self._ssl_context is None:
             self._loggers.error.info("SIGHUP: no TLS certificate to reload; ignored")
             return
-        self.reload_tls()
+        self._reload_tls_safely()
+
+    def _reload_tls_safely(self) -> None:
+        # From a signal or a timer: a surprise must cost the reload, never the server.
+        try:
+            self.reload_tls()
+        except Exception:
+            self._loggers.error.exception("TLS reload failed; the current certificate stays")
 
 
 async def serve(

@@ -137,9 +137,26 @@ def _quic_common_name(client: H3Client) -> str:
     return cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
 
 
+async def server_cert_app(scope, receive, send):
+    """Answers with the `tls` extension's server_cert (PEM)."""
+    if scope["type"] != "http":
+        return
+    body = scope["extensions"]["tls"]["server_cert"].encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _pem_common_name(pem: bytes) -> str:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    cert = x509.load_pem_x509_certificate(pem)
+    return cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+
+
 @pytest.mark.anyio
 async def test_reload_tls_reaches_new_quic_connections(certs, cert_file):
-    from .apps import identity
+    import httpx
 
     config = Config(
         bind=["127.0.0.1:0"],
@@ -147,8 +164,9 @@ async def test_reload_tls_reaches_new_quic_connections(certs, cert_file):
         certfile=str(cert_file),
         error_logfile=None,
     )
-    async with Server(identity, config) as server:
+    async with Server(server_cert_app, config) as server:
         port = quic_port(server)
+        https = server.bound_addresses[0].replace("127.0.0.1", "localhost")
         async with H3Client.connect("127.0.0.1", port, cafile=certs.ca_path) as old:
             assert _quic_common_name(old) == "cert-a"
             _install(cert_file, _issue(certs, "cert-b"))
@@ -157,7 +175,13 @@ async def test_reload_tls_reaches_new_quic_connections(certs, cert_file):
                 assert _quic_common_name(new) == "cert-b"
                 stream = await new.request("GET", "/")
                 assert stream.status == 200
+                # The ASGI tls extension names the certificate now served, on HTTP/3 ...
+                assert _pem_common_name(stream.body) == "cert-b"
             stream = await old.request("GET", "/")
             assert stream.status == 200
+        # ... and on TCP.
+        async with httpx.AsyncClient(verify=certs.verify()) as client:
+            response = await client.get(https)
+        assert _pem_common_name(response.content) == "cert-b"
         cert_file.write_text("garbage")
         assert not server.reload_tls()  # refused: nothing changes

@@ -17,9 +17,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
+from .h3client import H3Client
 from .process import ROOT, Output
 
 WORKERS = ["asyncio", "trio"]
@@ -128,6 +130,13 @@ def test_socket_activation_maps_names_to_tls_cleartext_and_quic(worker, certs):
         assert tls.status_code == 200
         clear = httpx.get(f"http://127.0.0.1:{ports[1]}/")
         assert clear.status_code == 200
+        assert anyio.run(_h3_status, ports[2], certs.ca_path) == 200
+
+
+async def _h3_status(port: int, cafile: str) -> int:
+    async with H3Client.connect("127.0.0.1", port, cafile=cafile) as client:
+        stream = await client.request("/")
+    return stream.status
 
 
 def test_socket_activation_for_another_process_is_ignored():

@@ -173,11 +173,11 @@ async def test_reload_tls_reaches_new_quic_connections(certs, cert_file):
             assert server.reload_tls()
             async with H3Client.connect("127.0.0.1", port, cafile=certs.ca_path) as new:
                 assert _quic_common_name(new) == "cert-b"
-                stream = await new.request("GET", "/")
+                stream = await new.request("/")
                 assert stream.status == 200
                 # The ASGI tls extension names the certificate now served, on HTTP/3 ...
                 assert _pem_common_name(stream.body) == "cert-b"
-            stream = await old.request("GET", "/")
+            stream = await old.request("/")
             assert stream.status == 200
         # ... and on TCP.
         async with httpx.AsyncClient(verify=certs.verify()) as client:

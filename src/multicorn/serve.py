@@ -1,8 +1,10 @@
 """Running a server inside an event loop that is already running: `serve()` and `Server`.
 
 The order of events is the same on every runtime and lives here once:
-bind sockets -> lifespan startup -> accept -> (shutdown trigger) -> stop accepting ->
-drain connections within the graceful timeout -> lifespan shutdown.
+umask -> bind sockets -> drop to user/group -> lifespan startup -> accept -> sd_notify READY=1
+(and watchdog pings) -> (shutdown trigger) -> STOPPING=1 -> stop accepting -> drain connections
+within the graceful timeout -> lifespan shutdown. SIGHUP (and --reload-certs) reload the TLS
+certificate in place (multicorn.tlsreload).
 Only the listeners, signals and task primitives come from the runtime backend, chosen by which
 async library is running (sniffio).
 """
@@ -24,6 +26,7 @@ from multicorn.app.lifespan import Lifespan
 from multicorn.app.proxy import ProxyTrust
 from multicorn.app.registry import ConnectionRegistry
 from multicorn.config import Config, ConfigError
+from multicorn.daemon import apply_umask, chown_paths, drop_privileges, resolve_identity
 from multicorn.logging import configure_logging
 from multicorn.net.binds import format_url, parse_bind
 from multicorn.net.sockets import bound_url, create_datagram_socket, create_socket
@@ -34,11 +37,16 @@ from multicorn.protocol.http11_parsers import httptools_available
 from multicorn.protocol.negotiate import ProtocolLimits, for_connection
 from multicorn.protocol.websocket import WebSocketLimits
 from multicorn.runtime.base import ServerTLS
+from multicorn.systemd import Notifier, watchdog_interval
+from multicorn.tlsreload import CertificateWatcher, ServerCertHolder, reload_tls
 
 if TYPE_CHECKING:
     import logging
     import socket
+    import ssl
     from types import TracebackType
+
+    from aioquic.quic.configuration import QuicConfiguration
 
     from multicorn.protocol.proxy_protocol import ProxyMode
     from multicorn.runtime.base import (
@@ -46,6 +54,7 @@ if TYPE_CHECKING:
         ConnectionDetails,
         DatagramTransport,
         Runtime,
+        TimerHandle,
         Transport,
     )
     from multicorn.typing import ASGIApp
@@ -149,11 +158,17 @@ class Server:
         self._quic_sockets: list[socket.socket] = []
         self._unix_paths: list[str] = []
         self._exit = contextlib.AsyncExitStack()
+        # Hot TLS reload: what a new certificate is loaded into.
+        self._ssl_context: ssl.SSLContext | None = None
+        self._cert_holders: list[ServerCertHolder] = []
+        self._quic_configurations: list[QuicConfiguration] = []
+        self._timers: dict[str, TimerHandle] = {}
 
     async def __aenter__(self) -> Server:
         config = self.config
         loggers = configure_logging(config)
         self._loggers = loggers
+        self._notifier = Notifier.from_environ(os.environ, loggers.error)
         backend = _backend(config, loggers.error)
         self._backend = backend
         await self._exit.enter_async_context(backend.session())
@@ -170,6 +185,11 @@ class Server:
         config = self.config
         ssl_context = create_ssl_context(config)
         tls_info = TLSInfoFactory.from_config(ssl_context, config) if ssl_context else None
+        self._ssl_context = ssl_context
+        if tls_info is not None:
+            self._cert_holders.append(tls_info)
+        # Before any socket exists: the umask decides the mode of unix socket files.
+        apply_umask(config.umask)
         server_tls = None
         if ssl_context is not None and tls_info is not None:
             server_tls = ServerTLS(
@@ -189,6 +209,10 @@ class Server:
                     self._unix_paths.append(bind.path)
         for text in config.quic_bind:
             self._quic_sockets.append(create_datagram_socket(parse_bind(text)))
+        # Bound (ports below 1024 need root); everything from here on runs as user/group.
+        identity = resolve_identity(config.user, config.group)
+        chown_paths(self._unix_paths, identity)
+        drop_privileges(identity)
         runtime: Runtime = backend.runtime
         self._lifespan = Lifespan(
             self.app, mode=config.lifespan, runtime=runtime, logger=self._loggers.error
@@ -270,6 +294,55 @@ class Server:
             self._loggers.error.info("Running on %s (CTRL + C to quit)", url)
         if self._quic_sockets:
             await self._start_quic(backend, context, registry, tls_info)
+        urls = self.bound_addresses + self.bound_quic_addresses
+        self._notifier.ready(f"Serving on {', '.join(urls)}")
+        self._start_watchdog(runtime)
+        if config.reload_certs and ssl_context is not None:
+            self._watch_certificates(runtime, CertificateWatcher(config))
+
+    def _start_watchdog(self, runtime: Runtime) -> None:
+        """WATCHDOG=1 pings from the event loop itself, so a stuck loop stops them."""
+        interval = watchdog_interval(os.environ, os.getpid())
+        if interval is None or not self._notifier.enabled:
+            return
+
+        def ping() -> None:
+            self._notifier.watchdog()
+            self._timers["watchdog"] = runtime.call_at(runtime.now() + interval, ping)
+
+        ping()
+
+    def _watch_certificates(self, runtime: Runtime, watcher: CertificateWatcher) -> None:
+        interval = self.config.reload_certs_interval
+
+        def poll() -> None:
+            try:
+                if watcher.changed():
+                    self._reload_tls_safely()
+            finally:
+                self._timers["certificates"] = runtime.call_at(runtime.now() + interval, poll)
+
+        self._timers["certificates"] = runtime.call_at(runtime.now() + interval, poll)
+
+    def reload_tls(self) -> bool:
+        """Load the configured certificate, key and CA files again: new connections (TCP and
+        QUIC) use them, open ones keep theirs. A file that cannot be used is refused with an
+        error log line and the old certificate stays. True when the new files are in use."""
+        if self._ssl_context is None:
+            self._loggers.error.info("no TLS certificate to reload")
+            return False
+        self._notifier.reloading("Reloading TLS certificates")
+        try:
+            return reload_tls(
+                self.config,
+                self._ssl_context,
+                logger=self._loggers.error,
+                holders=self._cert_holders,
+                quic=self._quic_configurations,
+            )
+        finally:
+            urls = self.bound_addresses + self.bound_quic_addresses
+            self._notifier.ready(f"Serving on {', '.join(urls)}")
 
     async def _start_quic(
         self,
@@ -288,6 +361,7 @@ class Server:
         configuration = quic_configuration(config, idle_timeout=config.quic_idle_timeout)
         configuration.max_data = config.quic_max_data
         configuration.max_stream_data = config.quic_max_stream_data
+        self._quic_configurations.append(configuration)
         limits = HTTP3Limits(
             extended_connect=config.websocket,
             max_concurrent_streams=config.quic_max_concurrent_streams,
@@ -312,7 +386,7 @@ class Server:
             def new_endpoint(
                 transport: DatagramTransport, runtime: Runtime, server: Any = server
             ) -> QuicListener:
-                return QuicListener(
+                listener = QuicListener(
                     transport=transport,
                     runtime=runtime,
                     endpoint=QuicEndpoint(
@@ -329,6 +403,8 @@ class Server:
                     server=server,
                     server_cert=server_cert,
                 )
+                self._cert_holders.append(listener)
+                return listener
 
             await backend.start_datagram_endpoint(sock, new_endpoint)
             url = format_url(sock.getsockname(), kind="tcp", scheme="https")
@@ -350,6 +426,11 @@ class Server:
         """Stop accepting, drain connections within the graceful timeout, run lifespan shutdown."""
         if not self._sockets:
             return
+        self._notifier.stopping("Shutting down")
+        self._loggers.error.info("Shutting down")
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
         self._backend.stop_listeners()
         self._close_sockets()
         if not await self._registry.drain(self.config.graceful_timeout):
@@ -361,6 +442,7 @@ class Server:
         self._backend.close_datagram_endpoints()
         self._close_quic_sockets()
         await self._lifespan.shutdown(self.config.shutdown_timeout)
+        self._loggers.error.info("Finished server process [%d]", os.getpid())
 
     def _close_quic_sockets(self) -> None:
         for sock in self._quic_sockets:
@@ -381,8 +463,22 @@ class Server:
         self._unix_paths = []
 
     async def wait_for_signal(self) -> None:
-        """Return on SIGINT or SIGTERM (main thread only; elsewhere wait forever)."""
-        await self._backend.wait_for_signal()
+        """Return on SIGINT or SIGTERM; on SIGHUP reload the TLS certificate and keep waiting
+        (main thread only; elsewhere wait forever)."""
+        await self._backend.wait_for_signal(on_hangup=self._on_hangup)
+
+    def _on_hangup(self) -> None:
+        if self._ssl_context is None:
+            self._loggers.error.info("SIGHUP: no TLS certificate to reload; ignored")
+            return
+        self._reload_tls_safely()
+
+    def _reload_tls_safely(self) -> None:
+        # From a signal or a timer: a surprise must cost the reload, never the server.
+        try:
+            self.reload_tls()
+        except Exception:
+            self._loggers.error.exception("TLS reload failed; the current certificate stays")
 
 
 async def serve(

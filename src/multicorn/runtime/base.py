@@ -237,5 +237,7 @@ class Backend(Protocol):
         """Close every datagram endpoint (after the graceful drain); handlers hear
         `connection_lost()`."""
 
-    async def wait_for_signal(self) -> None:
-        """Return on SIGINT or SIGTERM (main thread only; elsewhere wait until cancelled)."""
+    async def wait_for_signal(self, on_hangup: Callable[[], object] | None = None) -> None:
+        """Return on SIGINT or SIGTERM (main thread only; elsewhere wait until cancelled).
+        On SIGHUP call `on_hangup()` (from the event loop) and keep waiting; what a hangup
+        means (a TLS reload) is the caller's business."""

@@ -15,7 +15,7 @@ from multicorn.runtime.asyncio.udp import AsyncioDatagramEndpoint
 if TYPE_CHECKING:
     import logging
     import socket
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from multicorn.runtime.base import DatagramHandlerFactory, HandlerFactory, ServerTLS
 
@@ -86,15 +86,18 @@ class AsyncioBackend:
             endpoint.close()
         self._endpoints.clear()
 
-    async def wait_for_signal(self) -> None:
+    async def wait_for_signal(self, on_hangup: Callable[[], object] | None = None) -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         if threading.current_thread() is not threading.main_thread():
             await stop.wait()  # no signals off the main thread: wait to be cancelled
             return
-        signals = (signal.SIGINT, signal.SIGTERM)
+        signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
         for sig in signals:
             loop.add_signal_handler(sig, stop.set)
+        if on_hangup is not None and hasattr(signal, "SIGHUP"):
+            loop.add_signal_handler(signal.SIGHUP, on_hangup)
+            signals += (signal.SIGHUP,)
         try:
             await stop.wait()
         finally:

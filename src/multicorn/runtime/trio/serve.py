@@ -17,7 +17,7 @@ from multicorn.runtime.trio.udp import TrioDatagramEndpoint
 if TYPE_CHECKING:
     import logging
     import socket
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from multicorn.runtime.base import DatagramHandlerFactory, HandlerFactory, ServerTLS
 
@@ -139,9 +139,15 @@ class TrioBackend:
             endpoint.close()
         self._endpoints.clear()
 
-    async def wait_for_signal(self) -> None:
+    async def wait_for_signal(self, on_hangup: Callable[[], object] | None = None) -> None:
         if threading.current_thread() is not threading.main_thread():
             await trio.sleep_forever()  # no signals off the main thread: wait to be cancelled
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for _ in signals:
+        wanted: list[int] = [signal.SIGINT, signal.SIGTERM]
+        if on_hangup is not None and hasattr(signal, "SIGHUP"):
+            wanted.append(signal.SIGHUP)
+        with trio.open_signal_receiver(*wanted) as signals:
+            async for signum in signals:
+                if on_hangup is not None and signum == getattr(signal, "SIGHUP", None):
+                    on_hangup()
+                    continue
                 return

@@ -110,15 +110,16 @@ def _is_coroutine_function(target: object) -> bool:
 
 
 def looks_like_factory(target: object) -> bool:
-    """Whether `target` is a function or class that takes no arguments (nor *args), so cannot
-    be an application itself but may well build one: `create_app`, or a class named where its
-    instance was meant."""
-    if not (inspect.isfunction(target) or inspect.isclass(target)):
-        return False
-    if _is_coroutine_function(target) or hasattr(target, "__await__"):
+    """Whether `target` is a function or class that requires no arguments (and takes no
+    *args), so cannot be an application itself but may well build one: `create_app()` or
+    `create_app(config=None)`, or a class named where its instance was meant."""
+    if inspect.isclass(target):
+        if hasattr(target, "__await__"):
+            return False  # an ASGI 3 class: constructed with (scope, receive, send), awaited
+    elif not inspect.isfunction(target) or inspect.iscoroutinefunction(target):
         return False
     arity = _positional_arity(target)
-    return arity is not None and arity[1] == 0
+    return arity is not None and arity[0] == 0 and arity[1] != math.inf
 
 
 def detect_interface(app: object) -> str:

@@ -352,6 +352,7 @@ class _Call:
 
     def run(self, app: WSGIApp, environ: dict[str, Any]) -> None:
         """The thread's whole job: call the app, send what it returns, close it."""
+        errors = environ["wsgi.errors"]  # before the app can replace it
         try:
             result = app(environ, self.start_response)
             try:
@@ -369,7 +370,7 @@ class _Call:
         except BaseException as exc:
             self.error = exc
         finally:
-            environ["wsgi.errors"].flush()
+            errors.flush()
             # RuntimeError: the loop is gone, and nobody waits for this call any more.
             with contextlib.suppress(RuntimeError):
                 self._runtime.call_from_thread(self._thread_done)

@@ -306,13 +306,9 @@ def _flask_app():
 
 def _django_wsgi_handler():
     pytest.importorskip("django")
-    from django.conf import settings
+    from tests.e2e.wsgi_apps import django_app  # configures Django as the e2e tests do
 
-    if not settings.configured:
-        settings.configure(ROOT_URLCONF=[], ALLOWED_HOSTS=["*"])
-    from django.core.handlers.wsgi import WSGIHandler
-
-    return WSGIHandler()
+    return django_app()
 
 
 def _starlette_app():

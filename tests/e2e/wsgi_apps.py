@@ -156,7 +156,7 @@ def django_app() -> Any:
         settings.configure(
             SECRET_KEY="multicorn-tests", INSTALLED_APPS=[], ALLOWED_HOSTS=["*"], USE_TZ=True
         )
-        django.setup()
+    django.setup()  # once populated, a no-op
     # Another test may have configured Django first (the Channels one): the URLconf is ours.
     settings.ROOT_URLCONF = __name__
     from django.core.handlers.wsgi import WSGIHandler

@@ -1,6 +1,7 @@
 """WSGI (Flask, Django's WSGI handler, a plain function) and ASGI 2 applications served over real
 sockets, on asyncio and trio: detection, bodies streamed both ways with backpressure,
-`wsgi.file_wrapper`, errors, HTTP/2, and the process ending while a WSGI thread is stuck."""
+`wsgi.file_wrapper`, errors, HTTP/2 and HTTP/3, and the process ending while a WSGI thread is
+stuck."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import anyio
 import httpx
 import pytest
 
+from .h3client import H3Client, quic_port
 from .process import multicorn_process
 from .support import host_port, read_until, serving
 from .wsgi_apps import CHUNK, ASGI2Echo, django_app, flask_app, plain_wsgi, probe
@@ -158,6 +160,20 @@ async def test_flask_over_http2(certs: Any) -> None:
     assert hello.http_version == "HTTP/2"
     assert hello.text == "hello from flask over HTTP/2"
     assert digest.text == summary(body)
+
+
+async def test_flask_over_http3(certs: Any) -> None:
+    body = os.urandom(256 * 1024)
+    settings = {"quic_bind": ["127.0.0.1:0"], "certfile": certs.cert_path}
+    async with (
+        serving(flask_app, **settings) as server,
+        H3Client.connect("127.0.0.1", quic_port(server), cafile=certs.ca_path) as client,
+    ):
+        hello = await client.request("/")
+        digest = await client.request("/digest", "POST", body=body)
+    assert hello.status == 200
+    assert hello.body == b"hello from flask over HTTP/3"
+    assert digest.body.decode() == summary(body)
 
 
 # ---- the command line -----------------------------------------------------------------------

@@ -61,6 +61,11 @@ def run(app: ASGIApp, config: Config) -> None:
     asyncio.run(serve(app, config))
 
 
+def _warn(message: str) -> None:
+    # Logging is configured later, by the server; this goes out as startup errors do.
+    print(f"multicorn: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import os
 
@@ -68,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec, config_path, cli_values = parse_args(list(sys.argv[1:] if argv is None else argv))
         config = load_config(toml_path=config_path, environ=os.environ, cli=cli_values)
         config = with_activated_sockets(config, os.environ, os.getpid())
-        app = load_app(spec, app_dir=config.app_dir, factory=config.factory)
+        app = load_app(spec, app_dir=config.app_dir, factory=config.factory, warn=_warn)
     except (ConfigError, AppLoadError, BindError, ActivationError) as exc:
         print(f"multicorn: error: {exc}", file=sys.stderr)
         return EXIT_STARTUP_FAILED

@@ -15,6 +15,7 @@ from multicorn._version import __version__
 from multicorn.config import (
     H2C_MODES,
     HTTP_ENGINES,
+    INTERFACES,
     LIFESPAN_MODES,
     LOG_FORMATS,
     LOG_LEVELS,
@@ -251,6 +252,18 @@ def build_parser() -> argparse.ArgumentParser:
         dest="app_dir",
         metavar="DIR",
         help="import APP from this directory; '' is the current directory",
+    )
+    setting(
+        "--interface",
+        dest="interface",
+        metavar=choices(INTERFACES),
+        help="what APP is; auto detects ASGI 3, ASGI 2 or WSGI from its signature",
+    )
+    setting(
+        "--wsgi-max-workers",
+        dest="wsgi_max_workers",
+        metavar="N",
+        help="threads running a WSGI app's calls at once; more requests wait for one",
     )
     parser.add_argument(
         "--insecure-bind",

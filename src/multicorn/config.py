@@ -27,6 +27,7 @@ ENV_PREFIX: Final = "MULTICORN_"
 
 WORKER_CLASSES: Final = ("asyncio", "uvloop", "trio")
 LIFESPAN_MODES: Final = ("auto", "on", "off")
+INTERFACES: Final = ("auto", "asgi3", "asgi2", "wsgi")
 LOG_LEVELS: Final = ("critical", "error", "warning", "info", "debug", "trace")
 LOG_FORMATS: Final = ("text", "json")
 VERIFY_MODES: Final = ("none", "optional", "required")
@@ -85,6 +86,11 @@ class Config:
     log_format: str = "text"  # text | json (one JSON object per error and access log line)
     factory: bool = False
     app_dir: str = ""
+    # What APP is: auto (detected from its signature) | asgi3 | asgi2 | wsgi.
+    interface: str = "auto"
+    # Threads running WSGI calls at once; more requests wait for one without holding a thread.
+    # 10, as Uvicorn's and a2wsgi's WSGI middleware default.
+    wsgi_max_workers: int = 10
     # TLS: with a certificate, `bind` addresses speak TLS and `insecure_bind` ones cleartext.
     insecure_bind: list[str] = field(default_factory=list)
     certfile: str | None = None
@@ -241,6 +247,8 @@ _RULES: Final[Mapping[str, _Rule]] = MappingProxyType(
         "log_format": _choice(LOG_FORMATS),
         "factory": _BOOL,
         "app_dir": _Rule("str", "a directory path"),
+        "interface": _choice(INTERFACES),
+        "wsgi_max_workers": _positive_int("a whole number of threads"),
         "insecure_bind": _Rule("str_list", "zero or more addresses like 127.0.0.1:8080"),
         "certfile": _Rule("optional_str", "a PEM certificate (chain) file path"),
         "keyfile": _Rule("optional_str", "a PEM private key file path"),

@@ -20,13 +20,16 @@ from typing import TYPE_CHECKING, Any, cast, final
 
 import sniffio
 
+from multicorn.app.asgi2 import ASGI2Adapter
 from multicorn.app.connection import ConnectionHandler
 from multicorn.app.context import AppSettings, ConnectionInfo, DefaultHeaders, ServerContext
 from multicorn.app.lifespan import Lifespan
 from multicorn.app.proxy import ProxyTrust
 from multicorn.app.registry import ConnectionRegistry
+from multicorn.app.wsgi import WSGIAdapter
 from multicorn.config import Config, ConfigError
 from multicorn.daemon import apply_umask, chown_paths, drop_privileges, resolve_identity
+from multicorn.loading import detect_interface
 from multicorn.logging import configure_logging
 from multicorn.net.binds import format_url, parse_bind
 from multicorn.net.sockets import bound_url, create_datagram_socket, create_socket
@@ -132,6 +135,21 @@ def _alt_svc(sockets: list[socket.socket]) -> bytes | None:
     return ", ".join(f'h3=":{port}"; ma={_ALT_SVC_MAX_AGE}' for port in ports).encode("ascii")
 
 
+def adapt_app(app: Any, config: Config, runtime: Runtime, logger: logging.Logger) -> ASGIApp:
+    """`app` as the ASGI 3 application the bridges call: ASGI 2 and WSGI apps wrapped once,
+    for the interface `config.interface` names or, with "auto", the one its signature shows."""
+    interface = config.interface
+    if interface == "auto":
+        interface = detect_interface(app)
+    if interface == "asgi2":
+        logger.debug("serving an ASGI 2 application")
+        return ASGI2Adapter(app)
+    if interface == "wsgi":
+        logger.info("Serving a WSGI application in up to %d threads", config.wsgi_max_workers)
+        return WSGIAdapter(app, runtime=runtime, max_workers=config.wsgi_max_workers, logger=logger)
+    return cast("ASGIApp", app)
+
+
 def _address(name: Any) -> tuple[str, int] | None:
     if isinstance(name, tuple) and len(name) >= 2:
         return (str(name[0]), int(name[1]))
@@ -214,12 +232,13 @@ class Server:
         chown_paths(self._unix_paths, identity)
         drop_privileges(identity)
         runtime: Runtime = backend.runtime
+        app = adapt_app(self.app, config, runtime, self._loggers.error)
         self._lifespan = Lifespan(
-            self.app, mode=config.lifespan, runtime=runtime, logger=self._loggers.error
+            app, mode=config.lifespan, runtime=runtime, logger=self._loggers.error
         )
         await self._lifespan.startup(config.startup_timeout)
         context = ServerContext(
-            app=self.app,
+            app=app,
             settings=AppSettings(
                 root_path=config.root_path,
                 send_timeout=config.send_timeout,

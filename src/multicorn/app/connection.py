@@ -375,6 +375,8 @@ class ConnectionHandler:
                 )
                 self._answer(event.stream_id, 503, _BUSY_HEADERS)
                 return
+        if event.upgrade_ignored and not self.context.upgrade_warned:
+            self._warn_upgrade(event)
         kind = event.kind
         factory = self._request_bridge if kind is _REQUEST else self.context.bridges.get(kind)
         if factory is None:
@@ -392,6 +394,18 @@ class ConnectionHandler:
             # Counted once its task exists (a bridge that failed to build holds no slot);
             # _run_stream gives the slot back when the task ends.
             self._registry.streams += 1
+
+    def _warn_upgrade(self, event: RequestReceived) -> None:
+        """Once per server, as Uvicorn does: a client asked for a protocol we cannot switch to.
+        Once only, as every request of such a client would say the same."""
+        self.context.upgrade_warned = True
+        offered = b", ".join(value for name, value in event.headers if name == b"upgrade")
+        self.context.loggers.error.warning(
+            "Unsupported upgrade request (Upgrade: %s from %s): served as plain HTTP; "
+            "further ones are not logged",
+            offered.decode("latin-1"),
+            _peer(self.info),
+        )
 
     async def _run_stream(self, stream: StreamBridge) -> None:
         try:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
 
 if TYPE_CHECKING:
     import socket
@@ -38,6 +38,8 @@ LINGER_BYTES = 16 * 1024 * 1024  # discarded input
 # A datagram peer as the socket module reports it: (host, port) for IPv4, (host, port, flowinfo,
 # scope_id) for IPv6. `sendto` takes back exactly what `datagram_received` was given.
 DatagramAddress: TypeAlias = tuple[Any, ...]
+
+_T = TypeVar("_T")
 
 
 class TaskHandle(Protocol):
@@ -88,6 +90,19 @@ class Runtime(Protocol):
     async def wait_for(self, waiter: Waiter, timeout: float | None) -> bool:
         """Wait until `waiter` is set or `timeout` passes; True if it was set."""
         ...
+
+    async def run_sync(self, fn: Callable[[], _T]) -> _T:
+        """Run `fn()` in a worker thread and return what it returns (or raise what it raises).
+
+        Threads are reused and never keep the process from exiting. The runtime sets no bound
+        on how many run at once: the caller does. Cancelling the waiting task abandons the call:
+        the thread runs on to the end of `fn`, and its outcome is dropped."""
+        ...
+
+    def call_from_thread(self, fn: Callable[[], object]) -> None:
+        """From another thread: run `fn()` in this runtime's loop soon, without waiting for it
+        (what it raises is logged, as for `call_soon`). Calls made from one thread run in the
+        order they were made. Raises RuntimeError once the loop has ended."""
 
 
 class Transport(Protocol):

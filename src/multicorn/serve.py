@@ -24,7 +24,13 @@ from multicorn.app.asgi2 import ASGI2Adapter
 from multicorn.app.connection import ConnectionHandler
 from multicorn.app.context import AppSettings, ConnectionInfo, DefaultHeaders, ServerContext
 from multicorn.app.lifespan import Lifespan
-from multicorn.app.proxy import ProxyTrust
+from multicorn.app.proxy import (
+    ProxyTrust,
+    header_of,
+    peer_address,
+    proxy_preamble,
+    with_proxy_header,
+)
 from multicorn.app.registry import ConnectionRegistry
 from multicorn.app.wsgi import WSGIAdapter
 from multicorn.config import Config, ConfigError
@@ -150,12 +156,6 @@ def adapt_app(app: Any, config: Config, runtime: Runtime, logger: logging.Logger
     return cast("ASGIApp", app)
 
 
-def _address(name: Any) -> tuple[str, int] | None:
-    if isinstance(name, tuple) and len(name) >= 2:
-        return (str(name[0]), int(name[1]))
-    return None
-
-
 @final
 class Server:
     """A running server, as an async context manager.
@@ -261,23 +261,22 @@ class Server:
         )
         registry = ConnectionRegistry(runtime)
         self._registry = registry
-        # PROXY protocol: decided per connection, from the peer; None when it is off.
-        header_trust = None
-        header_mode = cast("ProxyMode", config.proxy_protocol)
+        # PROXY protocol: the header comes before anything else, TLS included, so the
+        # listener reads it (a preamble) and the connection starts with what it says.
+        preamble = None
         if config.proxy_protocol != "off":
-            header_trust = ProxyTrust(config.proxy_protocol_allow_ips)
-            if server_tls is not None and config.bind:
-                self._loggers.error.warning(
-                    "the PROXY protocol is read on cleartext listeners only, not on %s",
-                    ", ".join(config.bind),
-                )
+            preamble = proxy_preamble(
+                ProxyTrust(config.proxy_protocol_allow_ips),
+                cast("ProxyMode", config.proxy_protocol),
+                timeout=config.header_timeout,
+            )
 
         def new_connection(
             transport: Transport, conn_runtime: Runtime, details: ConnectionDetails
         ) -> ConnectionHandler:
-            server = _address(details.sockname)
+            server = peer_address(details.sockname)
             tls = details.tls
-            client = _address(details.peername)
+            client = peer_address(details.peername)
             trust = context.settings.proxy_trust
             info = ConnectionInfo(
                 client=client,
@@ -286,16 +285,14 @@ class Server:
                 tls=None if tls is None else tls.as_extension(),
                 forwarder=None if trust is None else trust.for_peer(client),
             )
-            proxy_header: ProxyMode | None = None
-            if header_trust is not None and tls is None:
-                # A trusted balancer must send the header; anyone else may not.
-                proxy_header = header_mode if header_trust.trusts_peer(client) else "reject"
+            if details.preamble:
+                # The load balancer named the client: scopes and log lines name it.
+                info = with_proxy_header(info, header_of(details.preamble), context.settings)
             protocol = for_connection(
                 context.protocol_limits,
                 alpn=None if tls is None else tls.alpn,
                 tls=tls is not None,
                 now=conn_runtime.now(),
-                proxy_header=proxy_header,
             )
             return ConnectionHandler(
                 protocol=protocol,
@@ -307,7 +304,9 @@ class Server:
             )
 
         for (bind, bind_tls), sock in zip(binds, self._sockets, strict=True):
-            await backend.start_listener(sock, new_connection, backlog=config.backlog, tls=bind_tls)
+            await backend.start_listener(
+                sock, new_connection, backlog=config.backlog, tls=bind_tls, preamble=preamble
+            )
             url = bound_url(sock, bind, scheme="https" if bind_tls else "http")
             self.bound_addresses.append(url)
             self._loggers.error.info("Running on %s (CTRL + C to quit)", url)
@@ -400,7 +399,7 @@ class Server:
         )
         server_cert = None if tls_info is None else tls_info.server_cert
         for sock in self._quic_sockets:
-            server: tuple[str, int | None] | None = _address(sock.getsockname())
+            server: tuple[str, int | None] | None = peer_address(sock.getsockname())
 
             def new_endpoint(
                 transport: DatagramTransport, runtime: Runtime, server: Any = server

@@ -29,7 +29,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from multicorn.app.http import error_response
-from multicorn.app.proxy import with_proxy_header
 from multicorn.protocol.errors import LocalProtocolError, PeerAbuse
 from multicorn.protocol.events import (
     AcknowledgeData,
@@ -49,7 +48,6 @@ from multicorn.protocol.events import (
     UpgradeRequested,
 )
 from multicorn.protocol.negotiate import upgrade
-from multicorn.protocol.proxy_protocol import ProxyHeaderReceived
 
 # Looking an enum member up through its class costs ~150 ns on CPython 3.11; this runs per request.
 _REQUEST = StreamKind.REQUEST
@@ -472,9 +470,6 @@ class ConnectionHandler:
             self.transport.write(data)
         now = self.runtime.now()
         self.protocol, events, leftover = upgrade(event, self.context.protocol_limits, now=now)
-        if isinstance(event, ProxyHeaderReceived):
-            # The load balancer named the client: scopes and log lines from now on name it.
-            self.info = with_proxy_header(self.info, event.header, self.context.settings)
         self._dispatch(events)
         if leftover:
             self._dispatch(self.protocol.receive_data(leftover, now))

@@ -26,9 +26,13 @@ sequenceDiagram
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
+from urllib.parse import unquote_to_bytes
 
 from multicorn.app.http import error_response
+from multicorn.app.logs import AccessRecord, log_access
+from multicorn.app.scope import split_target
 from multicorn.protocol.errors import LocalProtocolError, PeerAbuse
 from multicorn.protocol.events import (
     AcknowledgeData,
@@ -371,7 +375,7 @@ class ConnectionHandler:
                 self.context.loggers.error.debug(
                     "%d streams in progress: answered %s with 503", limit, _peer(self.info)
                 )
-                self._answer(event.stream_id, 503, _BUSY_HEADERS)
+                self._answer(event.stream_id, 503, _BUSY_HEADERS, request=event)
                 return
         if event.upgrade_ignored and not self.context.upgrade_warned:
             self._warn_upgrade(event)
@@ -383,7 +387,7 @@ class ConnectionHandler:
             self.context.loggers.error.debug(
                 "no bridge for %s streams; answered %s with 501", kind.value, _peer(self.info)
             )
-            self._answer(event.stream_id, 501)
+            self._answer(event.stream_id, 501, request=event)
             return
         stream = factory(self, event)
         self._streams[event.stream_id] = stream
@@ -490,10 +494,21 @@ class ConnectionHandler:
         )
         self._answer(event.stream_id, event.error.error_status_hint)
 
-    def _answer(self, stream_id: int, status: int, extra: Headers | None = None) -> None:
-        """A response the server gives itself, on a stream no application serves."""
+    def _answer(
+        self,
+        stream_id: int,
+        status: int,
+        extra: Headers | None = None,
+        *,
+        request: RequestReceived | None = None,
+    ) -> None:
+        """A response the server gives itself, on a stream no application serves. With the
+        `request` it answers (a well-formed head), it gets an access log line like any other;
+        a head that did not parse has no request line to log."""
         defaults = self.context.default_headers.get()
         headers, body = error_response(status, [*defaults, *extra] if extra else defaults)
+        if request is not None:
+            self._log_answer(request, status, headers, len(body))
         now = self.runtime.now()
         self._dispatch(
             self.protocol.send(
@@ -503,6 +518,24 @@ class ConnectionHandler:
         self._dispatch(
             self.protocol.send(SendData(stream_id=stream_id, data=body, end_stream=True), now)
         )
+
+    def _log_answer(
+        self, request: RequestReceived, status: int, headers: Headers, size: int
+    ) -> None:
+        raw_path, query = split_target(request.target)
+        record = AccessRecord(
+            client=self.info.client,
+            method=request.method.decode("ascii", "replace"),
+            path=unquote_to_bytes(raw_path).decode("utf-8", "replace"),
+            query_string=query,
+            http_version=request.http_version,
+            status=status,
+            response_bytes=size,
+            request_headers=request.headers,
+            response_headers=headers,
+            start_time=time.time(),
+        )
+        log_access(self.context.loggers, record)
 
     def _closed(self, event: ConnectionClosed) -> None:
         if event.error is not None:

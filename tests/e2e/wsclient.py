@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import collections
 import struct
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import anyio
@@ -22,7 +22,7 @@ import anyio.abc
 import anyio.to_thread
 import websockets.sync.client
 from wsproto.connection import Connection, ConnectionType
-from wsproto.events import Event
+from wsproto.events import Event, Message
 from wsproto.extensions import Extension, PerMessageDeflate
 
 from multicorn import Server
@@ -125,6 +125,7 @@ class RawWebSocket:
         self.head = head
         self.frames = Connection(ConnectionType.CLIENT, list(extensions))
         self._pending: collections.deque[Event] = collections.deque()
+        self._partial: Message[Any] | None = None  # a frame whose bytes are still arriving
         self.eof = False
         self.received_bytes = len(leftover)  # from the server, after the handshake's head
         if leftover:
@@ -169,8 +170,23 @@ class RawWebSocket:
                     continue
                 self.received_bytes += len(data)
                 self.frames.receive_data(data)
-                self._pending.extend(self.frames.events())
+                self._pending.extend(self._whole_frames(self.frames.events()))
             return self._pending.popleft()
+
+    def _whole_frames(self, events: Iterable[Event]) -> list[Event]:
+        """wsproto reports a frame in pieces as its bytes arrive (frame_finished False); TCP
+        may split the server's writes anywhere, so join each frame's pieces into one event."""
+        out: list[Event] = []
+        for event in events:
+            if isinstance(event, Message):
+                if self._partial is not None:
+                    event = replace(event, data=self._partial.data + event.data)
+                    self._partial = None
+                if not event.frame_finished:
+                    self._partial = event
+                    continue
+            out.append(event)
+        return out
 
     async def aclose(self) -> None:
         await self.stream.aclose()

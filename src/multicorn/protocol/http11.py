@@ -427,26 +427,26 @@ class HTTP11Protocol:
             if isinstance(op, HeadOp):
                 if state is not S_IDLE:
                     break  # its turn comes when the current exchange is over
-                ops.popleft()
+                del ops[0]
                 self._on_head(op, events)
             elif isinstance(op, EndOp):
-                ops.popleft()
+                del ops[0]
                 if state is S_RECEIVING:  # the common case, inlined
                     self._state = _TRANSITIONS[state, E_BODY_END]
                     events.append(StreamEnded(stream_id=self._stream_id))
                 else:
                     self._on_body_end(events, now)
             elif isinstance(op, DataOp):
-                ops.popleft()
+                del ops[0]
                 self._on_body(op.data, events)
             elif isinstance(op, UpgradeOp):
-                ops.popleft()
+                del ops[0]
                 if self._on_upgrade_stop(op.leftover, events):
                     break
             else:
                 if state is S_RESPONDING:
                     break  # a later request is broken: answer the current one first
-                ops.popleft()
+                del ops[0]
                 events.extend(self._on_bad_input(op.error))
         return events
 

@@ -77,9 +77,9 @@ class TrioTimer:
 class TrioRuntime:
     """Spawns into the given nursery; each task gets its own cancel scope as its handle.
 
-    The nursery decides how long tasks may live: the server's for server-wide work and datagram
-    endpoints, a connection's own for that connection's application tasks (trio waits for them
-    before the connection's task ends, and cancels them only when the session ends).
+    Tasks live in the server's session nursery, connections' application tasks included (as
+    asyncio's live in its loop): they end on their own, through their handle, or when the
+    session ends. One that raises is logged; the nursery goes on.
     """
 
     __slots__ = (
@@ -113,12 +113,21 @@ class TrioRuntime:
         # how many run at once is the caller's (see Runtime.run_sync).
         self._threads: trio.CapacityLimiter | None = None
 
+    @property
+    def logger(self) -> logging.Logger:
+        return self._logger
+
     def spawn(self, fn: Callable[..., Awaitable[object]], *args: object) -> trio.CancelScope:
         scope = trio.CancelScope()
 
         async def run() -> None:
             with scope:
-                await fn(*args)
+                try:
+                    await fn(*args)
+                except Exception:
+                    # As asyncio's loop logs a task's unretrieved exception: the nursery, the
+                    # whole server's, must not die of one task.
+                    self._logger.exception("task %r failed", fn)
 
         self._nursery.start_soon(run)
         return scope

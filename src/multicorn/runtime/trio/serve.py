@@ -122,10 +122,10 @@ class TrioBackend:
                         self._logger.error("accept() failed: %s; retrying in 100 ms", exc)
                         await trio.sleep(0.1)
                         break
-                    stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
-                    reading = None if preamble is None else (preamble, conn, self._preambles)
+                    conn.setblocking(False)
+                    reading = None if preamble is None else (preamble, self._preambles)
                     nursery.start_soon(
-                        serve_connection, stream, factory, self._logger, tls, reading
+                        serve_connection, conn, factory, self.runtime, nursery, tls, reading
                     )
 
     async def start_datagram_endpoint(

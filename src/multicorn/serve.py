@@ -23,7 +23,7 @@ from multicorn.app.context import AppSettings, ConnectionInfo, DefaultHeaders, S
 from multicorn.app.lifespan import Lifespan
 from multicorn.app.proxy import ProxyTrust
 from multicorn.app.registry import ConnectionRegistry
-from multicorn.config import Config, ConfigError
+from multicorn.config import Config, ConfigError, install_hint
 from multicorn.logging import configure_logging
 from multicorn.net.binds import format_url, parse_bind
 from multicorn.net.sockets import bound_url, create_datagram_socket, create_socket
@@ -109,7 +109,7 @@ def _http_engine(choice: str) -> str:
         return "httptools"
     if choice == "httptools":
         raise ConfigError(
-            "http", "httptools is not installed: pip install 'multicorn[speed]', or use --http h11"
+            "http", f"httptools is not installed: {install_hint('speed')}, or use --http h11"
         )
     return "h11"
 

@@ -83,3 +83,25 @@ async def hoarder(scope, receive, send):
         for _ in range(4096):
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
     await send({"type": "http.response.body", "body": b"y" * 16384})
+
+
+async def raising_startup(scope, receive, send):
+    """Its lifespan startup raises after receiving the startup event."""
+    if scope["type"] == "lifespan":
+        await receive()
+        raise RuntimeError("database unreachable")
+
+
+def starlette_failing_startup():
+    """A factory: a Starlette app whose lifespan raises. Starlette sends `startup.failed` with
+    the traceback as its message, then raises the exception too."""
+    import contextlib
+
+    from starlette.applications import Starlette
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        raise RuntimeError("database unreachable")
+        yield
+
+    return Starlette(lifespan=lifespan)

@@ -46,7 +46,13 @@ class Lifespan:
         if answer is None:
             return
         if answer["type"] == "lifespan.startup.failed":
-            raise LifespanFailure(f"application startup failed: {answer.get('message', '')}")
+            message = str(answer.get("message", "")).strip()
+            if "\n" in message:
+                # A traceback (Starlette sends one): logged whole, once; the error that stops
+                # the server keeps to its last line, the exception itself.
+                self._logger.error("application startup failed:\n%s", message)
+                message = message.splitlines()[-1]
+            raise LifespanFailure(f"application startup failed: {message}")
 
     async def shutdown(self, timeout: float) -> None:
         if not self._supported:
@@ -87,7 +93,11 @@ class Lifespan:
             await self._app(scope, self._receive, self._send)
         except Exception as exc:
             self._app_error = exc
-            if self._supported or self._received or self._mode == "on":
+            if self._answer is not None and self._answer["type"].endswith(".failed"):
+                # The app reported this failure itself, often with this very traceback as the
+                # message (Starlette does): startup()/shutdown() show it, once.
+                pass
+            elif self._supported or self._received or self._mode == "on":
                 self._logger.error("Exception in 'lifespan' protocol", exc_info=exc)
             else:
                 self._logger.info("ASGI 'lifespan' protocol appears unsupported.")

@@ -149,6 +149,10 @@ class Server:
         self._quic_sockets: list[socket.socket] = []
         self._unix_paths: list[str] = []
         self._exit = contextlib.AsyncExitStack()
+        # Set by serve(): signals are caught from before the listeners start, so one sent as
+        # soon as "Running on" appears is never left to the default handlers (for SIGTERM:
+        # the end of the process without a drain).
+        self._catch_signals = False
 
     async def __aenter__(self) -> Server:
         config = self.config
@@ -263,6 +267,8 @@ class Server:
                 registry=registry,
             )
 
+        if self._catch_signals:
+            backend.catch_signals()
         for (bind, bind_tls), sock in zip(binds, self._sockets, strict=True):
             await backend.start_listener(sock, new_connection, backlog=config.backlog, tls=bind_tls)
             url = bound_url(sock, bind, scheme="https" if bind_tls else "http")
@@ -395,7 +401,9 @@ async def serve(
 
     Works inside a running asyncio event loop (uvloop included) or a trio run.
     """
-    async with Server(app, config) as server:
+    server = Server(app, config)
+    server._catch_signals = shutdown_trigger is None
+    async with server:
         if shutdown_trigger is None:
             await server.wait_for_signal()
         else:

@@ -105,3 +105,20 @@ def starlette_failing_startup():
         yield
 
     return Starlette(lifespan=lifespan)
+
+
+async def slow_startup(scope, receive, send):
+    """Its lifespan startup announces itself, then takes 0.5 s; it answers every request."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                _announce("starting up")
+                await _sleep(0.5)
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"up"})

@@ -237,5 +237,11 @@ class Backend(Protocol):
         """Close every datagram endpoint (after the graceful drain); handlers hear
         `connection_lost()`."""
 
+    def catch_signals(self) -> None:
+        """From now on, record SIGINT and SIGTERM for `wait_for_signal()` instead of leaving
+        them to the process's handlers (main thread only; idempotent). The session's end stops
+        catching them."""
+
     async def wait_for_signal(self) -> None:
-        """Return on SIGINT or SIGTERM (main thread only; elsewhere wait until cancelled)."""
+        """Return on SIGINT or SIGTERM, counting one that came since `catch_signals()`, and stop
+        catching them (main thread only; elsewhere wait until cancelled)."""

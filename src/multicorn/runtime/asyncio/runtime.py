@@ -6,6 +6,7 @@ uvloop runs this same code; every primitive here is the loop's own.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +53,18 @@ class AsyncioRuntime:
     async def wait_for(self, waiter: Waiter, timeout: float | None) -> bool:
         if waiter.is_set():
             return True
-        try:
+        if sys.version_info >= (3, 11):
+            # Not asyncio.wait_for: before 3.12 it returns normally when the task is cancelled
+            # in the same loop turn as the waiter is set, and the cancellation is lost. That
+            # turned asyncio.run's SIGINT (a cancel of the main task) during lifespan startup
+            # into nothing, and could let an app task survive the shutdown's cancel.
+            try:
+                async with asyncio.timeout(timeout):
+                    await waiter.wait()
+            except TimeoutError:
+                return False
+            return True
+        try:  # 3.10 has no asyncio.timeout
             await asyncio.wait_for(waiter.wait(), timeout)
         except asyncio.TimeoutError:
             return False

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from multicorn.runtime.base import DatagramHandlerFactory, HandlerFactory, ServerTLS
 
 
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class AsyncioBackend:
     """The asyncio (and uvloop) backend; create it inside the running loop."""
 
@@ -29,6 +32,7 @@ class AsyncioBackend:
         self._servers: list[asyncio.Server] = []
         self._endpoints: list[AsyncioDatagramEndpoint] = []
         self._connections: set[AsyncioConnection] = set()
+        self._signalled: asyncio.Event | None = None  # set while catching signals
 
     @property
     def runtime(self) -> AsyncioRuntime:
@@ -39,6 +43,7 @@ class AsyncioBackend:
         try:
             yield
         finally:
+            self._release_signals()
             self.stop_listeners()
             self.close_datagram_endpoints()
             # What serve.py's graceful drain left open goes now, as on trio: asyncio.Server
@@ -86,17 +91,30 @@ class AsyncioBackend:
             endpoint.close()
         self._endpoints.clear()
 
-    async def wait_for_signal(self) -> None:
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        if threading.current_thread() is not threading.main_thread():
-            await stop.wait()  # no signals off the main thread: wait to be cancelled
+    def catch_signals(self) -> None:
+        if self._signalled is not None or threading.current_thread() is not threading.main_thread():
             return
-        signals = (signal.SIGINT, signal.SIGTERM)
-        for sig in signals:
-            loop.add_signal_handler(sig, stop.set)
+        loop = asyncio.get_running_loop()
+        self._signalled = signalled = asyncio.Event()
+        for sig in _SIGNALS:
+            loop.add_signal_handler(sig, signalled.set)
+
+    async def wait_for_signal(self) -> None:
+        self.catch_signals()
+        if self._signalled is None:
+            await asyncio.Event().wait()  # no signals off the main thread: wait to be cancelled
+            return
         try:
-            await stop.wait()
+            await self._signalled.wait()
         finally:
-            for sig in signals:
-                loop.remove_signal_handler(sig)
+            self._release_signals()
+
+    def _release_signals(self) -> None:
+        # The process's own handlers come back: a second SIGINT during the drain raises
+        # KeyboardInterrupt and a second SIGTERM ends the process, stopping at once.
+        if self._signalled is None:
+            return
+        self._signalled = None
+        loop = asyncio.get_running_loop()
+        for sig in _SIGNALS:
+            loop.remove_signal_handler(sig)

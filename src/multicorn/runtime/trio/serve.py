@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import signal
 import threading
@@ -45,6 +46,9 @@ class TrioBackend:
         self._endpoints: list[TrioDatagramEndpoint] = []
         self._nursery: trio.Nursery | None = None
         self._runtime: TrioRuntime | None = None
+        # While catching signals: the receiver, and what closes it.
+        self._signals: AsyncIterator[int] | None = None
+        self._signal_scope = contextlib.ExitStack()
 
     @property
     def runtime(self) -> TrioRuntime:
@@ -65,6 +69,7 @@ class TrioBackend:
             try:
                 yield
             finally:
+                self._release_signals()
                 self.stop_listeners()
                 self.close_datagram_endpoints()
                 nursery.cancel_scope.cancel()
@@ -139,9 +144,26 @@ class TrioBackend:
             endpoint.close()
         self._endpoints.clear()
 
+    def catch_signals(self) -> None:
+        if self._signals is not None or threading.current_thread() is not threading.main_thread():
+            return
+        # A signal arriving before wait_for_signal() waits stays queued in the receiver.
+        self._signals = self._signal_scope.enter_context(
+            trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
+        )
+
     async def wait_for_signal(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
+        self.catch_signals()
+        if self._signals is None:
             await trio.sleep_forever()  # no signals off the main thread: wait to be cancelled
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for _ in signals:
-                return
+            return
+        try:
+            await self._signals.__anext__()
+        finally:
+            self._release_signals()
+
+    def _release_signals(self) -> None:
+        # trio's handlers come back, and a second signal already queued is delivered to them:
+        # a second SIGINT raises KeyboardInterrupt and a second SIGTERM ends the process.
+        self._signals = None
+        self._signal_scope.close()

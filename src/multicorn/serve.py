@@ -20,6 +20,7 @@ import sniffio
 
 from multicorn.app.connection import ConnectionHandler
 from multicorn.app.context import AppSettings, ConnectionInfo, DefaultHeaders, ServerContext
+from multicorn.app.errors import StartupInterrupted
 from multicorn.app.lifespan import Lifespan
 from multicorn.app.proxy import ProxyTrust
 from multicorn.app.registry import ConnectionRegistry
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
         DatagramTransport,
         Runtime,
         Transport,
+        Waiter,
     )
     from multicorn.typing import ASGIApp
 
@@ -149,10 +151,12 @@ class Server:
         self._quic_sockets: list[socket.socket] = []
         self._unix_paths: list[str] = []
         self._exit = contextlib.AsyncExitStack()
-        # Set by serve(): signals are caught from before the listeners start, so one sent as
-        # soon as "Running on" appears is never left to the default handlers (for SIGTERM:
-        # the end of the process without a drain).
+        # Set by serve(): SIGINT and SIGTERM are caught from the start, lifespan startup
+        # included, so none is left to the process's handlers, which may ignore it (a process
+        # started in the background by a shell ignores SIGINT) or end the process undrained.
         self._catch_signals = False
+        self._signalled: Waiter | None = None  # set by a signal, while catching them
+        self._lifespan: Lifespan | None = None
 
     async def __aenter__(self) -> Server:
         config = self.config
@@ -162,6 +166,8 @@ class Server:
         self._backend = backend
         await self._exit.enter_async_context(backend.session())
         try:
+            if self._catch_signals:
+                self._catch(backend)
             await self._start(backend)
         except BaseException:
             await self._exit.aclose()
@@ -169,6 +175,20 @@ class Server:
             self._close_quic_sockets()
             raise
         return self
+
+    def _catch(self, backend: Backend) -> Waiter:
+        signalled = self._signalled
+        if signalled is None:
+            self._signalled = signalled = backend.runtime.waiter()
+            backend.catch_signals(self._on_signal)
+        return signalled
+
+    def _on_signal(self) -> None:
+        if self._signalled is not None:
+            self._signalled.set()
+        if self._lifespan is not None:
+            # Stopping at once beats serving first: startup may take up to startup_timeout.
+            self._lifespan.interrupt()
 
     async def _start(self, backend: Backend) -> None:
         config = self.config
@@ -194,10 +214,10 @@ class Server:
         for text in config.quic_bind:
             self._quic_sockets.append(create_datagram_socket(parse_bind(text)))
         runtime: Runtime = backend.runtime
-        self._lifespan = Lifespan(
+        self._lifespan = lifespan = Lifespan(
             self.app, mode=config.lifespan, runtime=runtime, logger=self._loggers.error
         )
-        await self._lifespan.startup(config.startup_timeout)
+        await lifespan.startup(config.startup_timeout)
         context = ServerContext(
             app=self.app,
             settings=AppSettings(
@@ -218,7 +238,7 @@ class Server:
                 server=config.include_server_header,
                 alt_svc=_alt_svc(self._quic_sockets) if config.alt_svc_headers else None,
             ),
-            state=self._lifespan.state,
+            state=lifespan.state,
         )
         registry = ConnectionRegistry(runtime)
         self._registry = registry
@@ -267,8 +287,6 @@ class Server:
                 registry=registry,
             )
 
-        if self._catch_signals:
-            backend.catch_signals()
         for (bind, bind_tls), sock in zip(binds, self._sockets, strict=True):
             await backend.start_listener(sock, new_connection, backlog=config.backlog, tls=bind_tls)
             url = bound_url(sock, bind, scheme="https" if bind_tls else "http")
@@ -366,7 +384,8 @@ class Server:
         # Only now: QUIC connections drain over their endpoint's socket.
         self._backend.close_datagram_endpoints()
         self._close_quic_sockets()
-        await self._lifespan.shutdown(self.config.shutdown_timeout)
+        if self._lifespan is not None:
+            await self._lifespan.shutdown(self.config.shutdown_timeout)
 
     def _close_quic_sockets(self) -> None:
         for sock in self._quic_sockets:
@@ -387,8 +406,14 @@ class Server:
         self._unix_paths = []
 
     async def wait_for_signal(self) -> None:
-        """Return on SIGINT or SIGTERM (main thread only; elsewhere wait forever)."""
-        await self._backend.wait_for_signal()
+        """Return on SIGINT or SIGTERM (main thread only; elsewhere wait forever), then leave
+        them to the process's handlers again."""
+        signalled = self._catch(self._backend)
+        try:
+            await signalled.wait()
+        finally:
+            self._backend.release_signals()
+            self._signalled = None
 
 
 async def serve(
@@ -403,8 +428,12 @@ async def serve(
     """
     server = Server(app, config)
     server._catch_signals = shutdown_trigger is None
-    async with server:
-        if shutdown_trigger is None:
-            await server.wait_for_signal()
-        else:
-            await shutdown_trigger()
+    try:
+        async with server:
+            if shutdown_trigger is None:
+                await server.wait_for_signal()
+            else:
+                await shutdown_trigger()
+    except StartupInterrupted as exc:
+        # Asked to stop while starting: stopped, nothing served, nothing to report but this.
+        server._loggers.error.info("%s; stopped", exc)

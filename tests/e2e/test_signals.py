@@ -27,10 +27,16 @@ BOUND = GRACEFUL + 4.0
 _URL = re.compile(r"Running on http://127\.0\.0\.1:(\d+)")
 
 
-def _start(app: str, worker: str) -> subprocess.Popen:
+def _ignore_sigint() -> None:
+    # What a shell does to a command it starts in the background (without job control).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _start(app: str, worker: str, *, sigint_ignored: bool = False) -> subprocess.Popen:
     args = [app, "-b", "127.0.0.1:0", "-k", worker, "--graceful-timeout", str(GRACEFUL)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "multicorn", *args],
+        preexec_fn=_ignore_sigint if sigint_ignored else None,
         cwd=ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,
@@ -80,30 +86,36 @@ def _stops_in_time(proc: subprocess.Popen, sig: signal.Signals, what: str) -> No
         raise AssertionError(
             f"{sig.name} {what}: still running after {BOUND} s\n" + "".join(proc.output.lines)
         ) from None
-    finally:
-        if proc.stdout:
-            proc.stdout.close()
     assert time.monotonic() - start < BOUND
 
 
-# (signal, seconds after the burst starts): each signal early and late, and the points between
-# split between them to keep the run short (the body still arriving holds each stop for the
-# graceful timeout).
+def _end(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=10)
+    if proc.stdout:
+        proc.stdout.close()
+
+
+# (signal, seconds after the burst starts, SIGINT inherited as ignored): each signal early and
+# late, and the points between split between them to keep the run short (the body still
+# arriving holds each stop for the graceful timeout).
 _POINTS = [
-    (signal.SIGINT, 0.0),
-    (signal.SIGTERM, 0.0),
-    (signal.SIGINT, 0.001),
-    (signal.SIGTERM, 0.005),
-    (signal.SIGINT, 0.02),
-    (signal.SIGTERM, 0.05),
-    (signal.SIGINT, 0.05),
+    (signal.SIGINT, 0.0, False),
+    (signal.SIGTERM, 0.0, False),
+    (signal.SIGINT, 0.0, True),
+    (signal.SIGINT, 0.001, False),
+    (signal.SIGTERM, 0.005, False),
+    (signal.SIGINT, 0.02, True),
+    (signal.SIGTERM, 0.05, False),
+    (signal.SIGINT, 0.05, False),
 ]
 
 
 @pytest.mark.parametrize("worker", WORKERS)
 def test_a_signal_during_a_burst_stops_the_server(worker):
-    for sig, delay in _POINTS:
-        proc = _start("examples.hello:app", worker)
+    for sig, delay, sigint_ignored in _POINTS:
+        proc = _start("examples.hello:app", worker, sigint_ignored=sigint_ignored)
         try:
             port = int(proc.output.wait_for(_URL).group(1))
             start = time.monotonic()
@@ -114,19 +126,25 @@ def test_a_signal_during_a_burst_stops_the_server(worker):
             for sock in sockets:
                 sock.close()
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
+            _end(proc)
 
 
 @pytest.mark.parametrize("worker", WORKERS)
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_during_startup_stops_the_server(worker, sig):
-    proc = _start("tests.e2e.apps:slow_startup", worker)
+@pytest.mark.parametrize(
+    ("sig", "sigint_ignored"),
+    [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)],
+    ids=["SIGINT", "SIGTERM", "SIGINT-inherited-ignored"],
+)
+def test_a_signal_during_startup_stops_the_server(worker, sig, sigint_ignored):
+    # Not left to the process's handlers, which would ignore it (inherited SIG_IGN) or end the
+    # process undrained (SIGTERM); not held until the app's startup completes either.
+    proc = _start("tests.e2e.apps:slow_startup", worker, sigint_ignored=sigint_ignored)
     try:
         proc.output.wait_for("starting up")
         _stops_in_time(proc, sig, "during lifespan startup")
+        proc.output.wait_for("a signal interrupted the application's startup; stopped", 5)
+        output = "".join(proc.output.lines)
+        assert proc.returncode == 0, output
+        assert "Running on" not in output
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
+        _end(proc)

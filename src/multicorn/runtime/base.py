@@ -237,11 +237,10 @@ class Backend(Protocol):
         """Close every datagram endpoint (after the graceful drain); handlers hear
         `connection_lost()`."""
 
-    def catch_signals(self) -> None:
-        """From now on, record SIGINT and SIGTERM for `wait_for_signal()` instead of leaving
-        them to the process's handlers (main thread only; idempotent). The session's end stops
-        catching them."""
+    def catch_signals(self, on_signal: Callable[[], object]) -> None:
+        """Until `release_signals()` or the session's end, SIGINT and SIGTERM call `on_signal()`
+        (from the event loop, not inside the signal handler) instead of the process's handlers,
+        even handlers that ignore them. Main thread only: elsewhere this does nothing."""
 
-    async def wait_for_signal(self) -> None:
-        """Return on SIGINT or SIGTERM, counting one that came since `catch_signals()`, and stop
-        catching them (main thread only; elsewhere wait until cancelled)."""
+    def release_signals(self) -> None:
+        """Give SIGINT and SIGTERM back to the process's handlers (idempotent)."""

@@ -15,7 +15,7 @@ from multicorn.runtime.asyncio.udp import AsyncioDatagramEndpoint
 if TYPE_CHECKING:
     import logging
     import socket
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from multicorn.runtime.base import DatagramHandlerFactory, HandlerFactory, ServerTLS
 
@@ -32,7 +32,7 @@ class AsyncioBackend:
         self._servers: list[asyncio.Server] = []
         self._endpoints: list[AsyncioDatagramEndpoint] = []
         self._connections: set[AsyncioConnection] = set()
-        self._signalled: asyncio.Event | None = None  # set while catching signals
+        self._catching_signals = False
 
     @property
     def runtime(self) -> AsyncioRuntime:
@@ -43,7 +43,7 @@ class AsyncioBackend:
         try:
             yield
         finally:
-            self._release_signals()
+            self.release_signals()
             self.stop_listeners()
             self.close_datagram_endpoints()
             # What serve.py's graceful drain left open goes now, as on trio: asyncio.Server
@@ -91,30 +91,20 @@ class AsyncioBackend:
             endpoint.close()
         self._endpoints.clear()
 
-    def catch_signals(self) -> None:
-        if self._signalled is not None or threading.current_thread() is not threading.main_thread():
+    def catch_signals(self, on_signal: Callable[[], object]) -> None:
+        if self._catching_signals or threading.current_thread() is not threading.main_thread():
             return
         loop = asyncio.get_running_loop()
-        self._signalled = signalled = asyncio.Event()
         for sig in _SIGNALS:
-            loop.add_signal_handler(sig, signalled.set)
+            loop.add_signal_handler(sig, on_signal)
+        self._catching_signals = True
 
-    async def wait_for_signal(self) -> None:
-        self.catch_signals()
-        if self._signalled is None:
-            await asyncio.Event().wait()  # no signals off the main thread: wait to be cancelled
-            return
-        try:
-            await self._signalled.wait()
-        finally:
-            self._release_signals()
-
-    def _release_signals(self) -> None:
+    def release_signals(self) -> None:
         # The process's own handlers come back: a second SIGINT during the drain raises
         # KeyboardInterrupt and a second SIGTERM ends the process, stopping at once.
-        if self._signalled is None:
+        if not self._catching_signals:
             return
-        self._signalled = None
+        self._catching_signals = False
         loop = asyncio.get_running_loop()
         for sig in _SIGNALS:
             loop.remove_signal_handler(sig)

@@ -18,7 +18,7 @@ from multicorn.runtime.trio.udp import TrioDatagramEndpoint
 if TYPE_CHECKING:
     import logging
     import socket
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from multicorn.runtime.base import DatagramHandlerFactory, HandlerFactory, ServerTLS
 
@@ -46,9 +46,9 @@ class TrioBackend:
         self._endpoints: list[TrioDatagramEndpoint] = []
         self._nursery: trio.Nursery | None = None
         self._runtime: TrioRuntime | None = None
-        # While catching signals: the receiver, and what closes it.
-        self._signals: AsyncIterator[int] | None = None
-        self._signal_scope = contextlib.ExitStack()
+        # While catching signals: the task that reads them, and what gives them back.
+        self._signal_task: trio.CancelScope | None = None
+        self._signal_receiver = contextlib.ExitStack()
 
     @property
     def runtime(self) -> TrioRuntime:
@@ -69,7 +69,7 @@ class TrioBackend:
             try:
                 yield
             finally:
-                self._release_signals()
+                self.release_signals()
                 self.stop_listeners()
                 self.close_datagram_endpoints()
                 nursery.cancel_scope.cancel()
@@ -144,26 +144,30 @@ class TrioBackend:
             endpoint.close()
         self._endpoints.clear()
 
-    def catch_signals(self) -> None:
-        if self._signals is not None or threading.current_thread() is not threading.main_thread():
+    def catch_signals(self, on_signal: Callable[[], object]) -> None:
+        if (
+            self._signal_task is not None
+            or threading.current_thread() is not threading.main_thread()
+        ):
             return
-        # A signal arriving before wait_for_signal() waits stays queued in the receiver.
-        self._signals = self._signal_scope.enter_context(
+        nursery = self._session_nursery("catch_signals")
+        signals = self._signal_receiver.enter_context(
             trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
         )
+        self._signal_task = scope = trio.CancelScope()
 
-    async def wait_for_signal(self) -> None:
-        self.catch_signals()
-        if self._signals is None:
-            await trio.sleep_forever()  # no signals off the main thread: wait to be cancelled
+        async def deliver() -> None:
+            with scope:
+                async for _ in signals:
+                    on_signal()
+
+        nursery.start_soon(deliver)
+
+    def release_signals(self) -> None:
+        # trio's handlers come back, and a signal still queued is delivered to them: a second
+        # SIGINT raises KeyboardInterrupt and a second SIGTERM ends the process.
+        if self._signal_task is None:
             return
-        try:
-            await self._signals.__anext__()
-        finally:
-            self._release_signals()
-
-    def _release_signals(self) -> None:
-        # trio's handlers come back, and a second signal already queued is delivered to them:
-        # a second SIGINT raises KeyboardInterrupt and a second SIGTERM ends the process.
-        self._signals = None
-        self._signal_scope.close()
+        self._signal_task.cancel()
+        self._signal_task = None
+        self._signal_receiver.close()

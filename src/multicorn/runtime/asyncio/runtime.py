@@ -108,7 +108,7 @@ class AsyncioWaiter:
         The timeout resolves the same future `set()` does, instead of cancelling the task as
         asyncio.wait_for does: before 3.12 that one returns normally when the task is cancelled
         in the loop turn the awaited thing completes, losing the cancel (asyncio.run's answer to
-        SIGINT during lifespan startup, or the drain's cancel of an app task)."""
+        a SIGINT that reaches it, or the drain's cancel of an app task)."""
         if self._flag:
             return True
         future = self._enlist()

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from multicorn._version import __version__
-from multicorn.cli import build_parser, parse_args
+from multicorn.cli import FLAG_GROUPS, GROUP_TITLES, build_parser, parse_args
 from multicorn.config import Config, load_config
 
 
@@ -80,6 +80,33 @@ def test_every_setting_has_a_flag():
     assert not missing
 
 
+def test_every_flag_is_in_a_help_section():
+    # A flag without a FLAG_GROUPS entry would land in argparse's catch-all "options" section.
+    parser = build_parser()
+    sections = {
+        action.dest: group.title
+        for group in parser._action_groups
+        for action in group._group_actions
+    }
+    for action in parser._actions:
+        if action.dest in ("help", "version", "app"):
+            continue
+        assert action.dest in FLAG_GROUPS, f"{action.dest}: add it to cli.FLAG_GROUPS"
+        assert sections[action.dest] == FLAG_GROUPS[action.dest], action.dest
+    assert set(FLAG_GROUPS.values()) <= set(GROUP_TITLES)
+
+
+def test_help_lists_sections_in_order(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: multicorn [OPTIONS] APP\n")
+    positions = [out.index(f"\n{title}:\n") for title in GROUP_TITLES]
+    assert positions == sorted(positions)
+    assert out.index("  --certfile FILE") > out.index("\nTLS:\n")
+    assert out.index("  --certfile FILE") < out.index("\nHTTP (every version):\n")
+
+
 def test_last_boolean_flag_wins():
     _, _, values = parse_args(["x:app", "--no-date-header", "--date-header"])
     assert values == {"include_date_header": True}
@@ -107,7 +134,10 @@ def test_usage_errors_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as info:
         parse_args(argv)
     assert info.value.code == 2
-    assert "error:" in capsys.readouterr().err
+    # One line saying what is wrong and one pointing at --help; no usage block.
+    error, hint = capsys.readouterr().err.splitlines()
+    assert error.startswith("multicorn: error: ")
+    assert hint == "Run 'multicorn --help' for the options."
 
 
 def test_bad_value_message_names_flag(capsys):

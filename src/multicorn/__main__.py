@@ -11,7 +11,7 @@ from functools import partial
 
 from multicorn.app.errors import LifespanFailure
 from multicorn.cli import parse_args
-from multicorn.config import Config, ConfigError, load_config
+from multicorn.config import Config, ConfigError, install_hint, load_config
 from multicorn.daemon import PidFile, PrivilegeError
 from multicorn.loading import AppLoadError, load_app
 from multicorn.net.binds import BindError
@@ -38,8 +38,27 @@ def _freeze_startup_heap(*modules: str) -> None:
     gc.freeze()
 
 
+# The package each worker class beyond plain asyncio runs on, and the extra that installs it.
+_WORKER_PACKAGES = {"trio": ("trio", "trio"), "uvloop": ("uvloop", "uvloop")}
+
+
+def _import_worker_package(worker_class: str) -> None:
+    """Import what `worker_class` runs on, or fail with one line saying what to install."""
+    if worker_class not in _WORKER_PACKAGES:
+        return
+    package, extra = _WORKER_PACKAGES[worker_class]
+    try:
+        importlib.import_module(package)
+    except ImportError as exc:
+        # exc says which module is missing: the package itself or one it needs.
+        raise ConfigError(
+            "worker_class", f"{package} cannot be imported ({exc}): {install_hint(extra)}"
+        ) from None
+
+
 def run(app: ASGIApp, config: Config) -> None:
     """Run `app` in a new event loop of `config.worker_class` until SIGINT/SIGTERM."""
+    _import_worker_package(config.worker_class)
     if config.worker_class == "trio":
         import trio
 

@@ -3,13 +3,18 @@
 Owns the argument parser and turning argv into (app spec, config file, given settings). It
 does not run anything; `multicorn.__main__` feeds the result to `load_config` and serves.
 Values are parsed and validated with the same rules as the environment, so a bad flag fails
-here with argparse's usual "argument --flag: ..." message and exit status 2.
+here with a one-line "argument --flag: ..." message, a hint to --help, and exit status 2.
+
+`--help` lists the flags in sections: `FLAG_GROUPS` names the section of every setting, by its
+`dest`, and the parser files each flag there as it is added, so a new flag needs one entry in
+that table (tests/test_cli_args.py fails for a flag that has none).
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from multicorn._version import __version__
 from multicorn.config import (
@@ -28,6 +33,147 @@ from multicorn.config import (
     setting_names,
 )
 from multicorn.net.binds import BindError, parse_bind
+
+# The --help sections, in the order they are listed.
+GROUP_TITLES = (
+    "application",
+    "process",
+    "binding",
+    "TLS",
+    "HTTP (every version)",
+    "HTTP/1.1",
+    "HTTP/2",
+    "HTTP/3 (QUIC)",
+    "WebSocket",
+    "limits",
+    "proxies",
+    "logging",
+)
+
+# The section each flag is listed under, by the setting (argparse dest) it sets. Some entries
+# are for flags not every build has yet; an entry without a flag is harmless.
+FLAG_GROUPS: dict[str, str] = {
+    # application
+    "config": "application",
+    "factory": "application",
+    "app_dir": "application",
+    "interface": "application",
+    "root_path": "application",
+    "lifespan": "application",
+    "startup_timeout": "application",
+    "shutdown_timeout": "application",
+    "wsgi_max_workers": "application",
+    # process
+    "worker_class": "process",
+    "workers": "process",
+    "graceful_timeout": "process",
+    "worker_healthcheck_timeout": "process",
+    "max_requests": "process",
+    "max_requests_jitter": "process",
+    "max_worker_memory": "process",
+    "reload": "process",
+    "reload_dirs": "process",
+    "reload_includes": "process",
+    "reload_excludes": "process",
+    "pid": "process",
+    "user": "process",
+    "group": "process",
+    "umask": "process",
+    # binding
+    "bind": "binding",
+    "insecure_bind": "binding",
+    "backlog": "binding",
+    "reuse_port": "binding",
+    # TLS
+    "certfile": "TLS",
+    "keyfile": "TLS",
+    "keyfile_password": "TLS",
+    "ca_certs": "TLS",
+    "verify_mode": "TLS",
+    "ciphers": "TLS",
+    "alpn_protocols": "TLS",
+    "ssl_handshake_timeout": "TLS",
+    "reload_certs": "TLS",
+    "reload_certs_interval": "TLS",
+    # HTTP (every version)
+    "keep_alive": "HTTP (every version)",
+    "send_timeout": "HTTP (every version)",
+    "include_date_header": "HTTP (every version)",
+    "include_server_header": "HTTP (every version)",
+    # HTTP/1.1
+    "http": "HTTP/1.1",
+    "keep_alive_max_requests": "HTTP/1.1",
+    "header_timeout": "HTTP/1.1",
+    "h11_max_incomplete_size": "HTTP/1.1",
+    # HTTP/2
+    "h2c": "HTTP/2",
+    "h2_max_concurrent_streams": "HTTP/2",
+    "h2_max_header_list_size": "HTTP/2",
+    "h2_max_inbound_frame_size": "HTTP/2",
+    "h2_initial_window_size": "HTTP/2",
+    "h2_connection_window_size": "HTTP/2",
+    # HTTP/3 (QUIC)
+    "quic_bind": "HTTP/3 (QUIC)",
+    "alt_svc_headers": "HTTP/3 (QUIC)",
+    "quic_idle_timeout": "HTTP/3 (QUIC)",
+    "quic_max_concurrent_streams": "HTTP/3 (QUIC)",
+    "quic_max_stream_data": "HTTP/3 (QUIC)",
+    "quic_max_data": "HTTP/3 (QUIC)",
+    "quic_max_connections": "HTTP/3 (QUIC)",
+    "quic_retry": "HTTP/3 (QUIC)",
+    "quic_0rtt": "HTTP/3 (QUIC)",
+    "h3_max_field_section_size": "HTTP/3 (QUIC)",
+    "h3_qpack_max_table_capacity": "HTTP/3 (QUIC)",
+    "h3_qpack_blocked_streams": "HTTP/3 (QUIC)",
+    # WebSocket
+    "websocket": "WebSocket",
+    "ws_per_message_deflate": "WebSocket",
+    "websocket_max_message_size": "WebSocket",
+    "websocket_max_queue": "WebSocket",
+    "websocket_ping_interval": "WebSocket",
+    "websocket_ping_timeout": "WebSocket",
+    "websocket_handshake_timeout": "WebSocket",
+    # limits
+    "max_request_body_size": "limits",
+    "min_request_body_rate": "limits",
+    "min_request_body_rate_grace": "limits",
+    "limit_concurrency": "limits",
+    # proxies
+    "proxy_headers": "proxies",
+    "forwarded_allow_ips": "proxies",
+    "proxy_protocol": "proxies",
+    "proxy_protocol_allow_ips": "proxies",
+    # logging
+    "access_logfile": "logging",
+    "access_logformat": "logging",
+    "error_logfile": "logging",
+    "log_level": "logging",
+    "log_config": "logging",
+    "log_format": "logging",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with each flag filed under its `FLAG_GROUPS` section and terser errors."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._sections = {title: self.add_argument_group(title) for title in GROUP_TITLES}
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        dest = kwargs.get("dest")
+        if dest is None and args and args[0].startswith("-"):
+            # The dest argparse would derive: the first long flag, else the first flag.
+            long = [flag for flag in args if flag.startswith("--")]
+            dest = (long or list(args))[0].lstrip("-").replace("-", "_")
+        title = FLAG_GROUPS.get(dest) if dest is not None else None
+        if title is None:
+            return super().add_argument(*args, **kwargs)
+        return self._sections[title].add_argument(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        # One line and a pointer, not the 20-line usage block in front of the message.
+        self.exit(2, f"{self.prog}: error: {message}\nRun '{self.prog} --help' for the options.\n")
 
 
 def _setting_type(name: str) -> Callable[[str], object]:
@@ -75,8 +221,10 @@ def _show(value: object) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The `multicorn` argument parser. Settings flags default to None, meaning "not given"."""
     defaults = Config()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="multicorn",
+        # Listing every flag here made a 45-line usage block; the sections below list them.
+        usage="%(prog)s [OPTIONS] APP",
         description="Serve an ASGI application over HTTP.",
         epilog=(
             "Settings are read, lowest to highest precedence, from defaults, the --config "
@@ -139,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--http",
         dest="http",
         metavar=choices(HTTP_ENGINES),
-        help="HTTP/1.1 request parser; auto picks httptools when installed (multicorn[speed])",
+        help="HTTP/1.1 request parser; auto picks httptools when installed (the speed extra)",
     )
     setting("--backlog", dest="backlog", metavar="N", help="pending connections the OS queues")
     setting(

@@ -36,6 +36,15 @@ ALPN_PROTOCOLS: Final = ("h2", "http/1.1")
 HTTP_ENGINES: Final = ("auto", "h11", "httptools")
 PROXY_PROTOCOL_MODES: Final = ("off", "v1", "v2", "auto")
 
+
+def install_hint(extra: str) -> str:
+    """How to install one of this repository's extras (pyproject.toml's optional dependencies).
+
+    Never `pip install 'multicorn[...]'`: the project of that name on PyPI is an unrelated one.
+    """
+    return f"pip install '.[{extra}]' in a multicorn checkout"
+
+
 _TRUE_WORDS: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE_WORDS: Final = frozenset({"0", "false", "no", "off"})
 

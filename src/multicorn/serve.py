@@ -23,6 +23,7 @@ import sniffio
 from multicorn.app.asgi2 import ASGI2Adapter
 from multicorn.app.connection import ConnectionHandler
 from multicorn.app.context import AppSettings, ConnectionInfo, DefaultHeaders, ServerContext
+from multicorn.app.errors import StartupInterrupted
 from multicorn.app.lifespan import Lifespan
 from multicorn.app.proxy import (
     ProxyTrust,
@@ -33,7 +34,7 @@ from multicorn.app.proxy import (
 )
 from multicorn.app.registry import ConnectionRegistry
 from multicorn.app.wsgi import WSGIAdapter
-from multicorn.config import Config, ConfigError
+from multicorn.config import Config, ConfigError, install_hint
 from multicorn.daemon import apply_umask, chown_paths, drop_privileges, resolve_identity
 from multicorn.loading import detect_interface
 from multicorn.logging import configure_logging
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
         Runtime,
         TimerHandle,
         Transport,
+        Waiter,
     )
     from multicorn.typing import ASGIApp
 
@@ -127,7 +129,7 @@ def _http_engine(choice: str) -> str:
         return "httptools"
     if choice == "httptools":
         raise ConfigError(
-            "http", "httptools is not installed: pip install 'multicorn[speed]', or use --http h11"
+            "http", f"httptools is not installed: {install_hint('speed')}, or use --http h11"
         )
     return "h11"
 
@@ -181,6 +183,12 @@ class Server:
         self._cert_holders: list[ServerCertHolder] = []
         self._quic_configurations: list[QuicConfiguration] = []
         self._timers: dict[str, TimerHandle] = {}
+        # Set by serve(): SIGINT and SIGTERM are caught from the start, lifespan startup
+        # included, so none is left to the process's handlers, which may ignore it (a process
+        # started in the background by a shell ignores SIGINT) or end the process undrained.
+        self._catch_signals = False
+        self._signalled: Waiter | None = None  # set by a signal, while catching them
+        self._lifespan: Lifespan | None = None
 
     async def __aenter__(self) -> Server:
         config = self.config
@@ -191,6 +199,8 @@ class Server:
         self._backend = backend
         await self._exit.enter_async_context(backend.session())
         try:
+            if self._catch_signals:
+                self._catch(backend)
             await self._start(backend)
         except BaseException:
             await self._exit.aclose()
@@ -198,6 +208,20 @@ class Server:
             self._close_quic_sockets()
             raise
         return self
+
+    def _catch(self, backend: Backend) -> Waiter:
+        signalled = self._signalled
+        if signalled is None:
+            self._signalled = signalled = backend.runtime.waiter()
+            backend.catch_signals(self._on_signal, self._on_hangup)
+        return signalled
+
+    def _on_signal(self) -> None:
+        if self._signalled is not None:
+            self._signalled.set()
+        if self._lifespan is not None:
+            # Stopping at once beats serving first: startup may take up to startup_timeout.
+            self._lifespan.interrupt()
 
     async def _start(self, backend: Backend) -> None:
         config = self.config
@@ -233,10 +257,10 @@ class Server:
         drop_privileges(identity)
         runtime: Runtime = backend.runtime
         app = adapt_app(self.app, config, runtime, self._loggers.error)
-        self._lifespan = Lifespan(
+        self._lifespan = lifespan = Lifespan(
             app, mode=config.lifespan, runtime=runtime, logger=self._loggers.error
         )
-        await self._lifespan.startup(config.startup_timeout)
+        await lifespan.startup(config.startup_timeout)
         context = ServerContext(
             app=app,
             settings=AppSettings(
@@ -257,7 +281,7 @@ class Server:
                 server=config.include_server_header,
                 alt_svc=_alt_svc(self._quic_sockets) if config.alt_svc_headers else None,
             ),
-            state=self._lifespan.state,
+            state=lifespan.state,
         )
         registry = ConnectionRegistry(runtime)
         self._registry = registry
@@ -459,7 +483,8 @@ class Server:
         # Only now: QUIC connections drain over their endpoint's socket.
         self._backend.close_datagram_endpoints()
         self._close_quic_sockets()
-        await self._lifespan.shutdown(self.config.shutdown_timeout)
+        if self._lifespan is not None:
+            await self._lifespan.shutdown(self.config.shutdown_timeout)
         self._loggers.error.info("Finished server process [%d]", os.getpid())
 
     def _close_quic_sockets(self) -> None:
@@ -481,9 +506,14 @@ class Server:
         self._unix_paths = []
 
     async def wait_for_signal(self) -> None:
-        """Return on SIGINT or SIGTERM; on SIGHUP reload the TLS certificate and keep waiting
-        (main thread only; elsewhere wait forever)."""
-        await self._backend.wait_for_signal(on_hangup=self._on_hangup)
+        """Return on SIGINT or SIGTERM (main thread only; elsewhere wait forever), then leave
+        them to the process's handlers again."""
+        signalled = self._catch(self._backend)
+        try:
+            await signalled.wait()
+        finally:
+            self._backend.release_signals()
+            self._signalled = None
 
     def _on_hangup(self) -> None:
         if self._ssl_context is None:
@@ -509,8 +539,14 @@ async def serve(
 
     Works inside a running asyncio event loop (uvloop included) or a trio run.
     """
-    async with Server(app, config) as server:
-        if shutdown_trigger is None:
-            await server.wait_for_signal()
-        else:
-            await shutdown_trigger()
+    server = Server(app, config)
+    server._catch_signals = shutdown_trigger is None
+    try:
+        async with server:
+            if shutdown_trigger is None:
+                await server.wait_for_signal()
+            else:
+                await shutdown_trigger()
+    except StartupInterrupted as exc:
+        # Asked to stop while starting: stopped, nothing served, nothing to report but this.
+        server._loggers.error.info("%s; stopped", exc)

@@ -103,3 +103,42 @@ async def identity(scope, receive, send):
     headers = [(b"content-type", b"application/json"), (b"x-served-by", b"multicorn-test")]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def raising_startup(scope, receive, send):
+    """Its lifespan startup raises after receiving the startup event."""
+    if scope["type"] == "lifespan":
+        await receive()
+        raise RuntimeError("database unreachable")
+
+
+def starlette_failing_startup():
+    """A factory: a Starlette app whose lifespan raises. Starlette sends `startup.failed` with
+    the traceback as its message, then raises the exception too."""
+    import contextlib
+
+    from starlette.applications import Starlette
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        raise RuntimeError("database unreachable")
+        yield
+
+    return Starlette(lifespan=lifespan)
+
+
+async def slow_startup(scope, receive, send):
+    """Its lifespan startup announces itself, then takes 0.5 s; it answers every request."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                _announce("starting up")
+                await _sleep(0.5)
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"up"})

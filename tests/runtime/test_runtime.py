@@ -305,6 +305,30 @@ async def test_wait_for_returns_true_when_set_false_on_timeout(backend: BackendU
         assert await runtime.wait_for(waiter, None) is True
 
 
+async def test_wait_for_never_loses_a_cancel(backend: BackendUnderTest):
+    # A cancel that lands in the same loop turn as the waiter is set must still cancel: lost,
+    # it was a SIGINT during lifespan startup that did nothing (asyncio.run cancels the main
+    # task on SIGINT) and an app task that outlived the shutdown's cancel.
+    async with backend.running() as b:
+        runtime = b.runtime
+        for timeout in (5.0, None):
+            waiter = runtime.waiter()
+            outcome: list[str] = []
+
+            async def waiting(waiter=waiter, outcome=outcome, timeout=timeout) -> None:
+                outcome.append("waiting")
+                await runtime.wait_for(waiter, timeout)
+                await anyio.sleep(0)
+                outcome.append("kept running after the cancel")
+
+            handle = runtime.spawn(waiting)
+            await eventually(lambda outcome=outcome: outcome == ["waiting"], "the task waits")
+            await anyio.sleep(0.01)
+            runtime.call_soon(lambda waiter=waiter, handle=handle: (waiter.set(), handle.cancel()))
+            await anyio.sleep(0.1)
+            assert outcome == ["waiting"], timeout
+
+
 async def test_the_session_end_closes_open_connections(backend: BackendUnderTest):
     async with backend.running() as b:
         async with stream_server(b) as server:

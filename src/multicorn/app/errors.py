@@ -13,3 +13,8 @@ class UnexpectedMessage(RuntimeError):
 
 class LifespanFailure(RuntimeError):
     """The application's lifespan startup failed, or did not finish in time."""
+
+
+class StartupInterrupted(Exception):
+    """SIGINT or SIGTERM arrived during the application's lifespan startup, which was abandoned:
+    a request to stop, not a failure."""

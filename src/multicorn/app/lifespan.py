@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from multicorn.app.errors import LifespanFailure, UnexpectedMessage
+from multicorn.app.errors import LifespanFailure, StartupInterrupted, UnexpectedMessage
 
 if TYPE_CHECKING:
     import logging
@@ -37,16 +37,37 @@ class Lifespan:
         self._received = False  # the application asked for a lifespan event: it speaks lifespan
         self._finished = False  # the application's lifespan task has returned
         self._app_error: BaseException | None = None
+        self._starting = False  # startup() is waiting for the app's answer
+        self._interrupted = False  # interrupt() came while it was: stop waiting
 
     async def startup(self, timeout: float) -> None:
         if self._mode == "off":
             return
         self._runtime.spawn(self._run)
-        answer = await self._ask({"type": "lifespan.startup"}, timeout, "startup")
+        self._starting = True
+        try:
+            answer = await self._ask({"type": "lifespan.startup"}, timeout, "startup")
+        finally:
+            self._starting = False
         if answer is None:
             return
         if answer["type"] == "lifespan.startup.failed":
-            raise LifespanFailure(f"application startup failed: {answer.get('message', '')}")
+            message = str(answer.get("message", "")).strip()
+            if "\n" in message:
+                # A traceback (Starlette sends one): logged whole, once; the error that stops
+                # the server keeps to its last line, the exception itself.
+                self._logger.error("application startup failed:\n%s", message)
+                message = message.splitlines()[-1]
+            raise LifespanFailure(f"application startup failed: {message}")
+
+    def interrupt(self) -> None:
+        """Abandon a startup in progress (a signal asked the server to stop): `startup()` raises
+        StartupInterrupted instead of waiting on. The app's task is cancelled with the session,
+        and shutdown is not sent (its startup never completed). Outside startup: nothing."""
+        if not self._starting:
+            return
+        self._interrupted = True
+        self._answered.set()
 
     async def shutdown(self, timeout: float) -> None:
         if not self._supported:
@@ -67,6 +88,8 @@ class Lifespan:
         # The task may have ended already (an app that returns at once, under an eager loop).
         if not self._finished and not await self._runtime.wait_for(self._answered, timeout):
             raise LifespanFailure(f"application {phase} did not complete within {timeout} s")
+        if self._interrupted:
+            raise StartupInterrupted(f"a signal interrupted the application's {phase}")
         if self._answer is None:
             # The app returned or raised instead of answering.
             if self._supported or self._mode == "on":
@@ -87,7 +110,11 @@ class Lifespan:
             await self._app(scope, self._receive, self._send)
         except Exception as exc:
             self._app_error = exc
-            if self._supported or self._received or self._mode == "on":
+            if self._answer is not None and self._answer["type"].endswith(".failed"):
+                # The app reported this failure itself, often with this very traceback as the
+                # message (Starlette does): startup()/shutdown() show it, once.
+                pass
+            elif self._supported or self._received or self._mode == "on":
                 self._logger.error("Exception in 'lifespan' protocol", exc_info=exc)
             else:
                 self._logger.info("ASGI 'lifespan' protocol appears unsupported.")

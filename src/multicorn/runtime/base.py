@@ -314,7 +314,14 @@ class Backend(Protocol):
         """Close every datagram endpoint (after the graceful drain); handlers hear
         `connection_lost()`."""
 
-    async def wait_for_signal(self, on_hangup: Callable[[], object] | None = None) -> None:
-        """Return on SIGINT or SIGTERM (main thread only; elsewhere wait until cancelled).
-        On SIGHUP call `on_hangup()` (from the event loop) and keep waiting; what a hangup
-        means (a TLS reload) is the caller's business."""
+    def catch_signals(
+        self, on_signal: Callable[[], object], on_hangup: Callable[[], object] | None = None
+    ) -> None:
+        """Until `release_signals()` or the session's end, SIGINT and SIGTERM call `on_signal()`
+        (from the event loop, not inside the signal handler) instead of the process's handlers,
+        even handlers that ignore them; with `on_hangup`, SIGHUP calls it (what a hangup means,
+        a TLS reload, is the caller's business). Main thread only: elsewhere this does
+        nothing."""
+
+    def release_signals(self) -> None:
+        """Give SIGINT, SIGTERM (and SIGHUP) back to the process's handlers (idempotent)."""

@@ -57,11 +57,9 @@ class AsyncioRuntime:
     async def wait_for(self, waiter: Waiter, timeout: float | None) -> bool:
         if waiter.is_set():
             return True
-        try:
-            await asyncio.wait_for(waiter.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
+        if not isinstance(waiter, AsyncioWaiter):
+            raise TypeError(f"expected a waiter from this runtime's waiter(), got {waiter!r}")
+        return await waiter.wait_at_most(timeout)
 
     async def run_sync(self, fn: Callable[[], _T]) -> _T:
         if self._threads is None:
@@ -128,14 +126,44 @@ class AsyncioWaiter:
     async def wait(self) -> bool:
         if self._flag:
             return True
+        future = self._enlist()
+        try:
+            return await future
+        finally:
+            self._discard(future)
+
+    async def wait_at_most(self, timeout: float | None) -> bool:
+        """True once set; False when `timeout` seconds pass first.
+
+        The timeout resolves the same future `set()` does, instead of cancelling the task as
+        asyncio.wait_for does: before 3.12 that one returns normally when the task is cancelled
+        in the loop turn the awaited thing completes, losing the cancel (asyncio.run's answer to
+        a SIGINT that reaches it, or the drain's cancel of an app task)."""
+        if self._flag:
+            return True
+        future = self._enlist()
+        timer = None if timeout is None else self._loop.call_later(timeout, _give_up, future)
+        try:
+            return await future
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._discard(future)
+
+    def _enlist(self) -> asyncio.Future[bool]:
         future: asyncio.Future[bool] = self._loop.create_future()
         if self._futures is None:
             self._futures = [future]
         else:
             self._futures.append(future)
-        try:
-            return await future
-        finally:
-            futures = self._futures
-            if futures is not None and future in futures:
-                futures.remove(future)  # cancelled: it must not stay behind
+        return future
+
+    def _discard(self, future: asyncio.Future[bool]) -> None:
+        futures = self._futures
+        if futures is not None and future in futures:
+            futures.remove(future)  # cancelled or timed out: it must not stay behind
+
+
+def _give_up(future: asyncio.Future[bool]) -> None:
+    if not future.done():
+        future.set_result(False)

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     )
 
 
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class AsyncioBackend:
     """The asyncio (and uvloop) backend; create it inside the running loop."""
 
@@ -36,6 +39,8 @@ class AsyncioBackend:
         self._preamble_listeners: list[PreambleListener] = []
         self._endpoints: list[AsyncioDatagramEndpoint] = []
         self._connections: set[AsyncioConnection] = set()
+        self._catching_signals = False
+        self._hangup = False  # SIGHUP is caught too
 
     @property
     def runtime(self) -> AsyncioRuntime:
@@ -46,6 +51,7 @@ class AsyncioBackend:
         try:
             yield
         finally:
+            self.release_signals()
             self.stop_listeners()
             self.close_datagram_endpoints()
             # What serve.py's graceful drain left open goes now, as on trio: asyncio.Server
@@ -110,20 +116,28 @@ class AsyncioBackend:
             endpoint.close()
         self._endpoints.clear()
 
-    async def wait_for_signal(self, on_hangup: Callable[[], object] | None = None) -> None:
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        if threading.current_thread() is not threading.main_thread():
-            await stop.wait()  # no signals off the main thread: wait to be cancelled
+    def catch_signals(
+        self, on_signal: Callable[[], object], on_hangup: Callable[[], object] | None = None
+    ) -> None:
+        if self._catching_signals or threading.current_thread() is not threading.main_thread():
             return
-        signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
-        for sig in signals:
-            loop.add_signal_handler(sig, stop.set)
+        loop = asyncio.get_running_loop()
+        for sig in _SIGNALS:
+            loop.add_signal_handler(sig, on_signal)
         if on_hangup is not None and hasattr(signal, "SIGHUP"):
             loop.add_signal_handler(signal.SIGHUP, on_hangup)
-            signals += (signal.SIGHUP,)
-        try:
-            await stop.wait()
-        finally:
-            for sig in signals:
-                loop.remove_signal_handler(sig)
+            self._hangup = True
+        self._catching_signals = True
+
+    def release_signals(self) -> None:
+        # The process's own handlers come back: a second SIGINT during the drain raises
+        # KeyboardInterrupt and a second SIGTERM ends the process, stopping at once.
+        if not self._catching_signals:
+            return
+        self._catching_signals = False
+        loop = asyncio.get_running_loop()
+        for sig in _SIGNALS:
+            loop.remove_signal_handler(sig)
+        if self._hangup:
+            self._hangup = False
+            loop.remove_signal_handler(signal.SIGHUP)

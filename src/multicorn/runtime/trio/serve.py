@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import signal
 import threading
@@ -51,6 +52,9 @@ class TrioBackend:
         self._endpoints: list[TrioDatagramEndpoint] = []
         self._nursery: trio.Nursery | None = None
         self._runtime: TrioRuntime | None = None
+        # While catching signals: the task that reads them, and what gives them back.
+        self._signal_task: trio.CancelScope | None = None
+        self._signal_receiver = contextlib.ExitStack()
 
     @property
     def runtime(self) -> TrioRuntime:
@@ -71,6 +75,7 @@ class TrioBackend:
             try:
                 yield
             finally:
+                self.release_signals()
                 self.stop_listeners()
                 self.close_datagram_endpoints()
                 nursery.cancel_scope.cancel()
@@ -152,15 +157,37 @@ class TrioBackend:
             endpoint.close()
         self._endpoints.clear()
 
-    async def wait_for_signal(self, on_hangup: Callable[[], object] | None = None) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            await trio.sleep_forever()  # no signals off the main thread: wait to be cancelled
-        wanted: list[int] = [signal.SIGINT, signal.SIGTERM]
-        if on_hangup is not None and hasattr(signal, "SIGHUP"):
-            wanted.append(signal.SIGHUP)
-        with trio.open_signal_receiver(*wanted) as signals:
-            async for signum in signals:
-                if on_hangup is not None and signum == getattr(signal, "SIGHUP", None):
-                    on_hangup()
-                    continue
-                return
+    def catch_signals(
+        self, on_signal: Callable[[], object], on_hangup: Callable[[], object] | None = None
+    ) -> None:
+        if (
+            self._signal_task is not None
+            or threading.current_thread() is not threading.main_thread()
+        ):
+            return
+        nursery = self._session_nursery("catch_signals")
+        wanted = [signal.SIGINT, signal.SIGTERM]
+        hangup = getattr(signal, "SIGHUP", None)
+        if on_hangup is not None and hangup is not None:
+            wanted.append(hangup)
+        signals = self._signal_receiver.enter_context(trio.open_signal_receiver(*wanted))
+        self._signal_task = scope = trio.CancelScope()
+
+        async def deliver() -> None:
+            with scope:
+                async for signum in signals:
+                    if on_hangup is not None and signum == hangup:
+                        on_hangup()
+                    else:
+                        on_signal()
+
+        nursery.start_soon(deliver)
+
+    def release_signals(self) -> None:
+        # trio's handlers come back, and a signal still queued is delivered to them: a second
+        # SIGINT raises KeyboardInterrupt and a second SIGTERM ends the process.
+        if self._signal_task is None:
+            return
+        self._signal_task.cancel()
+        self._signal_task = None
+        self._signal_receiver.close()

@@ -53,6 +53,7 @@ from multicorn.config import Config, ConfigError
 from multicorn.logging import configure_logging
 from multicorn.net.binds import Bind, BindError, parse_bind
 from multicorn.net.sockets import BindFailed, create_datagram_socket, create_socket
+from multicorn.net.tls import TLSConfigError, create_ssl_context
 from multicorn.worker import BEAT, READY
 
 if TYPE_CHECKING:
@@ -224,8 +225,10 @@ class Supervisor:
 
     def run(self) -> int:
         try:
+            # Checked once here: a bad certificate is one line, not one per worker start.
+            create_ssl_context(self._config)
             self._bind()
-        except BindFailed as exc:
+        except (BindFailed, TLSConfigError) as exc:
             print(f"multicorn: error: {exc}", file=sys.stderr)
             return EXIT_STARTUP_FAILED
         previous = self._install_signals()

@@ -211,3 +211,35 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.mark.parametrize("worker", RUNTIMES)
+def test_http3_is_served_by_every_worker_with_one_retry_secret(certs, worker):
+    import anyio
+
+    from .h3client import H3Client
+    from .support import free_port
+
+    port = free_port()
+    args = ("--certfile", certs.cert_path, "-b", f"127.0.0.1:{port}")
+    args += ("--quic-bind", f"127.0.0.1:{port}", "--quic-retry", "-w", "2", "-k", worker)
+    with multicorn_process(APP, *args) as (proc, _):
+        pids = wait_for_workers(proc.pid, 2)
+        proc.output.wait_for("Running HTTP/3")
+        proc.output.wait_for("Running HTTP/3")
+
+        async def ask() -> int:
+            # A new UDP socket each time: the kernel picks the worker by the 4-tuple's hash.
+            async with H3Client.connect("127.0.0.1", port, cafile=certs.ca_path) as client:
+                stream = await client.request("/pid")
+                assert stream.status == 200
+                return int(stream.body)
+
+        seen: set[int] = set()
+        for _ in range(40):
+            seen.add(anyio.run(ask))
+            if seen == pids:
+                break
+        assert seen == pids
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0

@@ -243,3 +243,57 @@ def test_http3_is_served_by_every_worker_with_one_retry_secret(certs, worker):
         assert seen == pids
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
+
+
+def test_uvloop_workers_serve_and_drain():
+    pytest.importorskip("uvloop")
+    with start("uvloop", "-w", "2") as (proc, url):
+        pids = wait_for_workers(proc.pid, 2)
+        assert pids_answering(url, pids) == pids
+        proc.send_signal(signal.SIGHUP)
+        new = wait_for_workers(proc.pid, 2, exclude=pids)
+        assert pids_answering(url, new) == new
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+
+
+@pytest.mark.parametrize("worker", RUNTIMES)
+def test_reuse_port_workers_each_bind_the_port(worker):
+    with start(worker, "-w", "2", "--reuse-port") as (proc, url):
+        pids = wait_for_workers(proc.pid, 2)
+        assert pids_answering(url, pids) == pids
+        import psutil
+
+        port = int(url.rsplit(":", 1)[1])
+        for pid in pids:
+            listening = [
+                c
+                for c in psutil.Process(pid).net_connections("tcp")
+                if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+            ]
+            assert len(listening) == 1  # its own socket, not the supervisor's
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+
+
+@pytest.mark.parametrize("worker", RUNTIMES)
+def test_max_worker_memory_replaces_the_worker(worker):
+    with start(worker, "--max-worker-memory", "1") as (proc, url):  # every worker is past 1 MiB
+        [first] = wait_for_workers(proc.pid, 1)
+        proc.output.wait_for(rf"worker {first} uses \d+ MiB of memory: replacing it")
+        proc.output.wait_for(rf"worker {first} exited \(exit status 0; replaced by")
+        assert httpx.get(url + "/pid").status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+
+
+@pytest.mark.parametrize("worker", RUNTIMES)
+def test_workers_leave_when_their_supervisor_is_killed(worker):
+    with start(worker, "-w", "2") as (proc, _):
+        pids = wait_for_workers(proc.pid, 2)
+        proc.kill()
+        proc.wait(timeout=5)
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in pids)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import random
 import selectors
@@ -64,7 +65,7 @@ if TYPE_CHECKING:
 
 EXIT_STARTUP_FAILED: Final = 3  # the worker's and the command's "could not start"
 GIVE_UP_AFTER: Final = 5  # startup failures in a row before the supervisor stops trying
-STABLE_AFTER: Final = 10.0  # seconds a worker must live for its death not to count as a loop
+STABLE_AFTER: Final = 10.0  # seconds between two deaths for them not to count as a loop
 BACKOFF_FIRST: Final = 0.5  # seconds before the second restart in a row
 BACKOFF_CAP: Final = 30.0
 _TICK: Final = 0.2  # the longest select() wait: health checks and backoff run this often
@@ -151,7 +152,8 @@ class Supervisor:
         self._secret = config.quic_secret or os.urandom(32).hex()
         self._replace_queue: deque[int] = deque()
         self._replacing: int | None = None
-        self._failures = 0  # unexpected exits in a row
+        self._failures = 0  # unexpected exits in a row (less than STABLE_AFTER apart)
+        self._last_failure = -math.inf
         self._boot_failures = 0  # exits before `ready` in a row
         self._ever_ready = False
         self._next_spawn = 0.0
@@ -182,13 +184,18 @@ class Supervisor:
                 self._listeners.append((group, sock))
                 if bind.kind == "unix":
                     self._unix_paths.append(bind.path)
-        for index, text in enumerate(config.quic_bind):
+        for text in config.quic_bind:
             bind = parse_bind(text)
             if bind.kind == "fd":
+                self._log.warning(
+                    "QUIC on an inherited socket (%s) is read by every worker: a connection "
+                    "breaks when its packets reach another one; use --quic-bind HOST:PORT",
+                    text,
+                )
                 self._quic_fds.append(create_datagram_socket(bind))
                 continue
             sock = create_datagram_socket(bind, reuse_port=True)
-            self._quic_spare[index] = sock
+            self._quic_spare[len(self._quic_binds)] = sock
             self._quic_binds.append(Bind("tcp", host=bind.host, port=sock.getsockname()[1]))
 
     def _close(self) -> None:
@@ -229,6 +236,7 @@ class Supervisor:
             create_ssl_context(self._config)
             self._bind()
         except (BindFailed, TLSConfigError) as exc:
+            self._close()
             print(f"multicorn: error: {exc}", file=sys.stderr)
             return EXIT_STARTUP_FAILED
         previous = self._install_signals()
@@ -496,9 +504,10 @@ class Supervisor:
             self._log.error("worker %d %s (%s)", worker.pid, how, worker.stop_reason)
         else:
             self._log.error("worker %d died unexpectedly (%s)", worker.pid, how)
-        if worker.ready_at is not None and now - worker.ready_at >= STABLE_AFTER:
+        if now - self._last_failure >= STABLE_AFTER:
             self._failures = 0
         self._failures += 1
+        self._last_failure = now
         if worker.ready_at is None:
             self._boot_failed(worker, code)
         if self._replacing == worker.pid:
@@ -542,6 +551,8 @@ class Supervisor:
         if self._stopping or self._waiting_for_change:
             return
         now = time.monotonic()
+        if self._failures and now - self._last_failure >= STABLE_AFTER:
+            self._failures = 0
         if self._replacing is None or self._replacing not in self._workers:
             self._replacing = None
             while self._replace_queue:

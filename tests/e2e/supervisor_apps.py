@@ -56,3 +56,15 @@ async def crash_at_startup(scope, receive, send):
     if scope["type"] == "lifespan":
         await receive()
         await send({"type": "lifespan.startup.failed", "message": "database unreachable"})
+
+
+async def crash_soon(scope, receive, send):
+    """Starts, then the process dies 0.3 s later: a crash loop."""
+    if scope["type"] == "lifespan":
+        import threading
+
+        await receive()
+        threading.Timer(0.3, os._exit, args=(1,)).start()
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await send({"type": "lifespan.shutdown.complete"})

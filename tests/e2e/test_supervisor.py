@@ -297,3 +297,18 @@ def test_workers_leave_when_their_supervisor_is_killed(worker):
         while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not any(_alive(pid) for pid in pids)
+
+
+def test_a_crash_loop_backs_off_instead_of_spinning():
+    # --max-requests: one worker under the supervisor (recycling needs one).
+    args = ("tests.e2e.supervisor_apps:crash_soon", "-b", "127.0.0.1:0", "--max-requests", "99")
+    with multicorn_process(*args) as (proc, _):
+        delays = []
+        for _ in range(3):
+            match = proc.output.wait_for(r"restarting in ([\d.]+) s \((\d+) failures in a row\)")
+            delays.append(float(match.group(1)))
+        assert delays == sorted(delays) and delays[-1] > delays[0] > 0, delays
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    started = [line for line in proc.output.lines if "started" in line and "worker" in line]
+    assert len(started) <= 5  # about 4 s of crashing: 4 starts with the back-off, not dozens

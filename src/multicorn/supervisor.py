@@ -59,9 +59,14 @@ from multicorn.worker import BEAT, READY
 
 if TYPE_CHECKING:
     import logging
+    from collections.abc import Callable
     from types import FrameType
+    from typing import TypeAlias
 
     from multicorn.reloader import Watcher
+
+    # What signal.getsignal() returns.
+    _SignalHandler: TypeAlias = Callable[[int, FrameType | None], object] | int | None
 
 EXIT_STARTUP_FAILED: Final = 3  # the worker's and the command's "could not start"
 GIVE_UP_AFTER: Final = 5  # startup failures in a row before the supervisor stops trying
@@ -70,16 +75,6 @@ BACKOFF_FIRST: Final = 0.5  # seconds before the second restart in a row
 BACKOFF_CAP: Final = 30.0
 _TICK: Final = 0.2  # the longest select() wait: health checks and backoff run this often
 _DRAIN_MARGIN: Final = 5.0  # seconds past graceful + shutdown timeouts before a kill
-
-_HANDLED_SIGNALS: Final = (
-    signal.SIGINT,
-    signal.SIGTERM,
-    signal.SIGQUIT,
-    signal.SIGHUP,
-    signal.SIGTTIN,
-    signal.SIGTTOU,
-    signal.SIGCHLD,
-)
 
 
 def backoff(failures: int) -> float:
@@ -162,6 +157,7 @@ class Supervisor:
         self._exit_code = 0
         self._waiting_for_change = False
         self._watcher: Watcher | None = None
+        self._previous: dict[signal.Signals, _SignalHandler] = {}
 
     # ---- setup and teardown ---------------------------------------------------------------
 
@@ -215,15 +211,30 @@ class Supervisor:
         os.close(self._wake_r)
         os.close(self._wake_w)
 
-    def _install_signals(self) -> dict[int, object]:
-        previous: dict[int, object] = {}
-        for sig in _HANDLED_SIGNALS:
-            previous[sig] = signal.signal(sig, self._on_signal)
+    def _install_signals(self) -> None:
+        # Looked up here, not at import: Windows has none of SIGHUP, SIGTTIN, SIGTTOU, SIGCHLD.
+        handled = (
+            signal.SIGINT,
+            signal.SIGTERM,
+            signal.SIGQUIT,
+            signal.SIGHUP,
+            signal.SIGTTIN,
+            signal.SIGTTOU,
+            signal.SIGCHLD,
+        )
+        for sig in handled:
+            self._previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._on_signal)
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
         signal.set_wakeup_fd(self._wake_w)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        return previous
+
+    def _restore_signals(self) -> None:
+        signal.set_wakeup_fd(-1)
+        for sig, handler in self._previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals.append(signum)
@@ -239,7 +250,7 @@ class Supervisor:
             self._close()
             print(f"multicorn: error: {exc}", file=sys.stderr)
             return EXIT_STARTUP_FAILED
-        previous = self._install_signals()
+        self._install_signals()
         try:
             if self._config.reload:
                 from multicorn.reloader import make_watcher, watchfiles_available
@@ -276,9 +287,7 @@ class Supervisor:
                     worker.proc.kill()
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     worker.proc.wait(timeout=5)
-            signal.set_wakeup_fd(-1)
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)  # type: ignore[arg-type]  # what signal() returned
+            self._restore_signals()
             self._close()
         self._log.info("supervisor %d stopped", os.getpid())
         return self._exit_code
@@ -624,6 +633,13 @@ class Supervisor:
 
 def supervise(spec: str, config: Config) -> int:
     """Run the supervisor for the app at `spec` until it is told to stop; the exit status."""
+    if sys.platform == "win32":
+        print(
+            "multicorn: error: worker processes, --reload and recycling need a POSIX system; "
+            "run one process (--workers 1) on Windows",
+            file=sys.stderr,
+        )
+        return EXIT_STARTUP_FAILED
     try:
         loggers = configure_logging(config)
         return Supervisor(spec, config, loggers.error).run()

@@ -408,7 +408,7 @@ class Supervisor:
         values["reload"] = False
         return values
 
-    def _spawn(self, *, replaces: int | None = None) -> _Worker:
+    def _spawn(self, *, replaces: int | None = None) -> _Worker | None:
         quic = list(self._quic_fds)
         made: list[socket.socket] = []
         for index, bind in enumerate(self._quic_binds):
@@ -425,14 +425,20 @@ class Supervisor:
         spec_r, spec_w = os.pipe()
         spec = {"app": self._spec, "config": config, "channel": channel_w, "max_requests": limit}
         try:
-            # Small (a few KiB): it fits in the pipe, so writing before the child reads is fine.
-            os.write(spec_w, json.dumps(spec).encode())
-            os.close(spec_w)
             fds = [spec_r, channel_w, *(sock.fileno() for sock in quic)]
             fds += [sock.fileno() for group, sock in self._listeners if group != "held"]
             proc = subprocess.Popen(
                 [sys.executable, "-m", "multicorn.worker", str(spec_r)], pass_fds=fds
             )
+        except OSError as exc:
+            os.close(channel_r)
+            os.close(spec_w)
+            now = time.monotonic()
+            self._failures += 1
+            self._last_failure = now
+            self._next_spawn = now + max(backoff(self._failures), BACKOFF_FIRST)
+            self._log.error("could not start a worker process: %s", exc)
+            return None
         finally:
             os.close(spec_r)
             os.close(channel_w)
@@ -440,6 +446,10 @@ class Supervisor:
             # SO_REUSEPORT group after the worker is gone and swallow its share of packets.
             for sock in made:
                 sock.close()
+        # Written once the worker runs, so a spec larger than a pipe's buffer cannot block here
+        # before anyone reads it. A worker that died at once breaks the pipe; its exit says why.
+        with contextlib.suppress(OSError), os.fdopen(spec_w, "wb") as fh:
+            fh.write(json.dumps(spec).encode())
         os.set_blocking(channel_r, False)
         now = time.monotonic()
         worker = _Worker(proc=proc, channel=channel_r, started=now, beat=now, replaces=replaces)
@@ -570,13 +580,18 @@ class Supervisor:
                     if now < self._next_spawn:
                         self._replace_queue.appendleft(old.pid)
                         break
-                    self._replacing = self._spawn(replaces=old.pid).pid
+                    new = self._spawn(replaces=old.pid)
+                    if new is None:
+                        self._replace_queue.appendleft(old.pid)
+                    else:
+                        self._replacing = new.pid
                     break
         active = [w for w in self._workers.values() if self._active(w)]
         if len(active) < self._target and now >= self._next_spawn:
             count = self._target - len(active) if self._failures == 0 else 1
             for _ in range(count):
-                self._spawn()
+                if self._spawn() is None:
+                    break
             if self._failures:
                 self._next_spawn = now + backoff(self._failures + 1)
         elif len(active) > self._target:

@@ -158,6 +158,7 @@ class Supervisor:
         self._waiting_for_change = False
         self._watcher: Watcher | None = None
         self._previous: dict[signal.Signals, _SignalHandler] = {}
+        self._last_check = time.monotonic()
 
     # ---- setup and teardown ---------------------------------------------------------------
 
@@ -603,6 +604,12 @@ class Supervisor:
     def _check_health(self) -> None:
         now = time.monotonic()
         config = self._config
+        if now - self._last_check > config.worker_healthcheck_timeout / 2:
+            # This process was not running (stopped, or the machine slept): the workers'
+            # silence is ours, not theirs.
+            for worker in self._workers.values():
+                worker.beat = now
+        self._last_check = now
         for worker in list(self._workers.values()):
             if worker.killed:
                 continue

@@ -23,6 +23,7 @@ whose supervisor is gone (its channel breaks, or it is re-parented) drains and e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Final
 import sniffio
 
 from multicorn.config import Config
+from multicorn.net.binds import parse_bind
 from multicorn.serve import Server
 
 if TYPE_CHECKING:
@@ -78,6 +80,7 @@ class Channel:
     def __init__(self, fd: int) -> None:
         self._fd = fd
         os.set_blocking(fd, False)
+        os.set_inheritable(fd, False)
         self.broken = False
 
     def send(self, message: bytes) -> None:
@@ -89,6 +92,16 @@ class Channel:
             pass
         except OSError:  # EPIPE: the supervisor is gone
             self.broken = True
+
+
+def _keep_to_ourselves(config: Config) -> None:
+    """Inherited descriptors came in inheritable; a process the application starts must not
+    hold our listeners (and the port) open after we are gone."""
+    for text in [*config.bind, *config.insecure_bind, *config.quic_bind]:
+        bind = parse_bind(text)
+        if bind.kind == "fd":
+            with contextlib.suppress(OSError):
+                os.set_inheritable(bind.fd, False)
 
 
 def resident_mib() -> float:
@@ -179,6 +192,7 @@ def main(argv: list[str]) -> int:
         spec = json.loads(fh.read())
     config = Config(**spec["config"])
     channel = Channel(int(spec["channel"]))
+    _keep_to_ourselves(config)
     try:
         app = load_app(spec["app"], app_dir=config.app_dir, factory=config.factory)
     except AppLoadError as exc:

@@ -31,7 +31,7 @@ def _write(path, text: str) -> None:
     os.utime(path, (stamp, stamp))
 
 
-def _started(tmp_path, worker: str, *, polling: bool):
+def _started(tmp_path, worker: str, *, polling: bool, broken: bool = False):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if polling:
         # A watchfiles that cannot be imported: the supervisor falls back to polling.
@@ -42,6 +42,8 @@ def _started(tmp_path, worker: str, *, polling: bool):
     src = tmp_path / "src"
     src.mkdir()
     _write(src / "reloadme.py", "one")
+    if broken:
+        (src / "reloadme.py").write_text("this is not python\n")
     (src / "notes.txt").write_text("not watched")
     args = ["reloadme:app", "--app-dir", str(src), "--reload", "--reload-dir", str(src)]
     args += ["-b", "127.0.0.1:0", "-k", worker, "--graceful-timeout", "1"]
@@ -94,6 +96,25 @@ def test_an_edited_file_restarts_the_worker(tmp_path, worker, polling):
         assert httpx.get(url).text == "two"
         _write(src / "reloadme.py", "three")
         _get(url, "three")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+@pytest.mark.parametrize("worker", RUNTIMES)
+def test_code_broken_from_the_start_waits_for_a_fix(tmp_path, worker):
+    proc, src = _started(tmp_path, worker, polling=False, broken=True)
+    try:
+        proc.output.wait_for("the worker failed to start: waiting for a file to change")
+        time.sleep(0.5)
+        assert proc.poll() is None  # neither given up nor restarting in a loop
+        assert sum("started" in line for line in proc.output.lines) == 1
+        _write(src / "reloadme.py", "fixed")
+        url = proc.output.wait_for(r"Running on (http://\S+)").group(1)
+        _get(url, "fixed")
+        assert proc.poll() is None
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0

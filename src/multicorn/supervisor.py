@@ -412,11 +412,18 @@ class Supervisor:
     def _spawn(self, *, replaces: int | None = None) -> _Worker | None:
         quic = list(self._quic_fds)
         made: list[socket.socket] = []
-        for index, bind in enumerate(self._quic_binds):
-            sock = self._quic_spare.pop(index, None)
-            if sock is None:
-                sock = create_datagram_socket(bind, reuse_port=True)
-            made.append(sock)
+        try:
+            for index, bind in enumerate(self._quic_binds):
+                sock = self._quic_spare.pop(index, None)
+                if sock is None:
+                    sock = create_datagram_socket(bind, reuse_port=True)
+                made.append(sock)
+        except BindFailed as exc:
+            # Taken by another program while no worker held it: try again later.
+            for sock in made:
+                sock.close()
+            self._spawn_failed(exc)
+            return None
         quic.extend(made)
         config = self._worker_config(quic)
         limit = request_limit(
@@ -434,11 +441,7 @@ class Supervisor:
         except OSError as exc:
             os.close(channel_r)
             os.close(spec_w)
-            now = time.monotonic()
-            self._failures += 1
-            self._last_failure = now
-            self._next_spawn = now + max(backoff(self._failures), BACKOFF_FIRST)
-            self._log.error("could not start a worker process: %s", exc)
+            self._spawn_failed(exc)
             return None
         finally:
             os.close(spec_r)
@@ -461,6 +464,13 @@ class Supervisor:
         else:
             self._log.info("worker %d started to replace worker %d", proc.pid, replaces)
         return worker
+
+    def _spawn_failed(self, exc: OSError) -> None:
+        now = time.monotonic()
+        self._failures += 1
+        self._last_failure = now
+        self._next_spawn = now + max(backoff(self._failures), BACKOFF_FIRST)
+        self._log.error("could not start a worker process: %s", exc)
 
     def _on_ready(self, worker: _Worker, now: float) -> None:
         worker.ready_at = now

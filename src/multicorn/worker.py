@@ -28,6 +28,7 @@ import json
 import os
 import signal
 import sys
+import time
 from functools import partial
 from typing import TYPE_CHECKING, Final
 
@@ -133,13 +134,13 @@ async def _watch(
 ) -> bool:
     """Report until told to stop; return True when the stop is a restart."""
     parent = os.getppid()
-    clock = 0.0
-    next_beat = HEARTBEAT_INTERVAL
-    next_memory = _MEMORY_EVERY
+    # Wall-clock spacing, not a count of ticks: a loop slowed by load still beats each second.
+    next_beat = time.monotonic() + HEARTBEAT_INTERVAL
+    next_memory = time.monotonic() + _MEMORY_EVERY
     retiring = False
     while not orders.stop:
         await _sleep(_TICK)
-        clock += _TICK
+        clock = time.monotonic()
         if clock >= next_beat:
             next_beat = clock + HEARTBEAT_INTERVAL
             channel.send(BEAT)

@@ -10,16 +10,47 @@ import sys
 import threading
 import time
 
+import anyio
 import httpx
+import psutil
 import pytest
 
+from .h3client import H3Client
 from .process import ROOT, multicorn_process
 from .supervision import APP, RUNTIMES, pids_answering, wait_for_workers, worker_pids
+from .support import free_port
 
 
 def start(worker: str, *extra: str):
     return multicorn_process(
         APP, "-b", "127.0.0.1:0", "-k", worker, "--graceful-timeout", "2", *extra
+    )
+
+
+def _ignore_errors(url: str) -> None:
+    with contextlib.suppress(httpx.HTTPError):
+        httpx.get(url, timeout=60)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); the supervisor reaps its workers.
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "multicorn", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -184,42 +215,8 @@ def test_web_concurrency_sets_the_worker_count():
         proc.stdout.close()
 
 
-def _ignore_errors(url: str) -> None:
-    with contextlib.suppress(httpx.HTTPError):
-        httpx.get(url, timeout=60)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(0); the supervisor reaps its workers.
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "multicorn", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 @pytest.mark.parametrize("worker", RUNTIMES)
 def test_http3_is_served_by_every_worker_with_one_retry_secret(certs, worker):
-    import anyio
-
-    from .h3client import H3Client
-    from .support import free_port
-
     port = free_port()
     args = ("--certfile", certs.cert_path, "-b", f"127.0.0.1:{port}")
     args += ("--quic-bind", f"127.0.0.1:{port}", "--quic-retry", "-w", "2", "-k", worker)
@@ -262,8 +259,6 @@ def test_reuse_port_workers_each_bind_the_port(worker):
     with start(worker, "-w", "2", "--reuse-port") as (proc, url):
         pids = wait_for_workers(proc.pid, 2)
         assert pids_answering(url, pids) == pids
-        import psutil
-
         port = int(url.rsplit(":", 1)[1])
         for pid in pids:
             listening = [

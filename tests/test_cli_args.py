@@ -161,3 +161,16 @@ def test_result_feeds_load_config():
 def test_load_limit_flags(argv, field, expected):
     _, _, values = parse_args(["x:app", *argv])
     assert values == {field: expected}
+
+
+@pytest.mark.parametrize(
+    ("argv", "field", "expected"),
+    [
+        (["--interface", "wsgi"], "interface", "wsgi"),
+        (["--interface", "asgi2"], "interface", "asgi2"),
+        (["--wsgi-max-workers", "4"], "wsgi_max_workers", 4),
+    ],
+)
+def test_interface_flags(argv, field, expected):
+    _, _, values = parse_args(["x:app", *argv])
+    assert values == {field: expected}

@@ -363,3 +363,23 @@ def test_load_limits_are_validated(kwargs):
     with pytest.raises(ConfigError) as info:
         Config(**kwargs)
     assert info.value.key == name
+
+
+# ---- what APP is: interface and WSGI threads -------------------------------------------------
+
+
+def test_interface_and_wsgi_workers_defaults_and_sources(tmp_path):
+    assert (Config().interface, Config().wsgi_max_workers) == ("auto", 10)
+    config = load(tmp_path, 'interface = "wsgi"\n', environ={"MULTICORN_WSGI_MAX_WORKERS": "32"})
+    assert (config.interface, config.wsgi_max_workers) == ("wsgi", 32)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"interface": "asgi"}, {"interface": "WSGI"}, {"wsgi_max_workers": 0}],
+)
+def test_interface_and_wsgi_workers_are_validated(kwargs):
+    (name,) = kwargs
+    with pytest.raises(ConfigError) as info:
+        Config(**kwargs)
+    assert info.value.key == name

@@ -17,7 +17,9 @@ from multicorn.loading import (
     AppModuleNotFound,
     AppNotCallable,
     AppSpecError,
+    detect_interface,
     load_app,
+    looks_like_factory,
 )
 
 _counter = itertools.count()
@@ -216,3 +218,148 @@ def test_all_errors_share_a_base():
         AppFactoryError,
     ):
         assert issubclass(cls, AppLoadError)
+
+
+# ---- factories passed without --factory -----------------------------------------------------
+
+
+def test_factory_without_the_flag_is_called_with_a_warning(tmp_path, make_module):
+    name = make_module(APP_SOURCE)
+    warnings: list[str] = []
+    app = load_app(f"{name}:create_app", app_dir=str(tmp_path), warn=warnings.append)
+    assert app is sys.modules[name].app
+    assert len(warnings) == 1
+    assert "factory" in warnings[0] and "--factory" in warnings[0]
+    assert f"{name}:create_app" in warnings[0]
+
+
+def test_an_app_is_not_taken_for_a_factory(tmp_path, make_module):
+    name = make_module(APP_SOURCE)
+    warnings: list[str] = []
+    app = load_app(f"{name}:app", app_dir=str(tmp_path), warn=warnings.append)
+    assert app is sys.modules[name].app
+    assert warnings == []
+
+
+def test_a_class_named_instead_of_its_instance_is_a_factory(tmp_path, make_module):
+    name = make_module(
+        """
+        class App:
+            async def __call__(self, scope, receive, send):
+                pass
+        """
+    )
+    warnings: list[str] = []
+    app = load_app(f"{name}:App", app_dir=str(tmp_path), warn=warnings.append)
+    assert isinstance(app, sys.modules[name].App)
+    assert len(warnings) == 1
+
+
+# ---- which interface an app speaks ----------------------------------------------------------
+
+
+async def _asgi3_function(scope, receive, send):
+    pass
+
+
+class _ASGI3Instance:
+    async def __call__(self, scope, receive, send):
+        pass
+
+
+class _ASGI2Class:
+    def __init__(self, scope):
+        self.scope = scope
+
+    async def __call__(self, receive, send):
+        pass
+
+
+def _asgi2_function(scope):
+    async def instance(receive, send):
+        pass
+
+    return instance
+
+
+def _wsgi_function(environ, start_response):
+    return []
+
+
+class _WSGIInstance:
+    def __call__(self, environ, start_response):
+        return []
+
+
+class _AwaitableASGI3Class:
+    def __init__(self, scope, receive, send):
+        pass
+
+    def __await__(self):
+        yield
+
+
+def _flask_app():
+    flask = pytest.importorskip("flask")
+    return flask.Flask("detect")
+
+
+def _django_wsgi_handler():
+    pytest.importorskip("django")
+    from tests.e2e.wsgi_apps import django_app  # configures Django as the e2e tests do
+
+    return django_app()
+
+
+def _starlette_app():
+    starlette = pytest.importorskip("starlette.applications")
+    return starlette.Starlette()
+
+
+@pytest.mark.parametrize(
+    ("make", "interface"),
+    [
+        (lambda: _asgi3_function, "asgi3"),
+        (_ASGI3Instance, "asgi3"),
+        (lambda: _AwaitableASGI3Class, "asgi3"),
+        (lambda: _ASGI2Class, "asgi2"),
+        (lambda: _asgi2_function, "asgi2"),
+        (lambda: _wsgi_function, "wsgi"),
+        (_WSGIInstance, "wsgi"),
+        (_flask_app, "wsgi"),
+        (_django_wsgi_handler, "wsgi"),
+        (_starlette_app, "asgi3"),
+        (lambda: print, "asgi3"),  # a builtin: no signature to read, so the native interface
+    ],
+    ids=[
+        "async-function",
+        "async-call-method",
+        "awaitable-class",
+        "asgi2-class",
+        "asgi2-function",
+        "wsgi-function",
+        "wsgi-call-method",
+        "flask",
+        "django-wsgi",
+        "starlette",
+        "builtin",
+    ],
+)
+def test_detect_interface(make, interface):
+    assert detect_interface(make()) == interface
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        (lambda: None, True),
+        (lambda config=None: None, True),
+        (_asgi3_function, False),
+        (_ASGI2Class, False),
+        (_wsgi_function, False),
+        (_ASGI3Instance, True),  # the class itself, where an instance was meant
+        (_ASGI3Instance(), False),  # an instance is not a function or class
+    ],
+)
+def test_looks_like_factory(target, expected):
+    assert looks_like_factory(target) is expected

@@ -248,3 +248,190 @@ def test_log_access_is_free_when_disabled():
         Loggers(error=logging.getLogger(ERROR_LOGGER), access=access, access_format="%(h)s"),
         _Exploding(),
     )  # type: ignore[arg-type]
+
+
+# ---- JSON lines, --log-config -----------------------------------------------------------
+
+
+def test_access_fields_as_json(monkeypatch):
+    import json
+
+    from multicorn.app.logs import access_fields
+
+    monkeypatch.setattr(os, "getpid", lambda: 42)
+    fields = access_fields(record())
+    assert fields == {
+        "time": "2024-03-05T14:07:09.250Z",
+        "client": "192.0.2.7",
+        "client_port": 51234,
+        "method": "GET",
+        "path": "/items/1",
+        "query": "q=1&b=2",
+        "protocol": "HTTP/1.1",
+        "status": 200,
+        "bytes": 1234,
+        "duration": 2.001234,
+        "user_agent": "curl/8.0",
+        "referer": "https://ref.example/",
+        "pid": 42,
+    }
+    bare = access_fields(record(client=None, request_headers=[]))
+    assert bare["client"] is bare["user_agent"] is bare["referer"] is None
+    json.dumps(bare)
+
+
+def test_log_access_json_line(capsys):
+    import json
+
+    loggers = configure_logging(Config(access_logfile="-", log_format="json"))
+    assert loggers.access_json
+    log_access(loggers, record())
+    line = capsys.readouterr().out.strip()
+    assert json.loads(line)["path"] == "/items/1"
+
+
+def test_error_log_json_lines(capsys):
+    import json
+
+    loggers = configure_logging(Config(log_format="json"))
+    loggers.error.info("hello %s", "world")
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        loggers.error.exception("failed")
+    first, second = (json.loads(line) for line in capsys.readouterr().err.splitlines())
+    assert first["message"] == "hello world" and first["level"] == "INFO"
+    assert first["logger"] == ERROR_LOGGER and first["pid"] == os.getpid()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["time"])
+    assert "RuntimeError: boom" in second["exception"]
+
+
+def test_response_header_atom_prints_the_header_as_sent():
+    assert format_access("%({x-trace}o)s %({Content-Type}o)s %({nope}o)s", record()) == (
+        "abc text/plain -"
+    )
+
+
+def _log_config_json(tmp_path, target) -> str:
+    import json
+
+    path = tmp_path / "logging.json"
+    path.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "formatters": {"plain": {"format": "custom %(levelname)s %(message)s"}},
+                "handlers": {
+                    "file": {
+                        "class": "logging.FileHandler",
+                        "filename": str(target),
+                        "formatter": "plain",
+                    }
+                },
+                "loggers": {
+                    ERROR_LOGGER: {"handlers": ["file"], "level": "WARNING"},
+                    ACCESS_LOGGER: {"handlers": ["file"], "level": "INFO"},
+                },
+            }
+        )
+    )
+    return str(path)
+
+
+def test_log_config_json_decides_the_handlers(tmp_path, capsys):
+    target = tmp_path / "out.log"
+    loggers = configure_logging(Config(log_config=_log_config_json(tmp_path, target)))
+    try:
+        loggers.error.info("not written: below WARNING")
+        loggers.error.warning("written")
+        # The file configures the access logger, so access lines flow without access_logfile.
+        log_access(loggers, record())
+        for handler in loggers.error.handlers:
+            handler.flush()
+        text = target.read_text()
+        assert "custom WARNING written" in text
+        assert "not written" not in text
+        assert 'custom INFO 192.0.2.7 - - [05/Mar/2024:14:07:09 +0000] "GET' in text
+        assert capsys.readouterr().err == ""
+    finally:
+        for name in (ERROR_LOGGER, ACCESS_LOGGER):
+            for handler in list(logging.getLogger(name).handlers):
+                logging.getLogger(name).removeHandler(handler)
+                handler.close()
+
+
+def test_log_config_ini(tmp_path):
+    from multicorn.logging import apply_log_config
+
+    target = tmp_path / "ini.log"
+    ini = tmp_path / "logging.ini"
+    ini.write_text(
+        "[loggers]\nkeys=root,app\n[handlers]\nkeys=file\n[formatters]\nkeys=\n"
+        "[logger_root]\nhandlers=\n[logger_app]\nqualname=multicorn-test-ini\nhandlers=file\n"
+        "level=INFO\n"
+        f"[handler_file]\nclass=FileHandler\nargs=({str(target)!r},)\n"
+    )
+    apply_log_config(str(ini))
+    logger = logging.getLogger("multicorn-test-ini")
+    logger.info("from ini")
+    for handler in list(logger.handlers):
+        handler.close()
+        logger.removeHandler(handler)
+    assert "from ini" in target.read_text()
+
+
+def test_log_config_yaml_without_pyyaml_is_a_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    from multicorn.logging import apply_log_config
+
+    path = tmp_path / "logging.yaml"
+    path.write_text("version: 1\n")
+    monkeypatch.setitem(sys.modules, "yaml", None)
+    with pytest.raises(ConfigError, match="needs PyYAML: pip install pyyaml"):
+        apply_log_config(str(path))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("logging.txt", "", "expected a .json, .yaml/.yml"),
+        ("logging.json", "{not json", "could not be applied"),
+        ("logging.json", "[1]", "must hold a mapping"),
+        ("logging.json", '{"version": 99}', "could not be applied"),
+        ("missing.ini", None, "could not be applied"),
+    ],
+)
+def test_log_config_errors_name_the_file(tmp_path, name, content, message):
+    from multicorn.logging import apply_log_config
+
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=message) as info:
+        apply_log_config(str(path))
+    assert info.value.key == "log_config"
+    if content is not None and name != "logging.txt":
+        assert str(path) in str(info.value)
+
+
+def test_log_config_yaml(tmp_path):
+    pytest.importorskip("yaml")
+    from multicorn.logging import apply_log_config
+
+    target = tmp_path / "yaml.log"
+    path = tmp_path / "logging.yml"
+    path.write_text(
+        "version: 1\n"
+        "handlers:\n"
+        f"  file: {{class: logging.FileHandler, filename: {str(target)!r}}}\n"
+        "loggers:\n"
+        "  multicorn-test-yaml: {handlers: [file], level: INFO}\n"
+    )
+    apply_log_config(str(path))
+    logger = logging.getLogger("multicorn-test-yaml")
+    logger.info("from yaml")
+    for handler in list(logger.handlers):
+        handler.close()
+        logger.removeHandler(handler)
+    assert "from yaml" in target.read_text()

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import importlib
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, MutableMapping, Sequence
 from functools import partial
 from typing import Any
 
 from multicorn.app.errors import LifespanFailure
 from multicorn.cli import parse_args
 from multicorn.config import Config, ConfigError, load_config
+from multicorn.daemon import PidFile, PrivilegeError
 from multicorn.loading import AppLoadError, load_app
 from multicorn.net.binds import BindError
 from multicorn.net.sockets import BindFailed
 from multicorn.net.tls import TLSConfigError
 from multicorn.serve import serve
+from multicorn.systemd import ActivationError, activation_binds, listen_fds
 from multicorn.typing import ASGIApp
 
 # Startup failures exit with 3, as Uvicorn does, so supervisors can tell them from crashes.
@@ -45,7 +48,7 @@ def needs_supervisor(config: Config) -> bool:
 
 def startup_errors() -> tuple[type[Exception], ...]:
     """What `run` raises when the server cannot start: one line for the user, exit status 3."""
-    return (BindFailed, LifespanFailure, ConfigError, TLSConfigError)
+    return (BindFailed, LifespanFailure, ConfigError, TLSConfigError, PrivilegeError)
 
 
 def run(
@@ -77,29 +80,56 @@ def run(
     asyncio.run(entry(app, config))
 
 
+def print_warning(message: str) -> None:
+    # Logging is configured later, by the server; this goes out as startup errors do.
+    print(f"multicorn: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import os
 
     try:
         spec, config_path, cli_values = parse_args(list(sys.argv[1:] if argv is None else argv))
         config = load_config(toml_path=config_path, environ=os.environ, cli=cli_values)
+        config = with_activated_sockets(config, os.environ, os.getpid())
         if needs_supervisor(config):
             # The app is imported by each worker, not here: a reload must see new code.
             from multicorn.supervisor import supervise
 
             return supervise(spec, config)
-        app = load_app(spec, app_dir=config.app_dir, factory=config.factory)
-    except (ConfigError, AppLoadError, BindError) as exc:
+        app = load_app(spec, app_dir=config.app_dir, factory=config.factory, warn=print_warning)
+    except (ConfigError, AppLoadError, BindError, ActivationError) as exc:
         print(f"multicorn: error: {exc}", file=sys.stderr)
         return EXIT_STARTUP_FAILED
+    pid_file = None if config.pid is None else PidFile(config.pid, os.getpid())
     try:
+        if pid_file is not None:
+            pid_file.write()
         run(app, config)
     except startup_errors() as exc:
         print(f"multicorn: error: {exc}", file=sys.stderr)
         return EXIT_STARTUP_FAILED
     except KeyboardInterrupt:
         pass
+    finally:
+        if pid_file is not None:
+            pid_file.remove()
     return 0
+
+
+def with_activated_sockets(config: Config, environ: MutableMapping[str, str], pid: int) -> Config:
+    """`config` serving the sockets systemd passed (they replace every bind setting), or
+    `config` itself without socket activation. Unsets LISTEN_* in `environ`."""
+    activated = listen_fds(environ, pid)
+    if not activated:
+        return config
+    binds = activation_binds(activated, tls=config.certfile is not None)
+    return dataclasses.replace(
+        config,
+        bind=binds["bind"],
+        insecure_bind=binds["insecure_bind"],
+        quic_bind=binds["quic_bind"],
+    )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ from multicorn._version import __version__
 from multicorn.config import (
     H2C_MODES,
     HTTP_ENGINES,
+    INTERFACES,
     LIFESPAN_MODES,
+    LOG_FORMATS,
     LOG_LEVELS,
     PROXY_PROTOCOL_MODES,
     VERIFY_MODES,
@@ -222,6 +224,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=choices(LOG_LEVELS),
         help="least severe error log messages to write",
     )
+    setting(
+        "--log-config",
+        dest="log_config",
+        metavar="FILE",
+        help="logging configuration: dictConfig as .json or .yaml (PyYAML), or an .ini file",
+    )
+    setting(
+        "--log-format",
+        dest="log_format",
+        metavar=choices(LOG_FORMATS),
+        help="error and access log lines as text or as one JSON object each",
+    )
     parser.add_argument(
         "--factory",
         dest="factory",
@@ -238,6 +252,18 @@ def build_parser() -> argparse.ArgumentParser:
         dest="app_dir",
         metavar="DIR",
         help="import APP from this directory; '' is the current directory",
+    )
+    setting(
+        "--interface",
+        dest="interface",
+        metavar=choices(INTERFACES),
+        help="what APP is; auto detects ASGI 3, ASGI 2 or WSGI from its signature",
+    )
+    setting(
+        "--wsgi-max-workers",
+        dest="wsgi_max_workers",
+        metavar="N",
+        help="threads running a WSGI app's calls at once; more requests wait for one",
     )
     parser.add_argument(
         "--insecure-bind",
@@ -276,6 +302,18 @@ def build_parser() -> argparse.ArgumentParser:
         dest="ssl_handshake_timeout",
         metavar="SECONDS",
         help="a TLS handshake must finish within this",
+    )
+    switch(
+        "--reload-certs",
+        dest="reload_certs",
+        help="load certfile/keyfile/ca-certs again when they change, without a restart "
+        "(SIGHUP reloads them too)",
+    )
+    setting(
+        "--reload-certs-interval",
+        dest="reload_certs_interval",
+        metavar="SECONDS",
+        help="how often --reload-certs checks the files",
     )
     setting("--h2c", dest="h2c", metavar=choices(H2C_MODES), help="cleartext HTTP/2")
     setting(
@@ -560,6 +598,28 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="GLOB",
         help="ignore files and directories whose name matches; repeatable, replaces the "
         f"default (default: {_show(defaults.reload_excludes)})",
+    )
+    setting("-p", "--pid", dest="pid", metavar="FILE", help="write the process id to this file")
+    setting(
+        "-u",
+        "--user",
+        dest="user",
+        metavar="USER",
+        help="after binding, serve as this user (name or uid; the server must start as root)",
+    )
+    setting(
+        "-g",
+        "--group",
+        dest="group",
+        metavar="GROUP",
+        help="after binding, serve as this group (name or gid; the server must start as root)",
+    )
+    setting(
+        "-m",
+        "--umask",
+        dest="umask",
+        metavar="OCTAL",
+        help="process umask, set before binding (decides unix socket file modes), e.g. 027",
     )
     parser.add_argument("--version", action="version", version=f"multicorn {__version__}")
     return parser

@@ -20,13 +20,16 @@ from types import MappingProxyType
 from typing import Final, Literal
 
 from multicorn.app.proxy import ProxyTrust
+from multicorn.daemon import parse_umask
 from multicorn.net.binds import BindError, parse_bind
 
 ENV_PREFIX: Final = "MULTICORN_"
 
 WORKER_CLASSES: Final = ("asyncio", "uvloop", "trio")
 LIFESPAN_MODES: Final = ("auto", "on", "off")
+INTERFACES: Final = ("auto", "asgi3", "asgi2", "wsgi")
 LOG_LEVELS: Final = ("critical", "error", "warning", "info", "debug", "trace")
+LOG_FORMATS: Final = ("text", "json")
 VERIFY_MODES: Final = ("none", "optional", "required")
 H2C_MODES: Final = ("off", "prior-knowledge", "upgrade", "both")
 ALPN_PROTOCOLS: Final = ("h2", "http/1.1")
@@ -81,8 +84,17 @@ class Config:
     access_logformat: str = '%(h)s %(l)s %(l)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
     error_logfile: str | None = "-"  # "-" is stderr
     log_level: str = "info"
+    # A logging configuration file (dictConfig as JSON or YAML, or fileConfig INI) applied
+    # before the server's own logging setup; loggers it gives handlers are left as it says.
+    log_config: str | None = None
+    log_format: str = "text"  # text | json (one JSON object per error and access log line)
     factory: bool = False
     app_dir: str = ""
+    # What APP is: auto (detected from its signature) | asgi3 | asgi2 | wsgi.
+    interface: str = "auto"
+    # Threads running WSGI calls at once; more requests wait for one without holding a thread.
+    # 10, as Uvicorn's and a2wsgi's WSGI middleware default.
+    wsgi_max_workers: int = 10
     # TLS: with a certificate, `bind` addresses speak TLS and `insecure_bind` ones cleartext.
     insecure_bind: list[str] = field(default_factory=list)
     certfile: str | None = None
@@ -93,6 +105,9 @@ class Config:
     ciphers: str = "ECDHE+AESGCM:ECDHE+CHACHA20"  # TLS 1.2 suites; TLS 1.3 keeps OpenSSL's
     alpn_protocols: list[str] = field(default_factory=lambda: ["h2", "http/1.1"])
     ssl_handshake_timeout: float = 60.0
+    # Reload certfile/keyfile/ca_certs when they change (polled every reload_certs_interval s).
+    reload_certs: bool = False
+    reload_certs_interval: float = 5.0
     # HTTP/2
     h2c: str = "both"  # cleartext HTTP/2: off | prior-knowledge | upgrade | both
     h2_max_concurrent_streams: int = 100
@@ -167,6 +182,11 @@ class Config:
     reload_dirs: list[str] = field(default_factory=list)  # empty: the current directory
     reload_includes: list[str] = field(default_factory=lambda: list(RELOAD_INCLUDES))
     reload_excludes: list[str] = field(default_factory=lambda: list(RELOAD_EXCLUDES))
+    # Process: a pid file, the user and group to serve as (after binding, as root), the umask.
+    pid: str | None = None
+    user: str | None = None
+    group: str | None = None
+    umask: str | None = None  # octal, e.g. "027"; unix socket files get 0777 & ~umask
 
     def __post_init__(self) -> None:
         self.validate()
@@ -187,6 +207,8 @@ class Config:
             raise ConfigError(
                 "quic_bind", "needs certfile (and keyfile): QUIC always runs over TLS 1.3"
             )
+        if self.reload_certs and not self.certfile:
+            raise ConfigError("reload_certs", "needs certfile: there is no certificate to reload")
         if self.verify_mode != "none" and not self.ca_certs:
             raise ConfigError(
                 "verify_mode", "client certificates need ca_certs, the CAs to verify them with"
@@ -246,8 +268,12 @@ _RULES: Final[Mapping[str, _Rule]] = MappingProxyType(
         "access_logformat": _Rule("str", "a %-style format using %(atom)s placeholders"),
         "error_logfile": _Rule("optional_str", "'-' (stderr) or a file path"),
         "log_level": _choice(LOG_LEVELS),
+        "log_config": _Rule("optional_str", "a .json, .yaml/.yml or .ini/.conf logging config"),
+        "log_format": _choice(LOG_FORMATS),
         "factory": _BOOL,
         "app_dir": _Rule("str", "a directory path"),
+        "interface": _choice(INTERFACES),
+        "wsgi_max_workers": _positive_int("a whole number of threads"),
         "insecure_bind": _Rule("str_list", "zero or more addresses like 127.0.0.1:8080"),
         "certfile": _Rule("optional_str", "a PEM certificate (chain) file path"),
         "keyfile": _Rule("optional_str", "a PEM private key file path"),
@@ -257,6 +283,10 @@ _RULES: Final[Mapping[str, _Rule]] = MappingProxyType(
         "ciphers": _Rule("str", "an OpenSSL cipher list"),
         "alpn_protocols": _Rule("str_list", "one or more of " + ", ".join(ALPN_PROTOCOLS)),
         "ssl_handshake_timeout": _seconds(),
+        "reload_certs": _BOOL,
+        "reload_certs_interval": _Rule(
+            "float", "a number of seconds > 0", minimum=0, minimum_inclusive=False
+        ),
         "h2c": _choice(H2C_MODES),
         "h2_max_concurrent_streams": _positive_int("a whole number of streams"),
         "h2_max_header_list_size": _positive_int("a whole number of bytes"),
@@ -318,6 +348,10 @@ _RULES: Final[Mapping[str, _Rule]] = MappingProxyType(
         "reload_dirs": _Rule("str_list", "directories, comma-separated"),
         "reload_includes": _Rule("str_list", "glob patterns such as *.py, comma-separated"),
         "reload_excludes": _Rule("str_list", "glob patterns such as .* , comma-separated"),
+        "pid": _Rule("optional_str", "a file path for the process id"),
+        "user": _Rule("optional_str", "a user name or uid"),
+        "group": _Rule("optional_str", "a group name or gid"),
+        "umask": _Rule("optional_str", "an octal umask from 000 to 777, such as 027"),
     }
 )
 
@@ -393,6 +427,11 @@ def _problem(name: str, value: object) -> str | None:
             return None
         if name == "quic_secret":
             return None if isinstance(value, str) and _is_hex_key(value) else bad
+        if name == "umask" and isinstance(value, str):
+            try:
+                parse_umask(value)
+            except ValueError:
+                return bad
         return None if isinstance(value, str) and value else bad
     if rule.kind == "str_list":
         if not isinstance(value, list) or (not value and name not in _MAY_BE_EMPTY):

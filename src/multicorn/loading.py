@@ -1,17 +1,24 @@
-"""Finding the user's ASGI application from a "module:attribute" spec.
+"""Finding the user's application from a "module:attribute" spec, and telling what it is.
 
 Owns the spec syntax, the sys.path adjustment that lets the app's own directory be imported,
-calling app factories, and the one-line `AppLoadError` messages for each way this can fail.
+calling app factories (and spotting one passed without `--factory`), which interface an app
+speaks (ASGI 3, ASGI 2 or WSGI, read from its signature), and the one-line `AppLoadError`
+messages for each way loading can fail.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
+import math
 import os
 import sys
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from multicorn.typing import ASGIApp
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 DEFAULT_ATTRIBUTE = "app"
 
@@ -77,13 +84,87 @@ def _import(module: str, search_dir: str) -> object:
         ) from exc
 
 
-def load_app(spec: str, *, app_dir: str = "", factory: bool = False) -> ASGIApp:
-    """Import and return the ASGI application named by `spec` ("module:attr.sub", or "module"
-    for "module:app").
+def _positional_arity(target: object) -> tuple[int, float] | None:
+    """(required, accepted) positional arguments of calling `target`; accepted is infinite
+    with *args. None when Python cannot tell (some builtins and C extensions)."""
+    try:
+        signature = inspect.signature(cast("Callable[..., object]", target))
+    except (TypeError, ValueError):
+        return None
+    required = 0
+    accepted: float = 0
+    for parameter in signature.parameters.values():
+        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+            accepted += 1
+            if parameter.default is parameter.empty:
+                required += 1
+        elif parameter.kind is parameter.VAR_POSITIONAL:
+            accepted = math.inf
+    return required, accepted
+
+
+def _is_coroutine_function(target: object) -> bool:
+    return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
+        getattr(target, "__call__", None)  # noqa: B004 - the method itself is inspected
+    )
+
+
+def looks_like_factory(target: object) -> bool:
+    """Whether `target` is a function or class that requires no arguments (and takes no
+    *args), so cannot be an application itself but may well build one: `create_app()` or
+    `create_app(config=None)`, or a class named where its instance was meant."""
+    if inspect.isclass(target):
+        if hasattr(target, "__await__"):
+            return False  # an ASGI 3 class: constructed with (scope, receive, send), awaited
+    elif not inspect.isfunction(target) or inspect.iscoroutinefunction(target):
+        return False
+    arity = _positional_arity(target)
+    return arity is not None and arity[0] == 0 and arity[1] != math.inf
+
+
+def detect_interface(app: object) -> str:
+    """ "asgi3", "asgi2" or "wsgi": what `app` speaks, read from its signature.
+
+    A coroutine function (or an object whose `__call__` is one) is ASGI 3; so is a class whose
+    instances are awaitable (constructed with scope, receive, send). Otherwise the number of
+    required positional parameters decides: three is ASGI 3, two (`environ, start_response`)
+    WSGI, one (`scope`, as an ASGI 2 class or function takes) ASGI 2. What cannot be read stays
+    ASGI 3, the interface the server speaks natively.
+    """
+    if inspect.isclass(app) and hasattr(app, "__await__"):
+        return "asgi3"
+    if not inspect.isclass(app) and _is_coroutine_function(app):
+        return "asgi3"
+    arity = _positional_arity(app)
+    if arity is None:
+        return "asgi3"
+    required, accepted = arity
+    by_count = {3: "asgi3", 2: "wsgi", 1: "asgi2"}
+    if required in by_count:
+        return by_count[required]
+    # Optional parameters: the largest shape it accepts.
+    for count in (3, 2, 1):
+        if required <= count <= accepted:
+            return by_count[count]
+    return "asgi3"
+
+
+def load_app(
+    spec: str,
+    *,
+    app_dir: str = "",
+    factory: bool = False,
+    warn: Callable[[str], object] | None = None,
+) -> ASGIApp:
+    """Import and return the application named by `spec` ("module:attr.sub", or "module"
+    for "module:app"). It may speak ASGI 3, ASGI 2 or WSGI (see `detect_interface`); the type
+    says ASGI 3, what the server serves once it has wrapped the others.
 
     `app_dir` (the current directory when "") is put first on sys.path before importing. With
     `factory`, the attribute is called with no arguments and its result is the application.
-    Raises a subclass of AppLoadError on every failure.
+    Without it, an attribute that `looks_like_factory` is called all the same, and `warn` is
+    given a message suggesting `--factory` (as Uvicorn does): served as an app, it would
+    answer 500 to every request. Raises a subclass of AppLoadError on every failure.
     """
     module_name, parts = _split_spec(spec)
     search_dir = os.path.abspath(app_dir or os.getcwd())
@@ -104,6 +185,13 @@ def load_app(spec: str, *, app_dir: str = "", factory: bool = False) -> ASGIApp:
             raise AppAttributeNotFound(f"{owner} has no attribute {part!r}") from None
 
     qualified = f"{module_name}:{'.'.join(parts)}"
+    if not factory and looks_like_factory(target):
+        factory = True
+        if warn is not None:
+            warn(
+                f"{qualified!r} takes no arguments, so it looks like an app factory: calling it "
+                "to get the application. Pass --factory to say so and silence this warning."
+            )
     if factory:
         if not callable(target):
             raise AppNotCallable(

@@ -1,8 +1,10 @@
 """Running a server inside an event loop that is already running: `serve()` and `Server`.
 
 The order of events is the same on every runtime and lives here once:
-bind sockets -> lifespan startup -> accept -> (shutdown trigger) -> stop accepting ->
-drain connections within the graceful timeout -> lifespan shutdown.
+umask -> bind sockets -> drop to user/group -> lifespan startup -> accept -> sd_notify READY=1
+(and watchdog pings) -> (shutdown trigger) -> STOPPING=1 -> stop accepting -> drain connections
+within the graceful timeout -> lifespan shutdown. SIGHUP (and --reload-certs) reload the TLS
+certificate in place (multicorn.tlsreload).
 Only the listeners, signals and task primitives come from the runtime backend, chosen by which
 async library is running (sniffio).
 """
@@ -18,12 +20,22 @@ from typing import TYPE_CHECKING, Any, cast, final
 
 import sniffio
 
+from multicorn.app.asgi2 import ASGI2Adapter
 from multicorn.app.connection import ConnectionHandler
 from multicorn.app.context import AppSettings, ConnectionInfo, DefaultHeaders, ServerContext
 from multicorn.app.lifespan import Lifespan
-from multicorn.app.proxy import ProxyTrust
+from multicorn.app.proxy import (
+    ProxyTrust,
+    header_of,
+    peer_address,
+    proxy_preamble,
+    with_proxy_header,
+)
 from multicorn.app.registry import ConnectionRegistry
+from multicorn.app.wsgi import WSGIAdapter
 from multicorn.config import Config, ConfigError
+from multicorn.daemon import apply_umask, chown_paths, drop_privileges, resolve_identity
+from multicorn.loading import detect_interface
 from multicorn.logging import configure_logging
 from multicorn.net.binds import format_url, parse_bind
 from multicorn.net.sockets import bound_url, create_datagram_socket, create_socket
@@ -34,11 +46,16 @@ from multicorn.protocol.http11_parsers import httptools_available
 from multicorn.protocol.negotiate import ProtocolLimits, for_connection
 from multicorn.protocol.websocket import WebSocketLimits
 from multicorn.runtime.base import ServerTLS
+from multicorn.systemd import Notifier, watchdog_interval
+from multicorn.tlsreload import CertificateWatcher, ServerCertHolder, reload_tls
 
 if TYPE_CHECKING:
     import logging
     import socket
+    import ssl
     from types import TracebackType
+
+    from aioquic.quic.configuration import QuicConfiguration
 
     from multicorn.protocol.proxy_protocol import ProxyMode
     from multicorn.runtime.base import (
@@ -46,6 +63,7 @@ if TYPE_CHECKING:
         ConnectionDetails,
         DatagramTransport,
         Runtime,
+        TimerHandle,
         Transport,
     )
     from multicorn.typing import ASGIApp
@@ -123,10 +141,19 @@ def _alt_svc(sockets: list[socket.socket]) -> bytes | None:
     return ", ".join(f'h3=":{port}"; ma={_ALT_SVC_MAX_AGE}' for port in ports).encode("ascii")
 
 
-def _address(name: Any) -> tuple[str, int] | None:
-    if isinstance(name, tuple) and len(name) >= 2:
-        return (str(name[0]), int(name[1]))
-    return None
+def adapt_app(app: Any, config: Config, runtime: Runtime, logger: logging.Logger) -> ASGIApp:
+    """`app` as the ASGI 3 application the bridges call: ASGI 2 and WSGI apps wrapped once,
+    for the interface `config.interface` names or, with "auto", the one its signature shows."""
+    interface = config.interface
+    if interface == "auto":
+        interface = detect_interface(app)
+    if interface == "asgi2":
+        logger.debug("serving an ASGI 2 application")
+        return ASGI2Adapter(app)
+    if interface == "wsgi":
+        logger.info("Serving a WSGI application in up to %d threads", config.wsgi_max_workers)
+        return WSGIAdapter(app, runtime=runtime, max_workers=config.wsgi_max_workers, logger=logger)
+    return cast("ASGIApp", app)
 
 
 @final
@@ -149,11 +176,17 @@ class Server:
         self._quic_sockets: list[socket.socket] = []
         self._unix_paths: list[str] = []
         self._exit = contextlib.AsyncExitStack()
+        # Hot TLS reload: what a new certificate is loaded into.
+        self._ssl_context: ssl.SSLContext | None = None
+        self._cert_holders: list[ServerCertHolder] = []
+        self._quic_configurations: list[QuicConfiguration] = []
+        self._timers: dict[str, TimerHandle] = {}
 
     async def __aenter__(self) -> Server:
         config = self.config
         loggers = configure_logging(config)
         self._loggers = loggers
+        self._notifier = Notifier.from_environ(os.environ, loggers.error)
         backend = _backend(config, loggers.error)
         self._backend = backend
         await self._exit.enter_async_context(backend.session())
@@ -170,6 +203,11 @@ class Server:
         config = self.config
         ssl_context = create_ssl_context(config)
         tls_info = TLSInfoFactory.from_config(ssl_context, config) if ssl_context else None
+        self._ssl_context = ssl_context
+        if tls_info is not None:
+            self._cert_holders.append(tls_info)
+        # Before any socket exists: the umask decides the mode of unix socket files.
+        apply_umask(config.umask)
         server_tls = None
         if ssl_context is not None and tls_info is not None:
             server_tls = ServerTLS(
@@ -191,13 +229,18 @@ class Server:
                     self._unix_paths.append(bind.path)
         for text in config.quic_bind:
             self._quic_sockets.append(create_datagram_socket(parse_bind(text)))
+        # Bound (ports below 1024 need root); everything from here on runs as user/group.
+        identity = resolve_identity(config.user, config.group)
+        chown_paths(self._unix_paths, identity)
+        drop_privileges(identity)
         runtime: Runtime = backend.runtime
+        app = adapt_app(self.app, config, runtime, self._loggers.error)
         self._lifespan = Lifespan(
-            self.app, mode=config.lifespan, runtime=runtime, logger=self._loggers.error
+            app, mode=config.lifespan, runtime=runtime, logger=self._loggers.error
         )
         await self._lifespan.startup(config.startup_timeout)
         context = ServerContext(
-            app=self.app,
+            app=app,
             settings=AppSettings(
                 root_path=config.root_path,
                 send_timeout=config.send_timeout,
@@ -220,23 +263,22 @@ class Server:
         )
         registry = ConnectionRegistry(runtime)
         self._registry = registry
-        # PROXY protocol: decided per connection, from the peer; None when it is off.
-        header_trust = None
-        header_mode = cast("ProxyMode", config.proxy_protocol)
+        # PROXY protocol: the header comes before anything else, TLS included, so the
+        # listener reads it (a preamble) and the connection starts with what it says.
+        preamble = None
         if config.proxy_protocol != "off":
-            header_trust = ProxyTrust(config.proxy_protocol_allow_ips)
-            if server_tls is not None and config.bind:
-                self._loggers.error.warning(
-                    "the PROXY protocol is read on cleartext listeners only, not on %s",
-                    ", ".join(config.bind),
-                )
+            preamble = proxy_preamble(
+                ProxyTrust(config.proxy_protocol_allow_ips),
+                cast("ProxyMode", config.proxy_protocol),
+                timeout=config.header_timeout,
+            )
 
         def new_connection(
             transport: Transport, conn_runtime: Runtime, details: ConnectionDetails
         ) -> ConnectionHandler:
-            server = _address(details.sockname)
+            server = peer_address(details.sockname)
             tls = details.tls
-            client = _address(details.peername)
+            client = peer_address(details.peername)
             trust = context.settings.proxy_trust
             info = ConnectionInfo(
                 client=client,
@@ -245,16 +287,14 @@ class Server:
                 tls=None if tls is None else tls.as_extension(),
                 forwarder=None if trust is None else trust.for_peer(client),
             )
-            proxy_header: ProxyMode | None = None
-            if header_trust is not None and tls is None:
-                # A trusted balancer must send the header; anyone else may not.
-                proxy_header = header_mode if header_trust.trusts_peer(client) else "reject"
+            if details.preamble:
+                # The load balancer named the client: scopes and log lines name it.
+                info = with_proxy_header(info, header_of(details.preamble), context.settings)
             protocol = for_connection(
                 context.protocol_limits,
                 alpn=None if tls is None else tls.alpn,
                 tls=tls is not None,
                 now=conn_runtime.now(),
-                proxy_header=proxy_header,
             )
             return ConnectionHandler(
                 protocol=protocol,
@@ -266,12 +306,63 @@ class Server:
             )
 
         for (bind, bind_tls), sock in zip(binds, self._sockets, strict=True):
-            await backend.start_listener(sock, new_connection, backlog=config.backlog, tls=bind_tls)
+            await backend.start_listener(
+                sock, new_connection, backlog=config.backlog, tls=bind_tls, preamble=preamble
+            )
             url = bound_url(sock, bind, scheme="https" if bind_tls else "http")
             self.bound_addresses.append(url)
             self._loggers.error.info("Running on %s (CTRL + C to quit)", url)
         if self._quic_sockets:
             await self._start_quic(backend, context, registry, tls_info)
+        urls = self.bound_addresses + self.bound_quic_addresses
+        self._notifier.ready(f"Serving on {', '.join(urls)}")
+        self._start_watchdog(runtime)
+        if config.reload_certs and ssl_context is not None:
+            self._watch_certificates(runtime, CertificateWatcher(config))
+
+    def _start_watchdog(self, runtime: Runtime) -> None:
+        """WATCHDOG=1 pings from the event loop itself, so a stuck loop stops them."""
+        interval = watchdog_interval(os.environ, os.getpid())
+        if interval is None or not self._notifier.enabled:
+            return
+
+        def ping() -> None:
+            self._notifier.watchdog()
+            self._timers["watchdog"] = runtime.call_at(runtime.now() + interval, ping)
+
+        ping()
+
+    def _watch_certificates(self, runtime: Runtime, watcher: CertificateWatcher) -> None:
+        interval = self.config.reload_certs_interval
+
+        def poll() -> None:
+            try:
+                if watcher.changed():
+                    self._reload_tls_safely()
+            finally:
+                self._timers["certificates"] = runtime.call_at(runtime.now() + interval, poll)
+
+        self._timers["certificates"] = runtime.call_at(runtime.now() + interval, poll)
+
+    def reload_tls(self) -> bool:
+        """Load the configured certificate, key and CA files again: new connections (TCP and
+        QUIC) use them, open ones keep theirs. A file that cannot be used is refused with an
+        error log line and the old certificate stays. True when the new files are in use."""
+        if self._ssl_context is None:
+            self._loggers.error.info("no TLS certificate to reload")
+            return False
+        self._notifier.reloading("Reloading TLS certificates")
+        try:
+            return reload_tls(
+                self.config,
+                self._ssl_context,
+                logger=self._loggers.error,
+                holders=self._cert_holders,
+                quic=self._quic_configurations,
+            )
+        finally:
+            urls = self.bound_addresses + self.bound_quic_addresses
+            self._notifier.ready(f"Serving on {', '.join(urls)}")
 
     async def _start_quic(
         self,
@@ -290,6 +381,7 @@ class Server:
         configuration = quic_configuration(config, idle_timeout=config.quic_idle_timeout)
         configuration.max_data = config.quic_max_data
         configuration.max_stream_data = config.quic_max_stream_data
+        self._quic_configurations.append(configuration)
         limits = HTTP3Limits(
             extended_connect=config.websocket,
             max_concurrent_streams=config.quic_max_concurrent_streams,
@@ -311,12 +403,12 @@ class Server:
         )
         server_cert = None if tls_info is None else tls_info.server_cert
         for sock in self._quic_sockets:
-            server: tuple[str, int | None] | None = _address(sock.getsockname())
+            server: tuple[str, int | None] | None = peer_address(sock.getsockname())
 
             def new_endpoint(
                 transport: DatagramTransport, runtime: Runtime, server: Any = server
             ) -> QuicListener:
-                return QuicListener(
+                listener = QuicListener(
                     transport=transport,
                     runtime=runtime,
                     endpoint=QuicEndpoint(
@@ -333,6 +425,8 @@ class Server:
                     server=server,
                     server_cert=server_cert,
                 )
+                self._cert_holders.append(listener)
+                return listener
 
             await backend.start_datagram_endpoint(sock, new_endpoint)
             url = format_url(sock.getsockname(), kind="tcp", scheme="https")
@@ -364,6 +458,11 @@ class Server:
         be sending it)."""
         if not self._sockets:
             return
+        self._notifier.stopping("Shutting down")
+        self._loggers.error.info("Shutting down")
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
         self._backend.stop_listeners()
         self._close_sockets()
         if not await self._registry.drain(self.config.graceful_timeout, restart=restart):
@@ -375,6 +474,7 @@ class Server:
         self._backend.close_datagram_endpoints()
         self._close_quic_sockets()
         await self._lifespan.shutdown(self.config.shutdown_timeout)
+        self._loggers.error.info("Finished server process [%d]", os.getpid())
 
     def _close_quic_sockets(self) -> None:
         for sock in self._quic_sockets:
@@ -395,8 +495,22 @@ class Server:
         self._unix_paths = []
 
     async def wait_for_signal(self) -> None:
-        """Return on SIGINT or SIGTERM (main thread only; elsewhere wait forever)."""
-        await self._backend.wait_for_signal()
+        """Return on SIGINT or SIGTERM; on SIGHUP reload the TLS certificate and keep waiting
+        (main thread only; elsewhere wait forever)."""
+        await self._backend.wait_for_signal(on_hangup=self._on_hangup)
+
+    def _on_hangup(self) -> None:
+        if self._ssl_context is None:
+            self._loggers.error.info("SIGHUP: no TLS certificate to reload; ignored")
+            return
+        self._reload_tls_safely()
+
+    def _reload_tls_safely(self) -> None:
+        # From a signal or a timer: a surprise must cost the reload, never the server.
+        try:
+            self.reload_tls()
+        except Exception:
+            self._loggers.error.exception("TLS reload failed; the current certificate stays")
 
 
 async def serve(

@@ -51,10 +51,12 @@ from collections import deque
 from typing import TYPE_CHECKING, Final
 
 from multicorn.config import Config, ConfigError
+from multicorn.daemon import PidFile, PrivilegeError, apply_umask, chown_paths, resolve_identity
 from multicorn.logging import configure_logging
 from multicorn.net.binds import Bind, BindError, parse_bind
 from multicorn.net.sockets import BindFailed, create_datagram_socket, create_socket
 from multicorn.net.tls import TLSConfigError, create_ssl_context
+from multicorn.systemd import Notifier, watchdog_interval
 from multicorn.worker import BEAT, READY
 
 if TYPE_CHECKING:
@@ -75,6 +77,9 @@ BACKOFF_FIRST: Final = 0.5  # seconds before the second restart in a row
 BACKOFF_CAP: Final = 30.0
 _TICK: Final = 0.2  # the longest select() wait: health checks and backoff run this often
 _DRAIN_MARGIN: Final = 5.0  # seconds past graceful + shutdown timeouts before a kill
+# systemd talks to the supervisor only: a worker's READY=1 or STOPPING=1 (a recycled worker
+# stops while the service goes on) would mislead it.
+_SUPERVISOR_ONLY_ENV: Final = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
 def backoff(failures: int) -> float:
@@ -159,6 +164,12 @@ class Supervisor:
         self._watcher: Watcher | None = None
         self._previous: dict[signal.Signals, _SignalHandler] = {}
         self._last_check = time.monotonic()
+        self._notifier = Notifier.from_environ(os.environ, logger)
+        self._watchdog = watchdog_interval(os.environ, os.getpid())
+        self._next_watchdog = 0.0
+        self._announced = False  # READY=1 sent once every first worker was up
+        self._reloading = False  # RELOADING=1 sent; READY=1 when the rolling restart is over
+        self._env = {k: v for k, v in os.environ.items() if k not in _SUPERVISOR_ONLY_ENV}
 
     # ---- setup and teardown ---------------------------------------------------------------
 
@@ -246,8 +257,13 @@ class Supervisor:
         try:
             # Checked once here: a bad certificate is one line, not one per worker start.
             create_ssl_context(self._config)
+            apply_umask(self._config.umask)  # before binding: it sets unix socket files' mode
             self._bind()
-        except (BindFailed, TLSConfigError) as exc:
+            # The workers drop to user/group themselves once they hold their sockets; the
+            # supervisor keeps its rights to bind QUIC sockets for new workers.
+            identity = resolve_identity(self._config.user, self._config.group)
+            chown_paths(self._unix_paths, identity)
+        except (BindFailed, TLSConfigError, PrivilegeError) as exc:
             self._close()
             print(f"multicorn: error: {exc}", file=sys.stderr)
             return EXIT_STARTUP_FAILED
@@ -281,6 +297,7 @@ class Supervisor:
                 self._check_reload()
                 self._maintain()
                 self._check_health()
+                self._ping_watchdog()
                 self._wait()
         finally:
             for worker in self._workers.values():
@@ -292,6 +309,14 @@ class Supervisor:
             self._close()
         self._log.info("supervisor %d stopped", os.getpid())
         return self._exit_code
+
+    def _ping_watchdog(self) -> None:
+        if self._watchdog is None:
+            return
+        now = time.monotonic()
+        if now >= self._next_watchdog:
+            self._notifier.watchdog()
+            self._next_watchdog = now + self._watchdog
 
     def _wait(self) -> None:
         timeout = _TICK
@@ -361,6 +386,8 @@ class Supervisor:
                 self._log.info("SIGTTOU: now %d workers", self._target)
 
     def _stop_all(self) -> None:
+        if not self._stopping:
+            self._notifier.stopping("Shutting down")
         self._stopping = True
         self._replace_queue.clear()
         for worker in list(self._workers.values()):
@@ -370,6 +397,8 @@ class Supervisor:
     def _kill_all(self, why: str) -> None:
         if not self._killing:
             self._log.info("%s: stopping %d workers at once", why, len(self._workers))
+            if not self._stopping:
+                self._notifier.stopping("Stopping now")
         self._stopping = self._killing = True
         self._replace_queue.clear()
         for worker in self._workers.values():
@@ -377,6 +406,8 @@ class Supervisor:
 
     def _rolling_restart(self, cause: str) -> None:
         pids = [w.pid for w in self._workers.values() if self._active(w)]
+        if pids and not self._reloading:
+            self._reloading = self._notifier.reloading(f"{cause}: replacing workers")
         self._log.info(
             "%s: replacing %d worker%s one at a time",
             cause,
@@ -407,6 +438,7 @@ class Supervisor:
         values["quic_secret"] = self._secret
         values["workers"] = 1
         values["reload"] = False
+        values["pid"] = None  # the supervisor's pid is the service's
         return values
 
     def _spawn(self, *, replaces: int | None = None) -> _Worker | None:
@@ -436,7 +468,7 @@ class Supervisor:
             fds = [spec_r, channel_w, *(sock.fileno() for sock in quic)]
             fds += [sock.fileno() for group, sock in self._listeners if group != "held"]
             proc = subprocess.Popen(
-                [sys.executable, "-m", "multicorn.worker", str(spec_r)], pass_fds=fds
+                [sys.executable, "-m", "multicorn.worker", str(spec_r)], pass_fds=fds, env=self._env
             )
         except OSError as exc:
             os.close(channel_r)
@@ -485,6 +517,19 @@ class Supervisor:
                 self._drain(old, restart=True, why=f"replaced by worker {worker.pid}")
         if self._replacing == worker.pid:
             self._replacing = None
+        self._tell_systemd()
+
+    def _tell_systemd(self) -> None:
+        """READY=1 once every first worker is up, and again when a rolling restart is over."""
+        if not self._notifier.enabled:
+            return
+        serving = [w for w in self._workers.values() if self._active(w) and w.ready_at]
+        if not self._announced and len(serving) >= self._target:
+            self._announced = True
+            self._notifier.ready(f"{len(serving)} workers serving")
+        elif self._reloading and not self._replace_queue and self._replacing is None:
+            self._reloading = False
+            self._notifier.ready(f"{len(serving)} workers serving")
 
     def _on_retire(self, worker: _Worker, reason: str) -> None:
         if worker.retire_asked or self._stopping:
@@ -664,7 +709,8 @@ class Supervisor:
 
 
 def supervise(spec: str, config: Config) -> int:
-    """Run the supervisor for the app at `spec` until it is told to stop; the exit status."""
+    """Run the supervisor for the app at `spec` until it is told to stop; the exit status.
+    The pid file, when configured, names the supervisor."""
     if sys.platform == "win32":
         print(
             "multicorn: error: worker processes, --reload and recycling need a POSIX system; "
@@ -672,9 +718,15 @@ def supervise(spec: str, config: Config) -> int:
             file=sys.stderr,
         )
         return EXIT_STARTUP_FAILED
+    pid_file = None if config.pid is None else PidFile(config.pid, os.getpid())
     try:
         loggers = configure_logging(config)
+        if pid_file is not None:
+            pid_file.write()
         return Supervisor(spec, config, loggers.error).run()
-    except (ConfigError, BindError) as exc:
+    except (ConfigError, BindError, PrivilegeError) as exc:
         print(f"multicorn: error: {exc}", file=sys.stderr)
         return EXIT_STARTUP_FAILED
+    finally:
+        if pid_file is not None:
+            pid_file.remove()

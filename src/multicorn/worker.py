@@ -183,7 +183,7 @@ async def serve_worker(
 
 def main(argv: list[str]) -> int:
     # Imported here: __main__ imports the supervisor, which names this module's messages.
-    from multicorn.__main__ import EXIT_STARTUP_FAILED, run, startup_errors
+    from multicorn.__main__ import EXIT_STARTUP_FAILED, print_warning, run, startup_errors
     from multicorn.loading import AppLoadError, load_app
 
     orders = Orders()
@@ -195,7 +195,9 @@ def main(argv: list[str]) -> int:
     channel = Channel(int(spec["channel"]))
     _keep_to_ourselves(config)
     try:
-        app = load_app(spec["app"], app_dir=config.app_dir, factory=config.factory)
+        app = load_app(
+            spec["app"], app_dir=config.app_dir, factory=config.factory, warn=print_warning
+        )
     except AppLoadError as exc:
         print(f"multicorn: error: {exc}", file=sys.stderr)
         return EXIT_STARTUP_FAILED

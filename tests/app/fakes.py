@@ -9,8 +9,10 @@ for tests that must not depend on what the real cores currently report.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Awaitable, Callable, Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from multicorn.app.connection import ConnectionHandler
 from multicorn.app.context import AppSettings, ConnectionInfo, DefaultHeaders, ServerContext
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
 # Not "multicorn.error": configure_logging() (run by e2e tests in the same process) stops that
 # logger from propagating, and caplog listens on the root logger.
 TEST_LOGGER = "tests.app.error"
+
+_T = TypeVar("_T")
 
 
 class Cancelled(BaseException):
@@ -100,6 +104,9 @@ class FakeRuntime:
         self.soon: list[Callable[[], object]] = []
         self.timers: list[FakeTimer] = []
         self.timeouts_expire = False  # wait_for() returns False at once instead of waiting
+        # Callbacks from other threads (call_from_thread); run() takes them in, in order.
+        self.from_threads: list[Callable[[], object]] = []
+        self.threads: list[threading.Thread] = []  # started by run_sync
 
     def now(self) -> float:
         return self.clock
@@ -119,6 +126,38 @@ class FakeRuntime:
         timer = FakeTimer(when, fn)
         self.timers.append(timer)
         return timer
+
+    async def run_sync(self, fn: Callable[[], _T]) -> _T:
+        """A real (daemon) thread; the task polls it each time the test runs the tasks."""
+        outcome: list[Any] = []
+
+        def target() -> None:
+            try:
+                outcome.append((fn(), None))
+            except BaseException as exc:
+                outcome.append((None, exc))
+
+        thread = threading.Thread(target=target, daemon=True)
+        self.threads.append(thread)
+        thread.start()
+        while not outcome:
+            await _Pause()
+        result, error = outcome[0]
+        if error is not None:
+            raise error
+        return result  # type: ignore[no-any-return]
+
+    def call_from_thread(self, fn: Callable[[], object]) -> None:
+        self.from_threads.append(fn)  # list.append is atomic under the GIL
+
+    def run_until(self, done: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Run tasks and callbacks (other threads' too) until `done()` or `timeout` seconds."""
+        end = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > end:
+                raise AssertionError(f"not done within {timeout} s")
+            self.run()
+            time.sleep(0.001)
 
     def advance(self, seconds: float) -> None:
         """Move the clock on, firing the timers that fall due in order, then run the tasks."""
@@ -146,6 +185,8 @@ class FakeRuntime:
     def run(self, rounds: int = 20) -> None:
         """Let every task and call_soon callback run until nothing is left or `rounds` pass."""
         for _ in range(rounds):
+            while self.from_threads:
+                self.soon.append(self.from_threads.pop(0))
             while self.soon:
                 self.soon.pop(0)()
             pending = [task for task in self.tasks if not task.done]

@@ -83,3 +83,23 @@ async def hoarder(scope, receive, send):
         for _ in range(4096):
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
     await send({"type": "http.response.body", "body": b"y" * 16384})
+
+
+async def identity(scope, receive, send):
+    """Answers with the process's effective uid and gid and what it sees of the LISTEN_*
+    variables, as JSON, and an `x-served-by` response header (for access log atoms)."""
+    import json
+    import os
+
+    if scope["type"] != "http":
+        return
+    body = json.dumps(
+        {
+            "euid": os.geteuid(),
+            "egid": os.getegid(),
+            "listen": {k: v for k, v in os.environ.items() if k.startswith("LISTEN_")},
+        }
+    ).encode()
+    headers = [(b"content-type", b"application/json"), (b"x-served-by", b"multicorn-test")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -192,6 +192,10 @@ async def test_no_100_continue_when_app_answers_without_reading():
             b"400",
         ),
         (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", b"505"),
+        (b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n", b"400"),
+        (b"GET /  HTTP/1.1\r\nHost: a\r\n\r\n", b"400"),
+        (b"FOO / HTTP/1.1\r\nHost: a\r\n\r\n", b"501"),
+        (b"get / HTTP/1.1\r\nHost: a\r\n\r\n", b"501"),
     ],
 )
 async def test_bad_requests_get_a_clear_status_and_close(request_bytes, status):

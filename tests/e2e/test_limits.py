@@ -285,9 +285,11 @@ async def test_h3_body_over_the_cap_is_413_and_the_connection_stays(certs: Any) 
 
 
 @both_engines
-async def test_h11_past_the_concurrency_limit_is_503_until_a_request_ends() -> None:
+async def test_h11_past_the_concurrency_limit_is_503_until_a_request_ends(tmp_path: Any) -> None:
     app = LimitsApp()
-    async with serving(app, limit_concurrency=2, lifespan="off") as server:
+    log = tmp_path / "access.log"
+    logging = {"access_logfile": str(log), "access_logformat": '"%(r)s" %(s)s %(b)s'}
+    async with serving(app, limit_concurrency=2, lifespan="off", **logging) as server:
         address = host_port(server)
         async with (
             await anyio.connect_tcp(*address) as first,
@@ -309,6 +311,9 @@ async def test_h11_past_the_concurrency_limit_is_503_until_a_request_ends() -> N
             assert status == 200
             app.release("b")
             assert _parse(await read_until_closed(second))[0] == 200
+    # The refusal is in the access log like any response (Uvicorn logs its 503s too).
+    lines = log.read_text().splitlines()
+    assert '"GET /third HTTP/1.1" 503 24' in lines, lines
 
 
 @both_engines

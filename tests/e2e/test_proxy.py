@@ -9,7 +9,9 @@ import logging
 from typing import Any
 
 import anyio
+import anyio.streams.tls
 import pytest
+from anyio.streams.tls import TLSStream
 from wsproto.events import TextMessage
 
 from .h2client import H2Client
@@ -305,6 +307,82 @@ async def test_proxy_protocol_untrusted_peer():
         # ...and served as usual when it does not.
         seen = await _http11_scope(server, b"")
     assert seen["client"][0] == "127.0.0.1"
+
+
+# ---- the PROXY protocol on TLS listeners: the header comes before the TLS handshake ---------
+
+
+async def _tls_after(server: Any, certs: Any, header: bytes, alpn: str) -> anyio.abc.ByteStream:
+    """A TLS connection whose first bytes (in the same segment as the ClientHello, as
+    HAProxy writes them) are `header`."""
+    tcp = await anyio.connect_tcp(*host_port(server))
+    await tcp.send(header)
+    return await TLSStream.wrap(
+        tcp, hostname="localhost", ssl_context=certs.client_context(alpn=[alpn])
+    )
+
+
+async def test_proxy_protocol_v1_before_tls_http11(certs, tmp_path):
+    log = tmp_path / "access.log"
+    settings = {"access_logfile": str(log), "access_logformat": LOG_FORMAT}
+    async with serving(app, proxy_protocol="v1", certfile=certs.cert_path, **settings) as server:
+        stream = await _tls_after(server, certs, V1_HEADER, "http/1.1")
+        await stream.send(_http11(b""))
+        response = await read_until_closed(stream)
+    seen = json.loads(response.partition(b"\r\n\r\n")[2])
+    assert seen["client"] == ["203.0.113.7", 56324]
+    assert seen["server"] == ["192.0.2.1", 8443]
+    assert seen["scheme"] == "https"
+    assert log.read_text().strip() == '203.0.113.7 "GET /who HTTP/1.1" 200'
+
+
+async def test_proxy_protocol_v2_before_tls_http2(certs):
+    async with serving(app, proxy_protocol="auto", certfile=certs.cert_path) as server:
+        stream = await _tls_after(server, certs, V2_HEADER, "h2")
+        assert stream.extra(anyio.streams.tls.TLSAttribute.alpn_protocol) == "h2"
+        client = H2Client(stream)
+        await client.flush()
+        try:
+            stream_id = await client.request("/who")
+            _, body = await client.response(stream_id)
+        finally:
+            await client.aclose()
+    seen = json.loads(body)
+    assert seen["client"] == ["203.0.113.8", 40000]
+    assert seen["scheme"] == "https"
+
+
+async def test_proxy_protocol_header_split_from_tls(certs):
+    # A header in pieces, the ClientHello after it: the listener waits for the whole header
+    # and hands TLS exactly the bytes after it.
+    async with serving(app, proxy_protocol="v1", certfile=certs.cert_path) as server:
+        tcp = await anyio.connect_tcp(*host_port(server))
+        for piece in (V1_HEADER[:7], V1_HEADER[7:20], V1_HEADER[20:]):
+            await tcp.send(piece)
+            await anyio.sleep(0.02)
+        stream = await TLSStream.wrap(
+            tcp, hostname="localhost", ssl_context=certs.client_context(alpn=["http/1.1"])
+        )
+        await stream.send(_http11(b""))
+        response = await read_until_closed(stream)
+    assert json.loads(response.partition(b"\r\n\r\n")[2])["client"][0] == "203.0.113.7"
+
+
+async def test_proxy_protocol_tls_without_header_or_untrusted_closes(certs):
+    async with serving(app, proxy_protocol="v1", certfile=certs.cert_path) as server:
+        # A trusted peer that starts TLS without the header is cut off before the handshake.
+        with pytest.raises((anyio.BrokenResourceError, anyio.EndOfStream, OSError)):
+            await _tls_after(server, certs, b"", "http/1.1")
+    settings = {"proxy_protocol_allow_ips": ["10.0.0.1"], "certfile": certs.cert_path}
+    async with serving(app, proxy_protocol="v1", **settings) as server:
+        # A peer not trusted to send the header may not send one...
+        with pytest.raises((anyio.BrokenResourceError, anyio.EndOfStream, OSError)):
+            await _tls_after(server, certs, V1_HEADER, "http/1.1")
+        # ...and is served over TLS as usual without one.
+        stream = await _tls_after(server, certs, b"", "http/1.1")
+        await stream.send(_http11(b""))
+        response = await read_until_closed(stream)
+    assert json.loads(response.partition(b"\r\n\r\n")[2])["client"][0] == "127.0.0.1"
 
 
 async def _http11_scope_raw(server: Any, header: bytes, extra: bytes = b"") -> dict[str, Any]:

@@ -307,3 +307,70 @@ def test_a_crash_loop_backs_off_instead_of_spinning():
         assert proc.wait(timeout=10) == 0
     started = [line for line in proc.output.lines if "started" in line and "worker" in line]
     assert len(started) <= 5  # about 4 s of crashing: 4 starts with the back-off, not dozens
+
+
+@pytest.mark.parametrize("worker", RUNTIMES)
+def test_systemd_hears_the_supervisor_only(worker, tmp_path, monkeypatch):
+    from .test_systemd import _notify_socket, _receive_until
+
+    notify = _notify_socket(tmp_path)
+    pid_path = tmp_path / "multicorn.pid"
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")
+    with notify, start(worker, "-w", "2", "--pid", str(pid_path)) as (proc, url):
+        [ready] = [m for m in _receive_until(notify, "READY=1") if "READY=1" in m]
+        assert "2 workers serving" in ready
+        assert pid_path.read_text() == f"{proc.pid}\n"
+        pids = wait_for_workers(proc.pid, 2)
+        assert pids_answering(url, pids) == pids
+        assert "WATCHDOG=1" in _receive_until(notify, "WATCHDOG=1")
+        proc.send_signal(signal.SIGHUP)
+        heard = _receive_until(notify, "READY=1")
+        states = [line for m in heard for line in m.split("\n") if line != "WATCHDOG=1"]
+        # One RELOADING=1 and one READY=1 once both are replaced; no worker's READY or
+        # STOPPING (a recycled worker stops while the service goes on).
+        assert [s for s in states if "=1" in s] == ["RELOADING=1", "READY=1"], heard
+        wait_for_workers(proc.pid, 2, exclude=pids)
+        proc.send_signal(signal.SIGTERM)
+        assert any("STOPPING=1" in m for m in _receive_until(notify, "STOPPING=1"))
+        assert proc.wait(timeout=10) == 0
+        assert not pid_path.exists()
+
+
+@pytest.mark.parametrize("worker", RUNTIMES)
+def test_workers_share_a_socket_systemd_passed(worker):
+    from .test_systemd import _tcp_listener, started
+
+    listener = _tcp_listener()
+    port = listener.getsockname()[1]
+    with listener, started(APP, "-k", worker, "-w", "2", sockets=[listener]) as (proc, url):
+        assert url == f"http://127.0.0.1:{port}"
+        pids = wait_for_workers(proc.pid, 2)
+        assert pids_answering(url, pids) == pids
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+@pytest.mark.parametrize("worker", RUNTIMES)
+def test_workers_serve_as_the_configured_user(worker, tmp_path):
+    import pwd
+
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("needs the user nobody")
+    path = tmp_path / "app.sock"
+    with start(worker, "-w", "2", "--bind", f"unix:{path}", "--user", "nobody") as (proc, _):
+        pids = wait_for_workers(proc.pid, 2)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # each drops its rights once it holds its sockets
+            uids = {psutil.Process(pid).uids().effective for pid in pids}
+            if uids == {nobody.pw_uid}:
+                break
+            time.sleep(0.1)
+        assert uids == {nobody.pw_uid}
+        assert os.stat(path).st_uid == nobody.pw_uid
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    assert not path.exists()  # the supervisor removes the socket file

@@ -23,6 +23,7 @@ from multicorn.protocol.events import (
     SendInformational,
     SendResponse,
     StreamEnded,
+    StreamKind,
     StreamReset,
 )
 from multicorn.protocol.headers import validate_response_headers
@@ -788,7 +789,7 @@ def test_absolute_form_target_is_accepted(target: bytes) -> None:
 
 def test_rejection_of_a_pipelined_request_after_a_good_one() -> None:
     server = make_server()
-    events = server.receive_data(GET + b"BROKEN LINE\r\n\r\n", 0.0)
+    events = server.receive_data(GET + b"BROKEN\tLINE\r\n\r\n", 0.0)
     assert kinds(events) == [RequestReceived, StreamEnded]
     released = respond(server, 1, b"good")
     assert len(released) == 1
@@ -1284,3 +1285,28 @@ def test_small_heads_in_one_read_bigger_than_the_limit_are_accepted() -> None:
         assert events[0].stream_id == stream_id
         events = respond(server, stream_id)
     assert len(parse_responses(server.data_to_send(), [b"GET"] * 20)) == 20
+
+
+# ---- an Upgrade the server does not take ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("upgrade", "ignored"), [("foo", True), ("websocket", True), (None, False)]
+)
+def test_unknown_upgrade_is_served_as_plain_http_and_flagged(
+    upgrade: str | None, ignored: bool
+) -> None:
+    # RFC 9110 7.8: a server may ignore Upgrade. It is a plain request (websocket here too:
+    # the default Pair serves no WebSockets), flagged so the layer above can log it.
+    headers = [("Host", "example.com")]
+    if upgrade is not None:
+        headers += [("Connection", "Upgrade"), ("Upgrade", upgrade)]
+    pair = Pair()
+    events = pair.client_send(
+        h11.Request(method="GET", target="/", headers=headers), h11.EndOfMessage(), now=1.0
+    )
+    assert kinds(events) == [RequestReceived, StreamEnded]
+    request = events[0]
+    assert isinstance(request, RequestReceived)
+    assert request.kind is StreamKind.REQUEST
+    assert request.upgrade_ignored is ignored

@@ -272,8 +272,9 @@ def answer(p: Pair, event: RequestRejected) -> None:
     [
         (head(b"CONNECT", path=None, scheme=None), 501),  # RFC 9113 8.5: a plain CONNECT
         (head(b"GET", b"*"), 400),  # RFC 9113 8.3.1: "*" is for OPTIONS only
+        (head(b"FOO"), 501),  # RFC 9110 9.1: a method not implemented (request_head.py)
     ],
-    ids=["plain-connect", "asterisk-get"],
+    ids=["plain-connect", "asterisk-get", "unknown-method"],
 )
 def test_unservable_request_is_rejected_on_its_stream(headers: Headers, status: int) -> None:
     p = lax_pair(connection_window_size=65535)

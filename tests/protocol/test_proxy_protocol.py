@@ -1,5 +1,5 @@
-"""The PROXY protocol parser and the first-protocol wrapper (protocol/proxy_protocol.py):
-valid headers of both versions, every truncation, garbage, and the hand-over to HTTP."""
+"""The PROXY protocol parser and the listener's question (protocol/proxy_protocol.py): valid
+headers of both versions, every truncation, garbage, and how many bytes are the header."""
 
 from __future__ import annotations
 
@@ -12,18 +12,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from multicorn.protocol.errors import RemoteProtocolError
-from multicorn.protocol.events import ConnectionClosed, H2CPriorKnowledge, RequestReceived
-from multicorn.protocol.http2 import HTTP2Limits
-from multicorn.protocol.http11 import HTTP11Limits, HTTP11Protocol
-from multicorn.protocol.negotiate import ProtocolLimits, for_connection, upgrade
 from multicorn.protocol.proxy_protocol import (
     V2_MAX_LENGTH,
     V2_SIGNATURE,
     ProxyHeader,
-    ProxyHeaderProtocol,
-    ProxyHeaderReceived,
     looks_like_proxy_header,
     parse_proxy_header,
+    preamble_length,
 )
 
 V1_TCP4 = b"PROXY TCP4 203.0.113.7 192.0.2.1 56324 443\r\n"
@@ -135,26 +130,17 @@ def test_v1_longest_line_is_accepted() -> None:
 def test_every_truncation_needs_more(data: bytes) -> None:
     for cut in range(len(data)):
         assert parse_proxy_header(data[:cut], "auto") is None, cut
-        protocol = ProxyHeaderProtocol(mode="auto", now=0.0, timeout=10.0)
-        if cut:  # b"" is the end of input
-            assert protocol.receive_data(data[:cut], 0.0) == [], cut
+        assert preamble_length(data[:cut], "auto") is None, cut
 
 
 @pytest.mark.parametrize("data", [V1_TCP4, V2_TLVS])
-def test_split_at_every_byte_hands_over_the_same(data: bytes) -> None:
+def test_every_prefix_of_header_and_request_measures_the_same(data: bytes) -> None:
+    # The listener peeks at whatever has arrived: once the header is whole, the length is the
+    # header's, whatever follows it; before, it needs more.
     stream = data + REQUEST
-    for cut in range(1, len(stream)):
-        protocol = ProxyHeaderProtocol(mode="auto", now=0.0, timeout=10.0)
-        events = protocol.receive_data(stream[:cut], 0.0)
-        rest = stream[cut:]
-        if not events:
-            events, rest = protocol.receive_data(rest, 0.0), b""
-        assert len(events) == 1, cut
-        event = events[0]
-        assert isinstance(event, ProxyHeaderReceived)
-        assert event.header is not None and event.header.source == ("203.0.113.7", 56324)
-        # What the header did not take goes to HTTP, now or with the next read.
-        assert event.leftover + rest == REQUEST
+    for cut in range(1, len(stream) + 1):
+        got = preamble_length(stream[:cut], "auto")
+        assert got == (len(data) if cut >= len(data) else None), cut
 
 
 @given(st.binary(max_size=300))
@@ -233,81 +219,29 @@ def test_looks_like_proxy_header(data: bytes, looks: bool | None) -> None:
     assert looks_like_proxy_header(data) is looks
 
 
-# ---- the wrapper protocol ----------------------------------------------------------------------
+# ---- what the listener asks: how long the preamble is -----------------------------------------
 
 
-def limits() -> ProtocolLimits:
-    return ProtocolLimits(http11=HTTP11Limits(h2c_prior_knowledge=True), http2=HTTP2Limits())
-
-
-def test_hands_over_to_http11_which_serves_the_leftover() -> None:
-    protocol = for_connection(limits(), alpn=None, tls=False, now=0.0, proxy_header="v1")
-    assert isinstance(protocol, ProxyHeaderProtocol)
-    (event,) = protocol.receive_data(V1_TCP4 + REQUEST, 0.0)
-    assert isinstance(event, ProxyHeaderReceived)
-    new, events, leftover = upgrade(event, limits(), now=0.0)
-    assert isinstance(new, HTTP11Protocol) and events == []
-    received = new.receive_data(leftover, 0.0)
-    assert any(isinstance(e, RequestReceived) for e in received)
-
-
-def test_hands_over_to_h2c_prior_knowledge() -> None:
-    protocol = for_connection(limits(), alpn=None, tls=False, now=0.0, proxy_header="v2")
-    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-    (event,) = protocol.receive_data(V2_TCP4 + preface, 0.0)
-    new, _, leftover = upgrade(event, limits(), now=0.0)  # type: ignore[arg-type]
-    assert any(isinstance(e, H2CPriorKnowledge) for e in new.receive_data(leftover, 0.0))
-
-
-def test_garbage_closes_with_an_error() -> None:
-    protocol = ProxyHeaderProtocol(mode="auto", now=0.0, timeout=10.0)
-    (event,) = protocol.receive_data(REQUEST, 0.0)
-    assert isinstance(event, ConnectionClosed) and event.error is not None
-    assert protocol.closed and not protocol.wants_read
-    assert protocol.receive_data(b"more", 0.0) == []
-
-
-def test_eof_before_the_header_ends() -> None:
-    protocol = ProxyHeaderProtocol(mode="auto", now=0.0, timeout=10.0)
-    assert protocol.receive_data(b"PROXY TCP4", 0.0) == []
-    (event,) = protocol.receive_data(b"", 0.0)
-    assert isinstance(event, ConnectionClosed) and event.error is not None
-
-
-def test_header_deadline() -> None:
-    protocol = ProxyHeaderProtocol(mode="auto", now=100.0, timeout=10.0)
-    assert protocol.next_deadline() == 110.0
-    assert protocol.handle_deadline(105.0) == []
-    (event,) = protocol.handle_deadline(110.0)
-    assert isinstance(event, ConnectionClosed)
-    assert "in time" in str(event.error)
-    assert protocol.closed and protocol.next_deadline() is None
+def test_garbage_from_a_trusted_peer_is_refused() -> None:
+    with pytest.raises(RemoteProtocolError, match="expected a PROXY"):
+        preamble_length(REQUEST, "auto")
 
 
 def test_reject_mode_refuses_a_header() -> None:
-    protocol = ProxyHeaderProtocol(mode="reject", now=0.0, timeout=10.0)
-    assert protocol.receive_data(b"PRO", 0.0) == []
-    (event,) = protocol.receive_data(b"XY TCP4 ", 0.0)
-    assert isinstance(event, ConnectionClosed)
-    assert "not allowed" in str(event.error)
+    assert preamble_length(b"PRO", "reject") is None
+    with pytest.raises(RemoteProtocolError, match="not allowed"):
+        preamble_length(b"PROXY TCP4 ", "reject")
+    with pytest.raises(RemoteProtocolError, match="not allowed"):
+        preamble_length(V2_TCP4, "reject")
 
 
-@pytest.mark.parametrize("data", [REQUEST, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"])
-def test_reject_mode_passes_plain_http_on(data: bytes) -> None:
-    protocol = ProxyHeaderProtocol(mode="reject", now=0.0, timeout=10.0)
-    events = []
-    for byte in range(len(data)):
-        events = protocol.receive_data(data[byte : byte + 1], 0.0)
-        if events:
-            break
-    (event,) = events
-    assert isinstance(event, ProxyHeaderReceived) and event.header is None
-    assert event.leftover == data[: byte + 1]
-    assert not protocol.closed
-
-
-def test_a_tls_connection_keeps_its_alpn() -> None:
-    protocol = for_connection(limits(), alpn="h2", tls=True, now=0.0, proxy_header="auto")
-    (event,) = protocol.receive_data(V1_TCP4, 0.0)
-    new, _, _ = upgrade(event, limits(), now=0.0)  # type: ignore[arg-type]
-    assert new.multiplexed  # HTTP/2, as ALPN chose
+@pytest.mark.parametrize(
+    "data", [REQUEST, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"\x16\x03\x01\x02\x00\x01"]
+)
+def test_reject_mode_passes_anything_else_on(data: bytes) -> None:
+    # Plain HTTP/1.1, the h2c preface and a TLS ClientHello: no preamble, decided as soon as the
+    # bytes stop looking like a header, and nothing is taken from the connection.
+    verdicts = [preamble_length(data[:cut], "reject") for cut in range(1, len(data) + 1)]
+    decided = verdicts.index(0)
+    assert all(v is None for v in verdicts[:decided])
+    assert all(v == 0 for v in verdicts[decided:])

@@ -7,11 +7,13 @@ anyio's pytest plugin must run the tests on (with any loop options), and how to 
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import trustme
 
 from multicorn.runtime.base import Backend
 
@@ -64,3 +66,17 @@ def anyio_backend(_backend_param: _Param) -> tuple[str, dict[str, Any]]:
 def backend(_backend_param: _Param) -> BackendUnderTest:
     """The backend under test; `async with backend.running() as b:` starts a session."""
     return BackendUnderTest(_backend_param.name, _backend_param.make)
+
+
+@pytest.fixture(scope="module")
+def server_tls_context() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a certificate for 127.0.0.1 (ALPN h2 and http/1.1), and a client
+    context that trusts it and offers http/1.1."""
+    ca = trustme.CA()
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    server_context.set_alpn_protocols(["h2", "http/1.1"])
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    client_context.set_alpn_protocols(["http/1.1"])
+    return server_context, client_context

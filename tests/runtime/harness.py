@@ -18,7 +18,7 @@ import anyio
 
 from multicorn.net.binds import parse_bind
 from multicorn.net.sockets import create_datagram_socket, create_socket
-from multicorn.runtime.base import Backend, ConnectionDetails, ServerTLS
+from multicorn.runtime.base import Backend, ConnectionDetails, Preamble, ServerTLS
 
 LOGGER = logging.getLogger("tests.runtime")
 
@@ -142,7 +142,10 @@ class BackendUnderTest:
 
 @contextlib.asynccontextmanager
 async def stream_server(
-    backend: Backend, bind: str = "127.0.0.1:0", tls: ServerTLS | None = None
+    backend: Backend,
+    bind: str = "127.0.0.1:0",
+    tls: ServerTLS | None = None,
+    preamble: Preamble | None = None,
 ) -> AsyncIterator[StreamServer]:
     sock = create_socket(parse_bind(bind), backlog=16)
     server = StreamServer(sock)
@@ -153,7 +156,7 @@ async def stream_server(
         return handler
 
     try:
-        await backend.start_listener(sock, factory, backlog=16, tls=tls)
+        await backend.start_listener(sock, factory, backlog=16, tls=tls, preamble=preamble)
         yield server
     finally:
         backend.stop_listeners()

@@ -316,3 +316,94 @@ async def test_the_session_end_closes_open_connections(backend: BackendUnderTest
         _, how = await read_until_eof(client)
     assert how in ("eof", "reset")
     assert handler.count("lost") == 1
+
+
+# ---- threads ----------------------------------------------------------------------------------
+
+
+async def test_run_sync_runs_in_another_thread_and_returns_or_raises(backend: BackendUnderTest):
+    loop_thread = threading.get_ident()
+
+    def work(value: int) -> tuple[int, int]:
+        return threading.get_ident(), value * 2
+
+    def fail() -> None:
+        raise KeyError("from the thread")
+
+    async with backend.running() as b:
+        thread, doubled = await b.runtime.run_sync(lambda: work(21))
+        with pytest.raises(KeyError, match="from the thread"):
+            await b.runtime.run_sync(fail)
+    assert thread != loop_thread
+    assert doubled == 42
+
+
+async def test_run_sync_calls_run_at_once_and_their_threads_are_daemons(
+    backend: BackendUnderTest,
+):
+    # No bound of the runtime's own: 12 calls that each wait for all the others all finish.
+    count = 12
+    barrier = threading.Barrier(count, timeout=5)
+
+    def meet() -> bool:
+        barrier.wait()
+        return threading.current_thread().daemon
+
+    results: list[bool] = []
+
+    async def one() -> None:
+        results.append(await b.runtime.run_sync(meet))
+
+    async with backend.running() as b:
+        for _ in range(count):
+            b.runtime.spawn(one)
+        await eventually(lambda: len(results) == count, "every call to return")
+    assert all(results)
+
+
+async def test_a_cancelled_run_sync_leaves_the_thread_behind(backend: BackendUnderTest):
+    release = threading.Event()
+    finished = threading.Event()
+    started = threading.Event()
+
+    def stuck() -> None:
+        started.set()
+        release.wait(5)
+        finished.set()
+
+    outcome: list[str] = []
+
+    async def waiter() -> None:
+        try:
+            await b.runtime.run_sync(stuck)
+        finally:
+            outcome.append("ended")
+
+    async with backend.running() as b:
+        handle = b.runtime.spawn(waiter)
+        await eventually(started.is_set, "the thread to start")
+        handle.cancel()
+        # The task ends at once; the thread is still inside `stuck`.
+        await eventually(lambda: outcome == ["ended"], "the cancelled task to end")
+        assert not finished.is_set()
+    release.set()
+    assert finished.wait(5)
+
+
+async def test_call_from_thread_runs_callbacks_in_the_loop_in_order(backend: BackendUnderTest):
+    seen: list[tuple[int, int]] = []
+    loop_thread = threading.get_ident()
+
+    async with backend.running() as b:
+        runtime = b.runtime
+
+        def from_thread() -> None:
+            for n in range(50):
+                runtime.call_from_thread(lambda n=n: seen.append((threading.get_ident(), n)))
+
+        thread = threading.Thread(target=from_thread)
+        thread.start()
+        await eventually(lambda: len(seen) == 50, "every callback to run")
+        thread.join()
+    assert [n for _, n in seen] == list(range(50))
+    assert {ident for ident, _ in seen} == {loop_thread}

@@ -13,7 +13,6 @@ import sys
 
 import anyio
 import pytest
-import trustme
 
 from multicorn.net.tls import TLSInfo
 from multicorn.runtime.base import LINGER_TIME, ServerTLS
@@ -324,18 +323,6 @@ async def test_deadline_does_not_fire_after_the_connection_is_gone(backend: Back
         await eventually(lambda: handler.count("lost") == 1, "connection_lost")
         await anyio.sleep(0.4)
     assert "deadline" not in handler.names()
-
-
-@pytest.fixture(scope="module")
-def server_tls_context() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    ca = trustme.CA()
-    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    server_context.set_alpn_protocols(["h2", "http/1.1"])
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
-    client_context.set_alpn_protocols(["http/1.1"])
-    return server_context, client_context
 
 
 async def test_tls_details_reach_the_factory_as_a_neutral_record(

@@ -26,10 +26,13 @@ sequenceDiagram
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
+from urllib.parse import unquote_to_bytes
 
 from multicorn.app.http import error_response
-from multicorn.app.proxy import with_proxy_header
+from multicorn.app.logs import AccessRecord, log_access
+from multicorn.app.scope import split_target
 from multicorn.protocol.errors import LocalProtocolError, PeerAbuse
 from multicorn.protocol.events import (
     AcknowledgeData,
@@ -49,7 +52,6 @@ from multicorn.protocol.events import (
     UpgradeRequested,
 )
 from multicorn.protocol.negotiate import upgrade
-from multicorn.protocol.proxy_protocol import ProxyHeaderReceived
 
 # Looking an enum member up through its class costs ~150 ns on CPython 3.11; this runs per request.
 _REQUEST = StreamKind.REQUEST
@@ -379,8 +381,10 @@ class ConnectionHandler:
                 self.context.loggers.error.debug(
                     "%d streams in progress: answered %s with 503", limit, _peer(self.info)
                 )
-                self._answer(event.stream_id, 503, _BUSY_HEADERS)
+                self._answer(event.stream_id, 503, _BUSY_HEADERS, request=event)
                 return
+        if event.upgrade_ignored and not self.context.upgrade_warned:
+            self._warn_upgrade(event)
         kind = event.kind
         factory = self._request_bridge if kind is _REQUEST else self.context.bridges.get(kind)
         if factory is None:
@@ -389,7 +393,7 @@ class ConnectionHandler:
             self.context.loggers.error.debug(
                 "no bridge for %s streams; answered %s with 501", kind.value, _peer(self.info)
             )
-            self._answer(event.stream_id, 501)
+            self._answer(event.stream_id, 501, request=event)
             return
         stream = factory(self, event)
         self._streams[event.stream_id] = stream
@@ -399,6 +403,18 @@ class ConnectionHandler:
             # Counted once its task exists (a bridge that failed to build holds no slot);
             # _run_stream gives the slot back when the task ends.
             self._registry.streams += 1
+
+    def _warn_upgrade(self, event: RequestReceived) -> None:
+        """Once per server, as Uvicorn does: a client asked for a protocol we cannot switch to.
+        Once only, as every request of such a client would say the same."""
+        self.context.upgrade_warned = True
+        offered = b", ".join(value for name, value in event.headers if name == b"upgrade")
+        self.context.loggers.error.warning(
+            "Unsupported upgrade request (Upgrade: %s from %s): served as plain HTTP; "
+            "further ones are not logged",
+            offered.decode("latin-1"),
+            _peer(self.info),
+        )
 
     async def _run_stream(self, stream: StreamBridge) -> None:
         try:
@@ -465,9 +481,6 @@ class ConnectionHandler:
             self.transport.write(data)
         now = self.runtime.now()
         self.protocol, events, leftover = upgrade(event, self.context.protocol_limits, now=now)
-        if isinstance(event, ProxyHeaderReceived):
-            # The load balancer named the client: scopes and log lines from now on name it.
-            self.info = with_proxy_header(self.info, event.header, self.context.settings)
         self._dispatch(events)
         if leftover:
             self._dispatch(self.protocol.receive_data(leftover, now))
@@ -488,10 +501,21 @@ class ConnectionHandler:
         )
         self._answer(event.stream_id, event.error.error_status_hint)
 
-    def _answer(self, stream_id: int, status: int, extra: Headers | None = None) -> None:
-        """A response the server gives itself, on a stream no application serves."""
+    def _answer(
+        self,
+        stream_id: int,
+        status: int,
+        extra: Headers | None = None,
+        *,
+        request: RequestReceived | None = None,
+    ) -> None:
+        """A response the server gives itself, on a stream no application serves. With the
+        `request` it answers (a well-formed head), it gets an access log line like any other;
+        a head that did not parse has no request line to log."""
         defaults = self.context.default_headers.get()
         headers, body = error_response(status, [*defaults, *extra] if extra else defaults)
+        if request is not None:
+            self._log_answer(request, status, headers, len(body))
         now = self.runtime.now()
         self._dispatch(
             self.protocol.send(
@@ -501,6 +525,24 @@ class ConnectionHandler:
         self._dispatch(
             self.protocol.send(SendData(stream_id=stream_id, data=body, end_stream=True), now)
         )
+
+    def _log_answer(
+        self, request: RequestReceived, status: int, headers: Headers, size: int
+    ) -> None:
+        raw_path, query = split_target(request.target)
+        record = AccessRecord(
+            client=self.info.client,
+            method=request.method.decode("ascii", "replace"),
+            path=unquote_to_bytes(raw_path).decode("utf-8", "replace"),
+            query_string=query,
+            http_version=request.http_version,
+            status=status,
+            response_bytes=size,
+            request_headers=request.headers,
+            response_headers=headers,
+            start_time=time.time(),
+        )
+        log_access(self.context.loggers, record)
 
     def _closed(self, event: ConnectionClosed) -> None:
         if event.error is not None:

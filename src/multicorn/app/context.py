@@ -91,3 +91,5 @@ class ServerContext:
     # Which bridge serves each kind of stream; a kind missing here is answered 501.
     bridges: Mapping[StreamKind, BridgeFactory] = field(default_factory=default_bridges)
     state: dict[str, Any] = field(default_factory=dict)
+    # An Upgrade the server does not take was logged: the warning comes once per server.
+    upgrade_warned: bool = False

@@ -7,6 +7,7 @@ depends on the configuration layer above it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -33,6 +34,7 @@ class Loggers:
     error: logging.Logger
     access: logging.Logger | None
     access_format: str  # Config.access_logformat
+    access_json: bool = False  # one JSON object per access line instead of access_format
 
 
 @dataclass
@@ -148,9 +150,37 @@ def format_access(fmt: str, rec: AccessRecord) -> str:
     return fmt % AccessAtoms(rec)
 
 
+def _optional_header(headers: list[tuple[bytes, bytes]], name: str) -> str | None:
+    value = _header(headers, name)
+    return None if value == "-" else value
+
+
+def access_fields(rec: AccessRecord) -> dict[str, object]:
+    """`rec` as the fields of a JSON access log line (absent values are null)."""
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(rec.start_time))
+        + f".{int(rec.start_time * 1000) % 1000:03d}Z",
+        "client": rec.client[0] if rec.client else None,
+        "client_port": rec.client[1] if rec.client else None,
+        "method": _clean(rec.method),
+        "path": _clean(rec.path),
+        "query": _clean(rec.query_string.decode("latin-1")),
+        "protocol": f"HTTP/{rec.http_version}",
+        "status": rec.status,
+        "bytes": rec.response_bytes,
+        "duration": round(rec.duration, 6),
+        "user_agent": _optional_header(rec.request_headers, "user-agent"),
+        "referer": _optional_header(rec.request_headers, "referer"),
+        "pid": os.getpid(),
+    }
+
+
 def log_access(loggers: Loggers, rec: AccessRecord) -> None:
     """Write `rec` to the access log; costs nothing when access logging is off."""
     access = loggers.access
     if access is None or not access.isEnabledFor(logging.INFO):
+        return
+    if loggers.access_json:
+        access.info(json.dumps(access_fields(rec), ensure_ascii=False))
         return
     access.info(format_access(loggers.access_format, rec))

@@ -31,11 +31,22 @@ import re
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final, Literal
 
+from multicorn.protocol.errors import RemoteProtocolError
+from multicorn.protocol.proxy_protocol import (
+    V1_MAX_LENGTH,
+    V2_MAX_LENGTH,
+    ProxyHeader,
+    ProxyMode,
+    parse_proxy_header,
+    preamble_length,
+)
+from multicorn.runtime.base import Preamble, PreambleRefused
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
     from multicorn.app.context import AppSettings, ConnectionInfo
-    from multicorn.protocol.proxy_protocol import ProxyHeader
+    from multicorn.net.binds import SockName
 
 _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -280,6 +291,38 @@ def with_proxy_header(
         server=header.destination if header.destination is not None else info.server,
         forwarder=None if trust is None else trust.for_peer(client),
     )
+
+
+def proxy_preamble(trust: ProxyTrust, mode: ProxyMode, timeout: float) -> Preamble:
+    """The PROXY protocol as a listener's preamble: a peer in `trust` must begin with a header
+    `mode` accepts, within `timeout` seconds; any other peer may not send one."""
+
+    def measure(peername: SockName | None, first: bytes) -> int | None:
+        allowed = trust.trusts_peer(peer_address(peername))
+        try:
+            return preamble_length(first, mode if allowed else "reject")
+        except RemoteProtocolError as exc:
+            raise PreambleRefused(str(exc)) from None
+
+    # The longest header either version may be (v2: 16 fixed bytes and its block).
+    return Preamble(
+        measure=measure, max_size=max(V1_MAX_LENGTH, 16 + V2_MAX_LENGTH), timeout=timeout
+    )
+
+
+def header_of(preamble: bytes) -> ProxyHeader | None:
+    """The PROXY header a listener's preamble holds, or None for none."""
+    if not preamble:
+        return None
+    parsed = parse_proxy_header(preamble, "auto")  # checked whole by the listener already
+    return None if parsed is None else parsed[0]
+
+
+def peer_address(name: object) -> tuple[str, int] | None:
+    """A socket's peer as the scope's `client`: (host, port) for TCP, None for a unix socket."""
+    if isinstance(name, tuple) and len(name) >= 2:
+        return (str(name[0]), int(name[1]))
+    return None
 
 
 def parse_ip(text: str) -> _IPAddress | None:

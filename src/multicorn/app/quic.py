@@ -84,6 +84,10 @@ class QuicListener:
         self._flush_scheduled = False
         self._closed = False
 
+    def replace_server_cert(self, server_cert: str | None) -> None:
+        """The certificate the `tls` extension names from now on (after a TLS reload)."""
+        self._server_cert = server_cert
+
     # ---- from the backend -----------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: DatagramAddress) -> None:

@@ -6,10 +6,12 @@ head, then raw WebSocket bytes once a 2xx response has accepted it. The frames t
 the `WebSocketSession`'s (protocol/websocket.py); this bridge turns its events into ASGI
 messages and the application's messages into session calls and protocol commands.
 
-Received messages wait in a queue of at most `max_queued_messages`; past that, the bytes that
-brought them are not acknowledged, which is how the HTTP core stops reading (HTTP/1.1) or stops
-granting flow-control window (HTTP/2). The stream lives until the WebSocket is over (closing
-handshake done, failed, or timed out), even when the application returns first.
+Received messages wait in a queue of at most `max_queued_messages` messages and about
+`max_message_size` bytes (checked before each acknowledgement, so one message may overshoot
+it); past either, the bytes that brought them are not acknowledged, which is how the HTTP core
+stops reading (HTTP/1.1) or stops granting flow-control window (HTTP/2). The stream lives until
+the WebSocket is over (closing handshake done, failed, or timed out), even when the application
+returns first.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ class WebSocketStream:
         "_messages",
         "_method",
         "_peer_gone",
+        "_queued_bytes",
         "_response_headers",
         "_sent_bytes",
         "_session",
@@ -124,6 +127,7 @@ class WebSocketStream:
         self._early: list[bytes] = []  # bytes that came before the accept
         self._ended_early = False  # the peer stopped sending before the accept
         self._messages: list[Message] = []  # at most max_queued_messages: a list is enough
+        self._queued_bytes = 0  # the size of what `_messages` carries (characters for text)
         self._unacked = 0  # received bytes not yet acknowledged to the HTTP core
         self._end: tuple[int, str] | None = None  # the disconnect the app is told
         self._peer_gone = False  # nothing can reach the peer any more
@@ -250,6 +254,7 @@ class WebSocketStream:
         while True:
             if self._messages:
                 message = self._messages.pop(0)
+                self._queued_bytes -= _size(message)
                 self._maybe_acknowledge()
                 return message
             if self._end is not None:
@@ -417,6 +422,7 @@ class WebSocketStream:
         for event in events:
             if isinstance(event, MessageReceived):
                 data = event.data
+                self._queued_bytes += len(data)
                 if isinstance(data, str):
                     self._messages.append({"type": "websocket.receive", "text": data})
                 else:
@@ -455,7 +461,7 @@ class WebSocketStream:
     def _flush_now(self) -> None:
         """Write what the session produced; end the stream once the WebSocket is over."""
         commands: list[AcknowledgeData | SendData] = []
-        if self._unacked and len(self._messages) < self._limits.max_queued_messages:
+        if self._unacked and self._has_room():
             commands.append(AcknowledgeData(stream_id=self.stream_id, amount=self._unacked))
             self._unacked = 0
         if self._stage is _Stage.ACCEPTED:
@@ -481,8 +487,16 @@ class WebSocketStream:
             self._flush()
 
     def _maybe_acknowledge(self) -> None:
-        if self._unacked and len(self._messages) < self._limits.max_queued_messages:
+        if self._unacked and self._has_room():
             self._flush()
+
+    def _has_room(self) -> bool:
+        """The queue may grow: more input may be acknowledged (and so read)."""
+        limits = self._limits
+        return (
+            len(self._messages) < limits.max_queued_messages
+            and self._queued_bytes < limits.max_message_size
+        )
 
     def _acknowledge(self) -> None:
         amount, self._unacked = self._unacked, 0
@@ -542,3 +556,11 @@ class WebSocketStream:
             duration=time.time() - self._start_time,
         )
         log_access(self._conn.context.loggers, record)
+
+
+def _size(message: Message) -> int:
+    """What a queued `websocket.receive` message counts against the byte bound."""
+    data = message.get("text")
+    if data is None:
+        data = message.get("bytes")
+    return len(data) if data is not None else 0

@@ -372,6 +372,10 @@ class TLSInfoFactory:
         """The PEM text of the server's own certificate."""
         return self._server_cert
 
+    def replace_server_cert(self, server_cert: str | None) -> None:
+        """Describe connections made from now on with this certificate (after a TLS reload)."""
+        self._server_cert = server_cert
+
     def from_ssl_object(self, obj: ssl.SSLObject | ssl.SSLSocket) -> TLSInfo:
         """Describe the connection `obj` after its handshake has completed."""
         version = obj.version()

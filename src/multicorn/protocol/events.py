@@ -42,6 +42,9 @@ class RequestReceived:
     headers: Headers
     expects_continue: bool = False  # the client waits for 100 before sending its body
     kind: StreamKind = StreamKind.REQUEST
+    # HTTP/1.1: the request offers an Upgrade (RFC 9110 7.8) the server does not take (an
+    # unknown protocol, or h2c or websocket while those are off); it is served as plain HTTP.
+    upgrade_ignored: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

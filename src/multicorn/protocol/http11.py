@@ -55,7 +55,7 @@ import binascii
 import enum
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http import HTTPStatus
 from typing import Final
 
@@ -474,7 +474,10 @@ class HTTP11Protocol:
         elif kind is K_WEBSOCKET:
             events.append(self._start_request(head, flags, E_OFFER_WEBSOCKET, kind))
         else:
-            events.append(self._start_request(head, flags, E_REQUEST))
+            request = self._start_request(head, flags, E_REQUEST)
+            if flags & _UPGRADE:
+                request = replace(request, upgrade_ignored=True)
+            events.append(request)
 
     def _on_body(self, data: bytes, events: list[Event]) -> None:
         state = self._state

@@ -19,8 +19,9 @@ obs-fold, whitespace before a colon and malformed chunk lines; h11 accepts all o
 h11 engine runs on `_StrictConnection`, which swaps two of h11's readers: the request head is
 checked against `STRICT_HEAD` (the RFC 9112 grammar, one regex per head) before h11 parses it,
 and chunked bodies are read by `_StrictChunkedReader`, which knows RFC 9112 7.1 exactly. Both
-engines then agree on every case of tests/corpus/. One llhttp leniency is left: it skips extra
-spaces between the parts of the request line, and httptools gives no offsets to check them with.
+engines then agree on every case of tests/corpus/. llhttp skips extra spaces between the parts of
+the request line, and httptools reports no offsets; `HttptoolsParser` finds each request line in
+the bytes it was fed itself (see `_RequestLines`) and checks it.
 
 The ops are small slotted classes rather than NamedTuples or dataclasses: they are created for
 every request on the hot path, and a plain `__init__` with `__slots__` is the cheapest object
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 
 from multicorn.protocol.errors import LocalProtocolError, RemoteProtocolError
 from multicorn.protocol.headers import TOKEN
+from multicorn.protocol.request_head import KNOWN_METHODS
 
 if TYPE_CHECKING:
     from multicorn.protocol.events import Headers
@@ -123,6 +125,35 @@ def _check_raw_framing(head: bytearray) -> None:
             has_chunked = True
 
 
+# How much of an unfinished head is looked at for its method: more than any method is long.
+_METHOD_WINDOW = 64
+_METHOD_CHARS = re.compile(_TCHAR + rb"*").match
+
+
+def _token_length(start: bytes) -> int:
+    """How many bytes at the start of `start` are token characters."""
+    match = _METHOD_CHARS(start)
+    return 0 if match is None else match.end()
+
+
+def method_verdict(start: bytes) -> RemoteProtocolError | None:
+    """The verdict on a request line from its first bytes alone, so both engines refuse a bad
+    method as soon as its end is in (llhttp fails on its first unknown byte). None while only
+    token characters have come, and for a method this server passes on."""
+    end = _token_length(start)
+    if end == len(start):
+        if end >= _METHOD_WINDOW:
+            return RemoteProtocolError("malformed request line: no method is that long")
+        return None
+    method = start[:end]
+    if start[end] != 0x20 or not method:
+        return RemoteProtocolError("malformed request line: the method is not a token")
+    if method in KNOWN_METHODS:
+        return None
+    # RFC 9110 9.1 (see request_head.KNOWN_METHODS).
+    return RemoteProtocolError(f"method {method[:32]!r} is not implemented", error_status_hint=501)
+
+
 def _strict_head_reader(buf: ReceiveBuffer) -> h11.Request | None:
     """h11's request-head reader, behind the RFC 9112 grammar check."""
     data = buf._data
@@ -131,6 +162,9 @@ def _strict_head_reader(buf: ReceiveBuffer) -> h11.Request | None:
     # any run of CR and LF there: so do we (those bytes are part of no head).
     if data and data[0] in (0x0D, 0x0A):
         buf._extract(len(data) - len(data.lstrip(b"\r\n")))  # (resets h11's search marks)
+    error = method_verdict(bytes(data[:_METHOD_WINDOW]))
+    if error is not None:
+        raise h11.RemoteProtocolError(str(error), error.error_status_hint)
     end = _H11_HEAD_END(data)
     if end is not None:
         if STRICT_HEAD(data, 0, end.end()) is None:
@@ -356,35 +390,63 @@ class HttptoolsParser:
 
     The callbacks do as little as they can: the head goes straight into the list and bytes the
     operation carries, the only per-header bookkeeping is noting a Connection header (it lets
-    most requests skip get_http_version(), see on_headers_complete), and the size of a head is
-    worked out only when a read ends inside it or brought more bytes than the limit.
+    most requests skip get_http_version(), see on_headers_complete) or a Transfer-Encoding, and
+    the size of a head is worked out only when a read ends inside it or brought more bytes than
+    the limit.
+
+    Request lines. llhttp skips runs of spaces between the parts of a request line (RFC 9112 3
+    allows one SP) and reports the parts, not the line or its offset, so this class keeps track
+    of where each request begins in what it is fed: a request begins where the previous one
+    ended, after its head (the first blank line: llhttp takes CRLF only) and its body, counted
+    from on_body for a Content-Length body and walked line by line for a chunked one (`_walk`:
+    chunk sizes and trailers, which on_body does not report), exactly as llhttp accepted it.
+    Offsets are into the window: the current read, after the bytes of a head still open from
+    earlier reads (`_carry`). A line is then well-formed when it is exactly as long as its
+    parts with one space between them. Should a start be unknown (after a chunk line too long
+    to keep), the line is looked for in the window after the previous head instead.
 
     Errors. httptools exposes no llhttp error code (`llhttp_errno`) to Python: it maps the code
     to an exception class (`parser_error_from_errno`: HPE_CB_* and HPE_USER become
     HttpParserCallbackError, HPE_INVALID_METHOD HttpParserInvalidMethodError, HPE_INVALID_URL
     HttpParserInvalidURLError, every other code the base HttpParserError) and passes only
     llhttp's reason text, which is not an interface. So the status never comes from that text:
-    - every llhttp verdict is a syntax error in the message: 400;
+    - every llhttp verdict is a syntax error in the message: 400, except a failure on a method
+      that is a token llhttp does not know: 501 (`method_verdict`, shared with the h11 engine);
+      llhttp fails on the method's first unknown byte, so the rest may have to come first;
     - statuses other than 400 come from checks of our own with their own status: the head size
       (431, below and in the protocol), the transfer coding (501) and the version (505) in the
       protocol's head check, which sees the head before the error llhttp raises after it (llhttp
       runs on_headers_complete before refusing an unknown Transfer-Encoding);
     - HttpParserCallbackError means one of our callbacks raised (the original is its
-      `__context__`): a bug of ours, reported as LocalProtocolError, never blamed on the peer.
+      `__context__`): a malformed request line we refused, or else a bug of ours, reported as
+      LocalProtocolError, never blamed on the peer.
     """
 
     __slots__ = (
+        "_at",
         "_body_left",
+        "_carry",
+        "_carry_from_line",
+        "_chunked",
         "_connection",
         "_fed",
+        "_floor",
         "_head_open",
         "_head_size",
         "_headers",
+        "_in_message",
         "_llhttp",
+        "_mark",
         "_max_size",
+        "_next_at",
         "_parser",
+        "_partial_line",
+        "_skip",
         "_stop",
+        "_trailers",
+        "_undecided",
         "_url",
+        "_window",
         "ops",
         "partial",
     )
@@ -403,7 +465,23 @@ class HttptoolsParser:
         self._body_left = -1  # body bytes of an upgrade request still to count out, or -1
         self._fed = 0  # bytes of the current feed() call
         self._connection = False  # the head in progress has a (Proxy-)Connection header
+        self._chunked = False  # ... or a Transfer-Encoding (only `chunked` gets past the checks)
         self._stop: UpgradeOp | None = None  # the stop at an upgrade request, until resumed
+        self._undecided: bytes | None = None  # a failed request's start, until its method is in
+        # Where requests begin (see the class notes); offsets into `_window`, -1 for unknown.
+        self._window = b""
+        self._carry = b""  # an open head's bytes from earlier reads...
+        self._carry_from_line = False  # ... starting exactly at its request line
+        self._in_message = False  # llhttp has begun a request and not ended it
+        self._at = -1  # where the current request's line begins
+        self._next_at = 0  # where the next request's line will begin
+        self._mark = -1  # how far the current request is accounted for
+        self._floor = 0  # where the search for a line of unknown start begins
+        # The chunked-body walk: chunk bytes (with their CRLF) still to skip, a size or trailer
+        # line begun in an earlier read, and whether the trailers have begun.
+        self._skip = 0
+        self._partial_line = b""
+        self._trailers = False
         # Bytes of a request that is not complete yet are buffered: an open head, or an upgrade
         # request's body still being counted. A plain attribute, unlike H11Parser's property:
         # the protocol reads it on every `wants_read`, several times per request.
@@ -416,26 +494,60 @@ class HttptoolsParser:
         if self._body_left >= 0:
             self._count_body(data)
             return
+        if self._undecided is not None:
+            self._undecided += data
+            self._decide("malformed request")
+            return
         began_open = self._head_open
         self._fed = len(data)
+        self._floor = 0
+        if self._carry:
+            self._resume_head(data)
+        else:
+            self._window = data
+            if not self._in_message:
+                self._next_at = 0  # between requests: the next one begins this read
+            elif self._mark >= 0:
+                self._mark = 0  # inside a body: it goes on from the start of this read
         try:
             self._parser.feed_data(data)
         except self._llhttp.HttpParserUpgrade as exc:
             self._start_upgrade_body(data[exc.args[0] :])
             return
         except self._llhttp.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, RemoteProtocolError):  # a request line we refused
+                raise exc.__context__ from None
             # HPE_CB_* / HPE_USER: one of the callbacks below raised, which they never should.
             raise LocalProtocolError(f"request parser callback failed: {exc.__context__!r}") from (
                 exc.__context__
             )
         except self._llhttp.HttpParserError as exc:
             # RFC 9112 2.2: a message that does not parse is answered 400 (see the class notes).
-            raise RemoteProtocolError(str(exc) or "malformed request") from None
+            start = self._failed_request()
+            if start is None:
+                raise RemoteProtocolError(str(exc) or "malformed request") from None
+            self._undecided = start
+            self._decide(str(exc))
+            return
         if self._head_open:
+            self._keep_open_head()
             # llhttp holds an unfinished header line itself: bound the head by what was fed.
             self._head_size += len(data) if began_open else self._open_head_size()
             if self._head_size > self._max_size:
                 raise RemoteProtocolError("request header section too large", error_status_hint=431)
+        elif self._chunked and self._in_message and self._mark >= 0:
+            self._walk()  # to the end of this read
+
+    def _decide(self, reason: str) -> None:
+        """Refuse the request llhttp failed on, once its method is in: 501 for an unknown
+        token, else 400 (the h11 engine's verdicts, from the same `method_verdict`)."""
+        start = self._undecided
+        assert start is not None
+        error = method_verdict(start[:_METHOD_WINDOW])
+        if error is None and _token_length(start) == len(start):
+            self.partial = True  # only token characters so far: wait for the method's end
+            return
+        raise error or RemoteProtocolError(reason)
 
     def _open_head_size(self) -> int:
         """The part of a head begun in this read that callbacks have already reported."""
@@ -444,6 +556,9 @@ class HttptoolsParser:
     def resume(self, leftover: bytes) -> None:
         self._parser = self._llhttp.HttpRequestParser(self)
         self._stop = None
+        self._in_message = False
+        self._carry = b""
+        self._mark = -1
         if leftover:
             self.feed(leftover)
 
@@ -475,14 +590,98 @@ class HttptoolsParser:
             self._stop = UpgradeOp(data[take:])
             self.ops.append(self._stop)
 
+    # ---- where request lines begin (see the class notes) ----------------------------------
+
+    def _resume_head(self, data: bytes) -> None:
+        """A read that goes on with a head begun in an earlier one."""
+        self._window = self._carry + data
+        self._at = 0 if self._carry_from_line else -1
+        self._carry = b""
+
+    def _keep_open_head(self) -> None:
+        """Keep what a head still open after this read needs checked with the next."""
+        window = self._window
+        at = self._at
+        self._carry_from_line = at >= 0
+        # With the line's start unknown: what came after the last head found, at most a head's
+        # worth (the head in progress is bounded by the 431 check).
+        self._carry = window[at if at >= 0 else max(self._floor, len(window) - self._max_size) :]
+
+    def _check_line(self, method: bytes, target: bytes, version: str) -> int:
+        """Find and check the current request's line the long way; return where it ends."""
+        window = self._window
+        if version == "0.9":  # llhttp's name for a line without a version (HTTP/0.9)
+            line = b"%s %s\r\n" % (method, target)
+        else:
+            line = b"%s %s HTTP/%s\r\n" % (method, target, version.encode("ascii"))
+        at = self._at
+        if at >= 0:
+            while window[at : at + 1] in _EMPTY_LINE:  # empty lines before a request (2.2)
+                at += 1
+            found = window.startswith(line, at)
+        else:
+            at = window.find(line, self._floor)
+            found = at >= 0 and (at == 0 or window[at - 1 : at] == b"\n")
+        if not found:
+            raise RemoteProtocolError("malformed request line (RFC 9112 3: one SP between parts)")
+        return at + len(line) - 2
+
+    def _walk(self) -> int:
+        """Follow a chunked body from `_mark` (RFC 9112 7.1) to where its request ends, or to
+        the end of the window; the end's offset, else -1."""
+        window = self._window
+        pos = self._mark
+        while True:
+            if self._skip:
+                take = min(self._skip, len(window) - pos)
+                pos += take
+                self._skip -= take
+                if self._skip:
+                    break
+            newline = window.find(b"\n", pos)
+            if newline < 0:
+                self._partial_line += window[pos:]
+                pos = len(window)
+                if len(self._partial_line) > self._max_size:
+                    self._mark = -1  # a chunk line this long is not kept: the end is unknown
+                    return -1
+                break
+            line = window[pos:newline]
+            if self._partial_line:
+                line = self._partial_line + line
+                self._partial_line = b""
+            pos = newline + 1
+            if self._trailers:
+                if line == b"\r":  # the blank line after the trailer section
+                    self._mark = pos
+                    return pos
+            else:
+                size = int(line.partition(b";")[0].rstrip(b"\r"), 16)  # llhttp took it
+                self._trailers = size == 0
+                self._skip = size + 2 if size else 0
+        self._mark = pos
+        return -1
+
+    def _failed_request(self) -> bytes | None:
+        """The bytes of the request llhttp failed on, from its first, when that is known."""
+        at = self._at if self._in_message else self._next_at
+        if at < 0:
+            return None
+        window = self._window
+        while window[at : at + 1] in _EMPTY_LINE:
+            at += 1
+        return window[at:]
+
     # ---- llhttp callbacks -------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
-        self._connection = False
-        self._head_open = self.partial = True
+        self._connection = self._chunked = False
+        self._head_open = self.partial = self._in_message = True
         self._head_size = 0
+        self._at = self._next_at
+        self._mark = -1
 
     def on_url(self, url: bytes) -> None:
         self._url += url  # nearly always one piece, and b"" + url is url itself
@@ -491,6 +690,8 @@ class HttptoolsParser:
         name = name.lower()
         if name == b"connection" or name == b"proxy-connection":
             self._connection = True  # see on_headers_complete
+        elif name == b"transfer-encoding":
+            self._chunked = True
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -507,13 +708,39 @@ class HttptoolsParser:
             version = parser.get_http_version()
         else:
             version = "1.1"
-        self.ops.append(HeadOp(parser.get_method(), self._url, version, self._headers, small))
+        method = parser.get_method()
+        url = self._url
+        # The request line, at `_at`, is well-formed when it is as long as its parts with one
+        # SP each ("GET" SP url SP "HTTP/1.1": 10 bytes besides the method and url).
+        window = self._window
+        at = self._at
+        end = window.find(b"\r\n", at)
+        if at < 0 or end - at != len(method) + len(url) + 10:
+            end = self._check_line(method, url, version)  # raises if it is not
+        head_end = window.find(b"\r\n\r\n", end)
+        self._mark = head_end + 4 if head_end >= 0 else -1
+        self._floor = head_end + 4 if head_end >= 0 else end
+        if self._chunked:
+            self._skip = 0
+            self._partial_line = b""
+            self._trailers = False
+        self.ops.append(HeadOp(method, url, version, self._headers, small))
 
     def on_body(self, body: bytes) -> None:
+        if self._mark >= 0 and not self._chunked:
+            self._mark += len(body)
         self.ops.append(DataOp(body))
 
     def on_message_complete(self) -> None:
+        self._in_message = False
+        if self._chunked and self._mark >= 0:
+            self._next_at = self._walk()
+        else:
+            self._next_at = self._mark
         self.ops.append(END)
+
+
+_EMPTY_LINE: Final = (b"\r", b"\n")
 
 
 class SpentParser:

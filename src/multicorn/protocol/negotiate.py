@@ -6,9 +6,9 @@ spots the cleartext HTTP/2 preface and `Upgrade: h2c` and asks for a switch with
 UpgradeRequested event). `upgrade()` turns that event into the new protocol object, the events
 it already owes the application, and the input left over for it.
 
-With the PROXY protocol on, a connection starts as ProxyHeaderProtocol instead, which reads
-the load balancer's header and then asks (ProxyHeaderReceived) for the protocol it would
-otherwise have started with.
+A PROXY protocol header is not a protocol of the connection: the listener reads it before
+anything else, TLS included (runtime/base.py `Preamble`), and the connection starts here as
+usual.
 
 A WebSocket is not a switch of the connection's protocol object: it is a stream of kind
 WEBSOCKET on whatever HTTP version carries it (HTTP/1.1 tunnels its connection once the
@@ -24,7 +24,6 @@ from multicorn.protocol.errors import LocalProtocolError
 from multicorn.protocol.events import Event, H2CPriorKnowledge, H2CUpgrade, UpgradeRequested
 from multicorn.protocol.http2 import HTTP2Limits, HTTP2Protocol
 from multicorn.protocol.http11 import HTTP11Limits, HTTP11Protocol
-from multicorn.protocol.proxy_protocol import ProxyHeaderProtocol, ProxyHeaderReceived, ProxyMode
 from multicorn.protocol.websocket import WebSocketLimits
 
 
@@ -42,18 +41,8 @@ def for_connection(
     alpn: str | None,
     tls: bool,
     now: float,
-    proxy_header: ProxyMode | None = None,
 ) -> ServerProtocol:
-    """The connection's first protocol. `proxy_header`: how to treat a PROXY protocol header
-    before the HTTP bytes (None: the PROXY protocol is off, and the bytes are HTTP's)."""
-    if proxy_header is not None:
-        return ProxyHeaderProtocol(
-            mode=proxy_header,
-            now=now,
-            timeout=limits.http11.header_timeout,
-            alpn=alpn,
-            tls=tls,
-        )
+    """The connection's first protocol."""
     if alpn == "h2":
         return HTTP2Protocol(limits=limits.http2, now=now, scheme=b"https")
     http11 = limits.http11
@@ -75,8 +64,6 @@ def upgrade(
             upgrade_settings=event.settings,
         )
         return protocol, protocol.upgraded_request(event.request, event.body), event.leftover
-    if isinstance(event, ProxyHeaderReceived):
-        return for_connection(limits, alpn=event.alpn, tls=event.tls, now=now), [], event.leftover
     if isinstance(event, H2CPriorKnowledge):
         protocol = HTTP2Protocol(limits=limits.http2, now=now, scheme=b"http")
         return protocol, [], event.leftover

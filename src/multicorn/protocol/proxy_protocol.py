@@ -8,12 +8,11 @@ address block (plus TLVs, which are skipped here).
 
 `parse_proxy_header(buffer, mode)` is the whole parser: it returns the header and how many
 bytes it took, None while the buffer is still a proper prefix of a header, and raises
-RemoteProtocolError once the buffer cannot become one. `ProxyHeaderProtocol` is the
-ServerProtocol a connection starts with when the PROXY protocol is on: it holds input until
-the header is complete, then asks to switch (ProxyHeaderReceived, an UpgradeRequested) to the
-HTTP protocol the connection would have started with, handing it the bytes after the header.
-A peer that is not trusted to send the header gets the "reject" mode: input that starts like a
-PROXY header ends the connection, anything else passes straight on.
+RemoteProtocolError once the buffer cannot become one. The header comes before everything, TLS
+included, so it is read by the listener, not by a connection's protocol: `preamble_length` is
+what the listener asks (app/proxy.py `proxy_preamble` makes it the listener's `Preamble`). A
+peer that is not trusted to send the header gets the "reject" mode: input that starts like a
+PROXY header ends the connection, anything else is the connection's own.
 """
 
 from __future__ import annotations
@@ -23,12 +22,6 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from multicorn.protocol.errors import RemoteProtocolError
-from multicorn.protocol.events import (
-    Command,
-    ConnectionClosed,
-    Event,
-    UpgradeRequested,
-)
 
 ProxyMode = Literal["v1", "v2", "auto", "reject"]
 
@@ -170,92 +163,15 @@ def _parse_v2(buffer: bytes) -> tuple[ProxyHeader, int] | None:
     return ProxyHeader(version=2), total
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ProxyHeaderReceived(UpgradeRequested):
-    """The PROXY header is in: switch to the HTTP protocol the connection starts with. `header`
-    is None for a peer allowed to send none (the "reject" mode, when it sent plain HTTP)."""
-
-    header: ProxyHeader | None
-    alpn: str | None = None
-    tls: bool = False
-
-
-class ProxyHeaderProtocol:
-    """The first protocol of a connection whose peer may, or must, send a PROXY header."""
-
-    multiplexed = False
-
-    def __init__(
-        self,
-        *,
-        mode: ProxyMode,
-        now: float,
-        timeout: float,
-        alpn: str | None = None,
-        tls: bool = False,
-    ) -> None:
-        self._mode = mode
-        self._deadline = now + timeout if timeout > 0 else None
-        self._alpn = alpn
-        self._tls = tls
-        self._buffer = b""
-        self._done = False  # the header is in (or the connection failed): nothing more here
-        self._closed = False
-
-    def receive_data(self, data: bytes, now: float) -> list[Event]:
-        if self._done:
-            return []
-        if not data:
-            return self._fail("connection closed before the PROXY protocol header ended")
-        self._buffer += data
-        buffer = self._buffer
-        if self._mode == "reject":
-            looks = looks_like_proxy_header(buffer)
-            if looks is None:
-                return []
-            if looks:
-                return self._fail("PROXY protocol header from a peer not allowed to send one")
-            return [self._switch(None, 0)]
-        try:
-            parsed = parse_proxy_header(buffer, self._mode)
-        except RemoteProtocolError as exc:
-            return self._fail(str(exc))
-        if parsed is None:
-            return []
-        header, used = parsed
-        return [self._switch(header, used)]
-
-    def _switch(self, header: ProxyHeader | None, used: int) -> ProxyHeaderReceived:
-        self._done = True  # this object's part is over; the next protocol takes the rest
-        leftover, self._buffer = self._buffer[used:], b""
-        return ProxyHeaderReceived(header=header, leftover=leftover, alpn=self._alpn, tls=self._tls)
-
-    def _fail(self, message: str) -> list[Event]:
-        self._done = self._closed = True
-        self._buffer = b""
-        return [ConnectionClosed(error=RemoteProtocolError(message))]
-
-    def send(self, command: Command, now: float) -> list[Event]:
-        return []  # no stream exists before the header is in
-
-    def data_to_send(self) -> bytes:
-        return b""
-
-    def next_deadline(self) -> float | None:
-        return None if self._done else self._deadline
-
-    def handle_deadline(self, now: float) -> list[Event]:
-        if self._done or self._deadline is None or now < self._deadline:
-            return []
-        return self._fail("no PROXY protocol header in time")
-
-    def pending_send(self, stream_id: int) -> int:
-        return 0
-
-    @property
-    def wants_read(self) -> bool:
-        return not self._done
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
+def preamble_length(buffer: bytes, mode: ProxyMode) -> int | None:
+    """How many of a connection's first bytes are its PROXY header: 0 for none (the "reject"
+    mode, when the peer sent something else), None while `buffer` cannot tell yet. Raises
+    RemoteProtocolError when the connection must be closed: no header `mode` accepts, or, in
+    the "reject" mode, a header from a peer not allowed to send one."""
+    if mode == "reject":
+        looks = looks_like_proxy_header(buffer)
+        if looks:
+            raise RemoteProtocolError("PROXY protocol header from a peer not allowed to send one")
+        return None if looks is None else 0
+    parsed = parse_proxy_header(buffer, mode)
+    return None if parsed is None else parsed[1]

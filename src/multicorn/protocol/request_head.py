@@ -45,9 +45,15 @@ _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _TARGET = re.compile(rb"[\x21-\x22\x24-\x7e]+").fullmatch
 # RFC 9113 8.2.1: a field value must not start or end with whitespace (h1 parsers strip OWS).
 _EDGE_SPACE = (b" ", b"\t")
-# RFC 9110 9.1: method = token. The registered methods skip the regex (a set lookup is cheaper).
-_METHODS = frozenset(
-    {b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH"}
+# RFC 9110 9.1: method = token, and the set is open; "An origin server that receives a request
+# method that is unrecognized or not implemented SHOULD respond with the 501 (Not Implemented)
+# status code." The methods this server passes to applications are the ones llhttp parses
+# (RFC 9110's, WebDAV's, PATCH, PURGE, QUERY and a few more): llhttp cannot be told others, and
+# every engine and HTTP version must give one answer. Any other token gets 501.
+KNOWN_METHODS = frozenset(
+    b"GET HEAD POST PUT DELETE CONNECT OPTIONS TRACE PATCH COPY LOCK MKCOL MOVE PROPFIND "
+    b"PROPPATCH SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH "
+    b"NOTIFY SUBSCRIBE UNSUBSCRIBE PURGE MKCALENDAR LINK UNLINK SOURCE QUERY".split()
 )
 
 # RFC 3986 2.1: "%" not followed by two hex digits.
@@ -97,8 +103,12 @@ def check_request_head(
     pseudo-headers left in them); `protocol` is `:protocol` of an extended CONNECT there, or for
     HTTP/1.1 the upgrade token of a request its core found to be a valid WebSocket handshake.
     """
-    if method not in _METHODS and TOKEN.fullmatch(method) is None:
-        raise MalformedHead(f"invalid request method {method[:32]!r}")
+    if method not in KNOWN_METHODS:
+        if TOKEN.fullmatch(method) is None:
+            raise MalformedHead(f"invalid request method {method[:32]!r}")
+        raise RemoteProtocolError(
+            f"method {method[:32]!r} is not implemented", error_status_hint=501
+        )
     if not fields_valid(headers):
         _field_error(headers)
     if multiplexed:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
 
 if TYPE_CHECKING:
     import socket
@@ -38,6 +38,8 @@ LINGER_BYTES = 16 * 1024 * 1024  # discarded input
 # A datagram peer as the socket module reports it: (host, port) for IPv4, (host, port, flowinfo,
 # scope_id) for IPv6. `sendto` takes back exactly what `datagram_received` was given.
 DatagramAddress: TypeAlias = tuple[Any, ...]
+
+_T = TypeVar("_T")
 
 
 class TaskHandle(Protocol):
@@ -88,6 +90,19 @@ class Runtime(Protocol):
     async def wait_for(self, waiter: Waiter, timeout: float | None) -> bool:
         """Wait until `waiter` is set or `timeout` passes; True if it was set."""
         ...
+
+    async def run_sync(self, fn: Callable[[], _T]) -> _T:
+        """Run `fn()` in a worker thread and return what it returns (or raise what it raises).
+
+        Threads are reused and never keep the process from exiting. The runtime sets no bound
+        on how many run at once: the caller does. Cancelling the waiting task abandons the call:
+        the thread runs on to the end of `fn`, and its outcome is dropped."""
+        ...
+
+    def call_from_thread(self, fn: Callable[[], object]) -> None:
+        """From another thread: run `fn()` in this runtime's loop soon, without waiting for it
+        (what it raises is logged, as for `call_soon`). Calls made from one thread run in the
+        order they were made. Raises RuntimeError once the loop has ended."""
 
 
 class Transport(Protocol):
@@ -172,12 +187,72 @@ class ConnectionDetails:
     """What a backend knows of a stream connection when it hands it to the handler factory.
 
     `peername` and `sockname` are what the socket reports (a (host, port, ...) tuple for TCP, a
-    path for unix sockets); `tls` is None in cleartext.
+    path for unix sockets); `tls` is None in cleartext; `preamble` holds the bytes a listener's
+    `Preamble` took before anything else (b"" without one).
     """
 
     peername: SockName | None
     sockname: SockName | None
     tls: TLSInfo | None
+    preamble: bytes = b""
+
+
+class PreambleRefused(Exception):
+    """A `Preamble.measure` verdict: the connection is closed without serving it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Preamble:
+    """Bytes a listener reads from each connection before anything else, TLS included: a
+    PROXY protocol header, which a load balancer writes ahead of the client's first byte.
+
+    `measure(peername, first_bytes)` says how many of the connection's first bytes are the
+    preamble (0: none), None while it cannot tell yet, or raises PreambleRefused. A backend
+    peeks at the socket (nothing is read that the connection needs) until it can tell, then
+    reads exactly that many bytes, within `timeout` seconds; only `max_size` bytes are ever
+    looked at.
+    """
+
+    measure: Callable[[SockName | None, bytes], int | None]
+    max_size: int
+    timeout: float
+
+
+class PreambleReader:
+    """The backend-neutral part of reading a `Preamble` from a non-blocking socket: a backend
+    calls `step()` until it returns DONE, waiting for the socket to be readable after WAIT and
+    sleeping POLL_INTERVAL after POLL (the peer sent part of what decides, and peeking again at
+    the same bytes would spin), all within the preamble's timeout."""
+
+    DONE, WAIT, POLL = 0, 1, 2
+    POLL_INTERVAL = 0.005
+
+    def __init__(self, preamble: Preamble, sock: socket.socket, peername: SockName | None) -> None:
+        self._preamble = preamble
+        self._sock = sock
+        self._peer = peername
+        self.result = b""
+
+    def step(self) -> int:
+        import socket
+
+        try:
+            peeked = self._sock.recv(self._preamble.max_size, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return self.WAIT
+        except OSError as exc:
+            raise PreambleRefused(f"connection failed before its preamble: {exc}") from None
+        if not peeked:
+            raise PreambleRefused("connection closed before its preamble ended")
+        size = self._preamble.measure(self._peer, peeked)
+        if size is None:
+            if len(peeked) >= self._preamble.max_size:
+                raise PreambleRefused("preamble longer than its limit")
+            return self.POLL
+        if size:
+            # Peeked already, so this many are in the kernel's buffer: one recv takes them.
+            self.result = self._sock.recv(size)
+        return self.DONE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -219,8 +294,10 @@ class Backend(Protocol):
         *,
         backlog: int,
         tls: ServerTLS | None,
+        preamble: Preamble | None = None,
     ) -> None:
-        """Accept stream connections on the listening `sock` until `stop_listeners()`."""
+        """Accept stream connections on the listening `sock` until `stop_listeners()`; with a
+        `preamble`, read it from each connection first (before TLS)."""
 
     async def start_datagram_endpoint(
         self, sock: socket.socket, factory: DatagramHandlerFactory
@@ -237,5 +314,7 @@ class Backend(Protocol):
         """Close every datagram endpoint (after the graceful drain); handlers hear
         `connection_lost()`."""
 
-    async def wait_for_signal(self) -> None:
-        """Return on SIGINT or SIGTERM (main thread only; elsewhere wait until cancelled)."""
+    async def wait_for_signal(self, on_hangup: Callable[[], object] | None = None) -> None:
+        """Return on SIGINT or SIGTERM (main thread only; elsewhere wait until cancelled).
+        On SIGHUP call `on_hangup()` (from the event loop) and keep waiting; what a hangup
+        means (a TLS reload) is the caller's business."""

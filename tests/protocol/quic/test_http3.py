@@ -23,6 +23,7 @@ from multicorn.protocol.events import (
     StreamReset,
 )
 from multicorn.protocol.http3 import HTTP3Limits
+from multicorn.protocol.request_head import MalformedHead
 from tests.protocol.quic.h3helpers import Pair, Pki
 
 
@@ -278,6 +279,17 @@ def test_unservable_request_is_rejected_on_its_stream(pki: Pki) -> None:
     respond(p, sid, b"no proxy here")
     p.transfer()
     assert p.response(sid)[0][0] == (b":status", b"200")
+
+
+def test_unknown_method_is_answered_501_as_on_every_version(pki: Pki) -> None:
+    p = Pair(pki)
+    sid = p.request(method=b"FOO")
+    p.transfer()
+    (event,) = p.events()
+    assert isinstance(event, RequestRejected)
+    assert event.stream_id == sid
+    assert event.error.error_status_hint == 501
+    assert not isinstance(event.error, MalformedHead)
 
 
 def test_client_reset_reaches_the_application(pki: Pki) -> None:

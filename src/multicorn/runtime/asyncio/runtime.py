@@ -6,15 +6,19 @@ uvloop runs this same code; every primitive here is the loop's own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from multicorn.runtime.callbacks import run_callback
+from multicorn.runtime.threads import ThreadCache
 
 if TYPE_CHECKING:
     import logging
 
     from multicorn.runtime.base import Waiter
+
+_T = TypeVar("_T")
 
 
 class AsyncioRuntime:
@@ -26,6 +30,7 @@ class AsyncioRuntime:
         self.now = loop.time
         self._tasks: set[asyncio.Task[object]] = set()
         self._forget = self._tasks.discard  # bound once: a done callback per task
+        self._threads: ThreadCache | None = None  # made by the first run_sync
 
     def spawn(self, fn: Callable[..., Awaitable[object]], *args: object) -> asyncio.Task[object]:
         # Our callers pass coroutine functions; create_task wants the coroutine type itself. (Typed
@@ -57,6 +62,31 @@ class AsyncioRuntime:
         except asyncio.TimeoutError:
             return False
         return True
+
+    async def run_sync(self, fn: Callable[[], _T]) -> _T:
+        if self._threads is None:
+            self._threads = ThreadCache()
+        loop = self._loop
+        future: asyncio.Future[_T] = loop.create_future()
+
+        def settle(result: Any, exc: BaseException | None) -> None:
+            if future.done():
+                return  # the waiting task was cancelled: the outcome is dropped
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+        def done(result: object, exc: BaseException | None) -> None:
+            # RuntimeError: the loop is closed, and nobody waits any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle, result, exc)
+
+        self._threads.submit(fn, done)
+        return await future
+
+    def call_from_thread(self, fn: Callable[[], object]) -> None:
+        self._loop.call_soon_threadsafe(self._run_callback, fn)
 
     async def cancel_all(self) -> None:
         """Cancel every task still running (the session is over) and let them unwind briefly."""

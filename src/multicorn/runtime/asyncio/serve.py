@@ -8,6 +8,7 @@ import threading
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
+from multicorn.runtime.asyncio.preamble import PreambleListener
 from multicorn.runtime.asyncio.runtime import AsyncioRuntime
 from multicorn.runtime.asyncio.tcp import AsyncioConnection
 from multicorn.runtime.asyncio.udp import AsyncioDatagramEndpoint
@@ -15,9 +16,14 @@ from multicorn.runtime.asyncio.udp import AsyncioDatagramEndpoint
 if TYPE_CHECKING:
     import logging
     import socket
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
-    from multicorn.runtime.base import DatagramHandlerFactory, HandlerFactory, ServerTLS
+    from multicorn.runtime.base import (
+        DatagramHandlerFactory,
+        HandlerFactory,
+        Preamble,
+        ServerTLS,
+    )
 
 
 class AsyncioBackend:
@@ -27,6 +33,7 @@ class AsyncioBackend:
         self._logger = logger
         self._runtime = AsyncioRuntime(asyncio.get_running_loop(), logger)
         self._servers: list[asyncio.Server] = []
+        self._preamble_listeners: list[PreambleListener] = []
         self._endpoints: list[AsyncioDatagramEndpoint] = []
         self._connections: set[AsyncioConnection] = set()
 
@@ -55,7 +62,21 @@ class AsyncioBackend:
         *,
         backlog: int,
         tls: ServerTLS | None,
+        preamble: Preamble | None = None,
     ) -> None:
+        if preamble is not None:
+            listener = PreambleListener(
+                sock,
+                lambda taken: AsyncioConnection(
+                    factory, self._runtime, tls, self._connections, preamble=taken
+                ),
+                preamble=preamble,
+                tls=tls,
+                logger=self._logger,
+            )
+            listener.start(backlog)
+            self._preamble_listeners.append(listener)
+            return
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
             lambda: AsyncioConnection(factory, self._runtime, tls, self._connections),
@@ -80,21 +101,27 @@ class AsyncioBackend:
         for server in self._servers:
             server.close()
         self._servers.clear()
+        for listener in self._preamble_listeners:
+            listener.close()
+        self._preamble_listeners.clear()
 
     def close_datagram_endpoints(self) -> None:
         for endpoint in self._endpoints:
             endpoint.close()
         self._endpoints.clear()
 
-    async def wait_for_signal(self) -> None:
+    async def wait_for_signal(self, on_hangup: Callable[[], object] | None = None) -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         if threading.current_thread() is not threading.main_thread():
             await stop.wait()  # no signals off the main thread: wait to be cancelled
             return
-        signals = (signal.SIGINT, signal.SIGTERM)
+        signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
         for sig in signals:
             loop.add_signal_handler(sig, stop.set)
+        if on_hangup is not None and hasattr(signal, "SIGHUP"):
+            loop.add_signal_handler(signal.SIGHUP, on_hangup)
+            signals += (signal.SIGHUP,)
         try:
             await stop.wait()
         finally:

@@ -30,6 +30,7 @@ class AsyncioConnection(asyncio.Protocol):
         "_lingered",
         "_loop",
         "_open",
+        "_preamble",
         "_runtime",
         "_timer",
         "_tls",
@@ -44,8 +45,10 @@ class AsyncioConnection(asyncio.Protocol):
         runtime: AsyncioRuntime,
         tls: ServerTLS | None,
         open_connections: set[AsyncioConnection],
+        preamble: bytes = b"",
     ) -> None:
         self._factory = factory
+        self._preamble = preamble
         self._runtime = runtime
         self._tls = tls
         self._open = open_connections  # the backend's, so its session's end can abort us
@@ -68,6 +71,7 @@ class AsyncioConnection(asyncio.Protocol):
             peername=transport.get_extra_info("peername"),
             sockname=transport.get_extra_info("sockname"),
             tls=None if self._tls is None or ssl_object is None else self._tls.describe(ssl_object),
+            preamble=self._preamble,
         )
         self._handler = self._factory(self, self._runtime, details)
         self._open.add(self)

@@ -17,7 +17,7 @@ import heapq
 import itertools
 import math
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     import logging
 
     from multicorn.runtime.base import Waiter
+
+_T = TypeVar("_T")
 
 
 class TrioWaiter:
@@ -85,10 +87,12 @@ class TrioRuntime:
         "_logger",
         "_nursery",
         "_soon",
+        "_threads",
         "_timer_sequence",
         "_timer_task",
         "_timer_wake",
         "_timers",
+        "_token",
         "now",
     )
 
@@ -103,6 +107,11 @@ class TrioRuntime:
         self._timer_task = False
         self._timer_wake: trio.CancelScope | None = None  # the timer task's sleep, while it sleeps
         self.now: Callable[[], float] = trio.current_time
+        # For call_from_thread, which runs outside trio and cannot look the token up there.
+        self._token = trio.lowlevel.current_trio_token()
+        # trio.to_thread's default limiter caps every thread in the process at 40; the bound on
+        # how many run at once is the caller's (see Runtime.run_sync).
+        self._threads: trio.CapacityLimiter | None = None
 
     def spawn(self, fn: Callable[..., Awaitable[object]], *args: object) -> trio.CancelScope:
         scope = trio.CancelScope()
@@ -194,6 +203,17 @@ class TrioRuntime:
 
     def _run_callback(self, fn: Callable[[], object]) -> None:
         run_callback(fn, self._logger)
+
+    async def run_sync(self, fn: Callable[[], _T]) -> _T:
+        if self._threads is None:
+            self._threads = trio.CapacityLimiter(math.inf)
+        # abandon_on_cancel: a thread stuck in the application must not hold up a cancellation
+        # (the graceful timeout's end); trio's worker threads are daemon threads.
+        return await trio.to_thread.run_sync(fn, abandon_on_cancel=True, limiter=self._threads)
+
+    def call_from_thread(self, fn: Callable[[], object]) -> None:
+        # Once the run has ended this raises trio.RunFinishedError, a RuntimeError.
+        self._token.run_sync_soon(self._run_callback, fn)
 
     async def wait_for(self, waiter: Waiter, timeout: float | None) -> bool:
         if waiter.is_set():

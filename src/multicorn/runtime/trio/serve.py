@@ -17,9 +17,14 @@ from multicorn.runtime.trio.udp import TrioDatagramEndpoint
 if TYPE_CHECKING:
     import logging
     import socket
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
-    from multicorn.runtime.base import DatagramHandlerFactory, HandlerFactory, ServerTLS
+    from multicorn.runtime.base import (
+        DatagramHandlerFactory,
+        HandlerFactory,
+        Preamble,
+        ServerTLS,
+    )
 
 # Out of file descriptors or memory: back off instead of spinning on accept().
 _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -42,6 +47,7 @@ class TrioBackend:
         self._logger = logger
         self._accepting: list[trio.CancelScope] = []
         self._listening: list[socket.socket] = []
+        self._preambles: set[trio.CancelScope] = set()  # connections reading their preamble
         self._endpoints: list[TrioDatagramEndpoint] = []
         self._nursery: trio.Nursery | None = None
         self._runtime: TrioRuntime | None = None
@@ -76,6 +82,7 @@ class TrioBackend:
         *,
         backlog: int,
         tls: ServerTLS | None,
+        preamble: Preamble | None = None,
     ) -> None:
         nursery = self._session_nursery("start_listener")
         sock.listen(backlog)
@@ -84,7 +91,7 @@ class TrioBackend:
         scope = trio.CancelScope()
         self._accepting.append(scope)
         self._listening.append(sock)
-        nursery.start_soon(self._accept_loop, nursery, sock, factory, scope, tls)
+        nursery.start_soon(self._accept_loop, nursery, sock, factory, scope, tls, preamble)
 
     async def _accept_loop(
         self,
@@ -93,6 +100,7 @@ class TrioBackend:
         factory: HandlerFactory,
         scope: trio.CancelScope,
         tls: ServerTLS | None,
+        preamble: Preamble | None,
     ) -> None:
         # Accept every pending connection per wake-up, as asyncio does: one accept per scheduler
         # turn (trio's SocketListener) leaves a burst of new clients queued behind busy ones for
@@ -115,7 +123,10 @@ class TrioBackend:
                         await trio.sleep(0.1)
                         break
                     stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
-                    nursery.start_soon(serve_connection, stream, factory, self._logger, tls)
+                    reading = None if preamble is None else (preamble, conn, self._preambles)
+                    nursery.start_soon(
+                        serve_connection, stream, factory, self._logger, tls, reading
+                    )
 
     async def start_datagram_endpoint(
         self, sock: socket.socket, factory: DatagramHandlerFactory
@@ -129,6 +140,8 @@ class TrioBackend:
         for scope in self._accepting:
             scope.cancel()
         self._accepting.clear()
+        for scope in self._preambles:
+            scope.cancel()  # not yet connections: they go with their listener
         for sock in self._listening:
             # trio must hear of the close before the fd goes, or a waiting task never wakes.
             trio.lowlevel.notify_closing(sock)
@@ -139,9 +152,15 @@ class TrioBackend:
             endpoint.close()
         self._endpoints.clear()
 
-    async def wait_for_signal(self) -> None:
+    async def wait_for_signal(self, on_hangup: Callable[[], object] | None = None) -> None:
         if threading.current_thread() is not threading.main_thread():
             await trio.sleep_forever()  # no signals off the main thread: wait to be cancelled
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for _ in signals:
+        wanted: list[int] = [signal.SIGINT, signal.SIGTERM]
+        if on_hangup is not None and hasattr(signal, "SIGHUP"):
+            wanted.append(signal.SIGHUP)
+        with trio.open_signal_receiver(*wanted) as signals:
+            async for signum in signals:
+                if on_hangup is not None and signum == getattr(signal, "SIGHUP", None):
+                    on_hangup()
+                    continue
                 return

@@ -23,13 +23,22 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from multicorn.runtime.base import LINGER_BYTES, LINGER_IDLE, LINGER_TIME, ConnectionDetails
+from multicorn.runtime.base import (
+    LINGER_BYTES,
+    LINGER_IDLE,
+    LINGER_TIME,
+    ConnectionDetails,
+    PreambleReader,
+    PreambleRefused,
+)
 from multicorn.runtime.trio.runtime import TrioRuntime, TrioWaiter
 
 if TYPE_CHECKING:
     import logging
+    import socket
 
-    from multicorn.runtime.base import Handler, HandlerFactory, ServerTLS
+    from multicorn.net.binds import SockName
+    from multicorn.runtime.base import Handler, HandlerFactory, Preamble, ServerTLS
 
 _HIGH_WATER = 64 * 1024
 _READ_SIZE = 64 * 1024
@@ -204,19 +213,56 @@ class TrioConnection:
         self._timer_scope.deadline = self._deadline
 
 
+async def read_preamble(
+    sock: socket.socket,
+    preamble: Preamble,
+    peername: SockName | None,
+    pending: set[trio.CancelScope],
+) -> bytes:
+    """The connection's preamble (see runtime/base.py); raises PreambleRefused when it was
+    refused, did not come in time, the peer left, or the listener stopped (it cancels the
+    scopes in `pending`). `sock` is the stdlib socket under the connection's trio socket: the
+    reader peeks at it without waiting (trio's own methods always yield)."""
+    reader = PreambleReader(preamble, sock, peername)
+    with trio.CancelScope(deadline=trio.current_time() + preamble.timeout) as scope:
+        pending.add(scope)
+        try:
+            while (step := reader.step()) != PreambleReader.DONE:
+                if step == PreambleReader.WAIT:
+                    await trio.lowlevel.wait_readable(sock)
+                else:
+                    await trio.sleep(PreambleReader.POLL_INTERVAL)
+            return reader.result
+        finally:
+            pending.discard(scope)
+    raise PreambleRefused("no preamble in time, or the listener stopped")
+
+
 async def serve_connection(
     stream: trio.SocketStream,
     factory: HandlerFactory,
     logger: logging.Logger,
     tls: ServerTLS | None,
+    preamble: tuple[Preamble, socket.socket, set[trio.CancelScope]] | None = None,
 ) -> None:
-    """Run one accepted connection to its end: TLS handshake, then the handler's I/O and the
-    tasks it spawned. An exception costs this connection only, never the server."""
+    """Run one accepted connection to its end: its preamble (read from the stdlib socket
+    under `stream`; the set holds the scopes stop_listeners() cancels), the TLS handshake, then
+    the handler's I/O and the tasks it spawned. An exception costs this connection only, never
+    the server."""
     try:
         peername = stream.socket.getpeername()
         sockname = stream.socket.getsockname()
     except OSError:
         return  # already gone
+    taken = b""
+    if preamble is not None:
+        try:
+            taken = await read_preamble(preamble[1], preamble[0], peername, preamble[2])
+        except PreambleRefused as exc:
+            logger.debug("connection from %s closed: %s", peername, exc)
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            return
     conn_stream: trio.abc.Stream = stream
     ssl_stream: trio.SSLStream[trio.SocketStream] | None = None
     if tls is not None:
@@ -239,6 +285,7 @@ async def serve_connection(
             sockname=sockname,
             # The SSLObject itself: trio forwards only some of its methods (not 3.13's chains).
             tls=None if tls is None or ssl_stream is None else tls.describe(ssl_stream._ssl_object),
+            preamble=taken,
         )
         async with trio.open_nursery() as nursery:
             connection = TrioConnection(conn_stream, stream.socket, TrioRuntime(nursery, logger))

@@ -297,6 +297,7 @@ class Supervisor:
                 self._check_reload()
                 self._maintain()
                 self._check_health()
+                self._tell_systemd()
                 self._ping_watchdog()
                 self._wait()
         finally:
@@ -517,11 +518,11 @@ class Supervisor:
                 self._drain(old, restart=True, why=f"replaced by worker {worker.pid}")
         if self._replacing == worker.pid:
             self._replacing = None
-        self._tell_systemd()
 
     def _tell_systemd(self) -> None:
-        """READY=1 once every first worker is up, and again when a rolling restart is over."""
-        if not self._notifier.enabled:
+        """READY=1 once every first worker is up, and again when a rolling restart is over
+        (done, or stopped because a replacement failed: systemd must not wait for ever)."""
+        if not self._notifier.enabled or self._stopping:
             return
         serving = [w for w in self._workers.values() if self._active(w) and w.ready_at]
         if not self._announced and len(serving) >= self._target:

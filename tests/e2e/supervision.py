@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
 import time
 
 import httpx
 import psutil
 
+from .process import ROOT, multicorn_process
+
 APP = "tests.e2e.supervisor_apps:app"
 RUNTIMES = ["asyncio", "trio"]
+
+
+def start(worker: str, *extra: str):
+    """`multicorn APP` on a free port with `worker` and a 2 s graceful timeout, plus `extra`."""
+    return multicorn_process(
+        APP, "-b", "127.0.0.1:0", "-k", worker, "--graceful-timeout", "2", *extra
+    )
 
 
 def worker_pids(supervisor_pid: int) -> set[int]:
@@ -47,3 +60,33 @@ def pids_answering(url: str, want: set[int], *, attempts: int = 300) -> set[int]
         if want <= seen:
             break
     return seen
+
+
+def ignore_errors(url: str) -> None:
+    """GET `url`, for a request meant to hang or be cut off."""
+    with contextlib.suppress(httpx.HTTPError):
+        httpx.get(url, timeout=60)
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); the supervisor reaps its workers.
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`python -m multicorn ARGS` to completion, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "multicorn", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -167,8 +167,9 @@ class Config:
     # proxy_protocol_allow_ips the header is required; from others it is refused.
     proxy_protocol: str = "off"
     proxy_protocol_allow_ips: list[str] = field(default_factory=lambda: ["127.0.0.1"])
-    # Processes. With workers > 1 (or reload) a supervisor binds the listeners once and runs
-    # that many worker processes on them; WEB_CONCURRENCY is the default when set.
+    # Processes. With workers > 1, reload or recycling (max_requests, max_worker_memory) a
+    # supervisor binds the listeners once and runs that many worker processes on them;
+    # WEB_CONCURRENCY is the default worker count when set.
     workers: int = 1
     reuse_port: bool = False  # each worker binds its own SO_REUSEPORT socket instead of sharing
     worker_healthcheck_timeout: float = 30.0  # a worker silent this long is killed and replaced
@@ -347,7 +348,7 @@ _RULES: Final[Mapping[str, _Rule]] = MappingProxyType(
         "reload": _BOOL,
         "reload_dirs": _Rule("str_list", "directories, comma-separated"),
         "reload_includes": _Rule("str_list", "glob patterns such as *.py, comma-separated"),
-        "reload_excludes": _Rule("str_list", "glob patterns such as .* , comma-separated"),
+        "reload_excludes": _Rule("str_list", "glob patterns such as .*, comma-separated"),
         "pid": _Rule("optional_str", "a file path for the process id"),
         "user": _Rule("optional_str", "a user name or uid"),
         "group": _Rule("optional_str", "a group name or gid"),

@@ -6,8 +6,9 @@ import dataclasses
 import gc
 import importlib
 import sys
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Callable, Coroutine, MutableMapping, Sequence
 from functools import partial
+from typing import Any
 
 from multicorn.app.errors import LifespanFailure
 from multicorn.cli import parse_args
@@ -56,14 +57,32 @@ def _import_worker_package(worker_class: str) -> None:
         ) from None
 
 
-def run(app: ASGIApp, config: Config) -> None:
-    """Run `app` in a new event loop of `config.worker_class` until SIGINT/SIGTERM."""
+def needs_supervisor(config: Config) -> bool:
+    """Several workers, reloading and recycling take a supervisor process; one worker without
+    them is served in this process."""
+    recycling = config.max_requests > 0 or config.max_worker_memory > 0
+    return config.workers > 1 or config.reload or recycling
+
+
+def startup_errors() -> tuple[type[Exception], ...]:
+    """What `run` raises when the server cannot start: one line for the user, exit status 3."""
+    return (BindFailed, LifespanFailure, ConfigError, TLSConfigError, PrivilegeError)
+
+
+def run(
+    app: ASGIApp,
+    config: Config,
+    *,
+    entry: Callable[[ASGIApp, Config], Coroutine[Any, Any, None]] = serve,
+) -> None:
+    """Run `entry(app, config)` (by default `serve`: until SIGINT/SIGTERM) in a new event loop
+    of `config.worker_class`."""
     _import_worker_package(config.worker_class)
     if config.worker_class == "trio":
         import trio
 
         _freeze_startup_heap("multicorn.runtime.trio.serve")
-        trio.run(partial(serve, app, config))
+        trio.run(partial(entry, app, config))
         return
     import asyncio
 
@@ -74,13 +93,13 @@ def run(app: ASGIApp, config: Config) -> None:
 
         if sys.version_info >= (3, 11):
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                runner.run(serve(app, config))
+                runner.run(entry(app, config))
             return
         uvloop.install()
-    asyncio.run(serve(app, config))
+    asyncio.run(entry(app, config))
 
 
-def _warn(message: str) -> None:
+def print_warning(message: str) -> None:
     # Logging is configured later, by the server; this goes out as startup errors do.
     print(f"multicorn: warning: {message}", file=sys.stderr)
 
@@ -92,7 +111,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec, config_path, cli_values = parse_args(list(sys.argv[1:] if argv is None else argv))
         config = load_config(toml_path=config_path, environ=os.environ, cli=cli_values)
         config = with_activated_sockets(config, os.environ, os.getpid())
-        app = load_app(spec, app_dir=config.app_dir, factory=config.factory, warn=_warn)
+        if needs_supervisor(config):
+            # A missing package is one line here, not a worker that fails at every start.
+            _import_worker_package(config.worker_class)
+            # The app is imported by each worker, not here: a reload must see new code.
+            from multicorn.supervisor import supervise
+
+            return supervise(spec, config)
+        app = load_app(spec, app_dir=config.app_dir, factory=config.factory, warn=print_warning)
     except (ConfigError, AppLoadError, BindError, ActivationError) as exc:
         print(f"multicorn: error: {exc}", file=sys.stderr)
         return EXIT_STARTUP_FAILED
@@ -101,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if pid_file is not None:
             pid_file.write()
         run(app, config)
-    except (BindFailed, LifespanFailure, ConfigError, TLSConfigError, PrivilegeError) as exc:
+    except startup_errors() as exc:
         print(f"multicorn: error: {exc}", file=sys.stderr)
         return EXIT_STARTUP_FAILED
     except KeyboardInterrupt:

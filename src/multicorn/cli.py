@@ -121,6 +121,7 @@ FLAG_GROUPS: dict[str, str] = {
     "quic_max_data": "HTTP/3 (QUIC)",
     "quic_max_connections": "HTTP/3 (QUIC)",
     "quic_retry": "HTTP/3 (QUIC)",
+    "quic_secret": "HTTP/3 (QUIC)",
     "quic_0rtt": "HTTP/3 (QUIC)",
     "h3_max_field_section_size": "HTTP/3 (QUIC)",
     "h3_qpack_max_table_capacity": "HTTP/3 (QUIC)",
@@ -615,6 +616,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept 0-RTT early data (only GET, HEAD and OPTIONS before the handshake ends)",
     )
     setting(
+        "--quic-secret",
+        dest="quic_secret",
+        metavar="HEX",
+        help="64 hex digits signing QUIC Retry tokens and stateless resets, for several "
+        "servers on one QUIC address; prefer MULTICORN_QUIC_SECRET (a command line is visible "
+        "to every user)",
+    )
+    setting(
         "--max-request-body-size",
         dest="max_request_body_size",
         metavar="BYTES",
@@ -663,6 +672,81 @@ def build_parser() -> argparse.ArgumentParser:
         dest="proxy_protocol_allow_ips",
         metavar="LIST",
         help="peers that must send the PROXY header (others may not), comma-separated",
+    )
+    # ---- processes: the supervisor and its workers ----
+    parser.add_argument(
+        "-w",
+        "--workers",
+        dest="workers",
+        type=_setting_type("workers"),
+        default=None,
+        metavar="N",
+        help="worker processes sharing the listeners; more than 1 starts a supervisor "
+        f"(default: $WEB_CONCURRENCY when set, else {defaults.workers})",
+    )
+    switch(
+        "--reuse-port",
+        dest="reuse_port",
+        help="each worker binds its own SO_REUSEPORT socket instead of sharing one",
+    )
+    setting(
+        "--worker-healthcheck-timeout",
+        dest="worker_healthcheck_timeout",
+        metavar="SECONDS",
+        help="kill and replace a worker whose event loop has not reported for this long",
+    )
+    setting(
+        "--max-requests",
+        dest="max_requests",
+        metavar="N",
+        help="replace a worker after it served this many requests (0: never)",
+    )
+    setting(
+        "--max-requests-jitter",
+        dest="max_requests_jitter",
+        metavar="N",
+        help="add a random 0..N to each worker's --max-requests",
+    )
+    setting(
+        "--max-worker-memory",
+        dest="max_worker_memory",
+        metavar="MIB",
+        help="replace a worker whose resident memory passed this many MiB (0: never)",
+    )
+    parser.add_argument(
+        "--reload",
+        dest="reload",
+        action="store_const",
+        const=True,
+        default=None,
+        help="restart the worker when a watched file changes; for development "
+        f"(default: {_show(defaults.reload)})",
+    )
+    parser.add_argument(
+        "--reload-dir",
+        dest="reload_dirs",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="watch this directory; repeatable (default: the current directory)",
+    )
+    parser.add_argument(
+        "--reload-include",
+        dest="reload_includes",
+        action="append",
+        default=None,
+        metavar="GLOB",
+        help="watch files whose name matches; repeatable, replaces the default "
+        f"(default: {_show(defaults.reload_includes)})",
+    )
+    parser.add_argument(
+        "--reload-exclude",
+        dest="reload_excludes",
+        action="append",
+        default=None,
+        metavar="GLOB",
+        help="ignore files and directories whose name matches; repeatable, replaces the "
+        f"default (default: {_show(defaults.reload_excludes)})",
     )
     setting("-p", "--pid", dest="pid", metavar="FILE", help="write the process id to this file")
     setting(

@@ -35,6 +35,10 @@ H2C_MODES: Final = ("off", "prior-knowledge", "upgrade", "both")
 ALPN_PROTOCOLS: Final = ("h2", "http/1.1")
 HTTP_ENGINES: Final = ("auto", "h11", "httptools")
 PROXY_PROTOCOL_MODES: Final = ("off", "v1", "v2", "auto")
+# What --reload watches unless told otherwise: Python sources, not hidden directories (.git,
+# .venv), nor bytecode caches.
+RELOAD_INCLUDES: Final = ("*.py",)
+RELOAD_EXCLUDES: Final = (".*", "__pycache__")
 
 
 def install_hint(extra: str) -> str:
@@ -172,6 +176,22 @@ class Config:
     # proxy_protocol_allow_ips the header is required; from others it is refused.
     proxy_protocol: str = "off"
     proxy_protocol_allow_ips: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    # Processes. With workers > 1, reload or recycling (max_requests, max_worker_memory) a
+    # supervisor binds the listeners once and runs that many worker processes on them;
+    # WEB_CONCURRENCY is the default worker count when set.
+    workers: int = 1
+    reuse_port: bool = False  # each worker binds its own SO_REUSEPORT socket instead of sharing
+    worker_healthcheck_timeout: float = 30.0  # a worker silent this long is killed and replaced
+    max_requests: int = 0  # a worker that served this many requests is replaced (0: never)
+    max_requests_jitter: int = 0  # plus a random 0..this, per worker, so they do not all go at once
+    max_worker_memory: int = 0  # MiB of RSS past which a worker is replaced (0: never)
+    # Signs QUIC Retry tokens and stateless resets: 64 hex digits, shared by every process that
+    # serves one QUIC address (the supervisor gives its workers one); None: random per process.
+    quic_secret: str | None = None
+    reload: bool = False  # restart the worker when a watched file changes (development)
+    reload_dirs: list[str] = field(default_factory=list)  # empty: the current directory
+    reload_includes: list[str] = field(default_factory=lambda: list(RELOAD_INCLUDES))
+    reload_excludes: list[str] = field(default_factory=lambda: list(RELOAD_EXCLUDES))
     # Process: a pid file, the user and group to serve as (after binding, as root), the umask.
     pid: str | None = None
     user: str | None = None
@@ -202,6 +222,12 @@ class Config:
         if self.verify_mode != "none" and not self.ca_certs:
             raise ConfigError(
                 "verify_mode", "client certificates need ca_certs, the CAs to verify them with"
+            )
+        if self.reload and self.workers > 1:
+            raise ConfigError(
+                "reload",
+                f"--reload cannot be combined with --workers {self.workers} > 1: reloading "
+                "runs one worker; drop one of the two",
             )
 
 
@@ -319,6 +345,19 @@ _RULES: Final[Mapping[str, _Rule]] = MappingProxyType(
         "proxy_protocol_allow_ips": _Rule(
             "str_list", "IP addresses, CIDR networks, 'unix' or '*', comma-separated"
         ),
+        "workers": _positive_int("a whole number of worker processes"),
+        "reuse_port": _BOOL,
+        "worker_healthcheck_timeout": _Rule(
+            "float", "a number of seconds > 0", minimum=0, minimum_inclusive=False
+        ),
+        "max_requests": _Rule("int", "a whole number of requests >= 0 (0: never)", minimum=0),
+        "max_requests_jitter": _Rule("int", "a whole number of requests >= 0", minimum=0),
+        "max_worker_memory": _Rule("int", "a whole number of MiB >= 0 (0: never)", minimum=0),
+        "quic_secret": _Rule("optional_str", "64 hexadecimal digits (32 random bytes)"),
+        "reload": _BOOL,
+        "reload_dirs": _Rule("str_list", "directories, comma-separated"),
+        "reload_includes": _Rule("str_list", "glob patterns such as *.py, comma-separated"),
+        "reload_excludes": _Rule("str_list", "glob patterns such as .*, comma-separated"),
         "pid": _Rule("optional_str", "a file path for the process id"),
         "user": _Rule("optional_str", "a user name or uid"),
         "group": _Rule("optional_str", "a group name or gid"),
@@ -329,8 +368,19 @@ _RULES: Final[Mapping[str, _Rule]] = MappingProxyType(
 
 # Address lists that may be empty (only `bind` must name at least one address).
 _MAY_BE_EMPTY: Final = frozenset(
-    {"insecure_bind", "quic_bind", "forwarded_allow_ips", "proxy_protocol_allow_ips"}
+    {
+        "insecure_bind",
+        "quic_bind",
+        "forwarded_allow_ips",
+        "proxy_protocol_allow_ips",
+        "reload_dirs",
+        "reload_includes",
+        "reload_excludes",
+    }
 )
+
+# Lists of plain text (paths, patterns), not addresses.
+_TEXT_LISTS: Final = frozenset({"reload_dirs", "reload_includes", "reload_excludes"})
 
 _INT_MAXIMA: Final[Mapping[str, int]] = MappingProxyType(
     {
@@ -385,6 +435,8 @@ def _problem(name: str, value: object) -> str | None:
     if rule.kind == "optional_str":
         if value is None:
             return None
+        if name == "quic_secret":
+            return None if isinstance(value, str) and _is_hex_key(value) else bad
         if name == "umask" and isinstance(value, str):
             try:
                 parse_umask(value)
@@ -397,6 +449,10 @@ def _problem(name: str, value: object) -> str | None:
         for item in value:
             if not isinstance(item, str):
                 return bad
+            if name in _TEXT_LISTS:
+                if not item:
+                    return bad
+                continue
             if name == "alpn_protocols":
                 if item not in ALPN_PROTOCOLS:
                     return bad
@@ -420,6 +476,13 @@ def _problem(name: str, value: object) -> str | None:
     if name == "access_logformat":
         return _format_problem(value)
     return None
+
+
+def _is_hex_key(text: str) -> bool:
+    try:
+        return len(bytes.fromhex(text)) == 32
+    except ValueError:
+        return False
 
 
 class _ProbeAtoms(Mapping[str, str]):
@@ -576,15 +639,24 @@ def load_config(
 ) -> Config:
     """Build a Config from every source, lowest to highest precedence.
 
-    defaults < TOML file at `toml_path` < MULTICORN_<FIELD> variables in `environ` < `cli`
-    (values that are None count as not given) < `overrides`. Raises ConfigError naming the
-    setting and its source for unknown keys and bad values.
+    defaults < WEB_CONCURRENCY (for `workers`) < TOML file at `toml_path` < MULTICORN_<FIELD>
+    variables in `environ` < `cli` (values that are None count as not given) < `overrides`.
+    Raises ConfigError naming the setting and its source for unknown keys and bad values.
     """
     values: dict[str, object] = {}
+    # The convention of Heroku-style platforms (and Uvicorn, Gunicorn): the default worker count.
+    concurrency = environ.get("WEB_CONCURRENCY")
+    if concurrency is not None and concurrency.strip():
+        values["workers"] = parse_setting("workers", concurrency, source="WEB_CONCURRENCY")
+    given: dict[str, object] = {}
     if toml_path is not None:
-        values.update(_from_toml(toml_path))
-    values.update(_from_environ(environ))
-    values.update(_from_mapping(cli, source="the command line", skip_none=True))
+        given.update(_from_toml(toml_path))
+    given.update(_from_environ(environ))
+    given.update(_from_mapping(cli, source="the command line", skip_none=True))
     if overrides is not None:
-        values.update(_from_mapping(overrides, source="overrides", skip_none=False))
+        given.update(_from_mapping(overrides, source="overrides", skip_none=False))
+    if given.get("reload") and "workers" not in given:
+        # A platform default is no request for several workers: --reload runs one.
+        values.pop("workers", None)
+    values.update(given)
     return Config(**values)  # type: ignore[arg-type]  # every value was validated above

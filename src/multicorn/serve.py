@@ -246,7 +246,9 @@ class Server:
             for text in texts:
                 bind = parse_bind(text)
                 binds.append((bind, group_tls))
-                self._sockets.append(create_socket(bind, backlog=config.backlog))
+                self._sockets.append(
+                    create_socket(bind, backlog=config.backlog, reuse_port=config.reuse_port)
+                )
                 if bind.kind == "unix":
                     self._unix_paths.append(bind.path)
         for text in config.quic_bind:
@@ -411,9 +413,11 @@ class Server:
             qpack_max_table_capacity=config.h3_qpack_max_table_capacity,
             qpack_blocked_streams=config.h3_qpack_blocked_streams,
         )
-        # Signs Retry and stateless reset tokens. Per process: another process on the same
-        # port must not be able to reset this one's connections.
-        secret = os.urandom(32)
+        # Signs Retry and stateless reset tokens. Per process unless configured: another process
+        # on the same port must not be able to reset this one's connections, unless it is a
+        # sibling worker (the supervisor gives them one secret) that may be handed a packet
+        # of this one's connections.
+        secret = bytes.fromhex(config.quic_secret) if config.quic_secret else os.urandom(32)
         # HTTP/3 responses need no Alt-Svc pointing at HTTP/3.
         quic_context = dataclasses.replace(
             context,
@@ -464,8 +468,18 @@ class Server:
         finally:
             await self._exit.aclose()
 
-    async def shutdown(self) -> None:
-        """Stop accepting, drain connections within the graceful timeout, run lifespan shutdown."""
+    @property
+    def requests_served(self) -> int:
+        """Requests and WebSockets this server has started to serve, over every listener."""
+        return self._registry.served
+
+    async def shutdown(self, *, restart: bool = False) -> None:
+        """Stop accepting, drain connections within the graceful timeout, run lifespan shutdown.
+
+        `restart`: another process takes over the listeners, so clients may come straight back
+        (WebSockets are closed with 1012 instead of 1001; an idle HTTP/1.1 connection answers
+        one more request, with `connection: close`, instead of closing under a client that may
+        be sending it)."""
         if not self._sockets:
             return
         self._notifier.stopping("Shutting down")
@@ -475,7 +489,7 @@ class Server:
         self._timers.clear()
         self._backend.stop_listeners()
         self._close_sockets()
-        if not await self._registry.drain(self.config.graceful_timeout):
+        if not await self._registry.drain(self.config.graceful_timeout, restart=restart):
             self._loggers.error.info(
                 "graceful timeout (%s s) passed; cancelled what was left",
                 self.config.graceful_timeout,

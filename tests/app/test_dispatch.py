@@ -64,7 +64,7 @@ class RecordingBridge:
     def abandon(self) -> None:
         self.calls.append("abandon")
 
-    def going_away(self) -> None:
+    def going_away(self, restart: bool = False) -> None:
         self.calls.append("going away")
 
     async def run(self) -> None:
@@ -152,8 +152,8 @@ def test_a_kind_without_a_bridge_is_answered_501(caplog: pytest.LogCaptureFixtur
 
 
 class FaultyOnShutdown(RecordingBridge):
-    def going_away(self) -> None:
-        super().going_away()
+    def going_away(self, restart: bool = False) -> None:
+        super().going_away(restart)
         raise RuntimeError("a bug in one stream's shutdown")
 
 

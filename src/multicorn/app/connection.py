@@ -119,6 +119,11 @@ class ConnectionHandler:
         self._flush = flush
         registry.add(self)
         self._upkeep()
+        if registry.draining:
+            # Accepted just before the listener closed, or a QUIC handshake completing on a
+            # socket kept open for the drain: the server is going away, so this connection
+            # takes no more than what is already on its way.
+            self.shutdown(registry.restarting)
 
     # ---- from the backend -----------------------------------------------------------------
 
@@ -184,17 +189,18 @@ class ConnectionHandler:
 
     # ---- from the server ------------------------------------------------------------------
 
-    def shutdown(self) -> None:
-        """Graceful: finish in-flight requests, accept no new ones, close when idle."""
+    def shutdown(self, restart: bool = False) -> None:
+        """Graceful: finish in-flight requests, accept no new ones, close when idle. `restart`:
+        another process takes over the listener (see `CloseConnection.idle_grace`)."""
         if not self._transport_closed:
             try:
-                self.send(CloseConnection())
+                self.send(CloseConnection(idle_grace=restart))
             except Exception as exc:
                 self._broken(exc)  # one broken connection must not stop the server's drain
                 return
             for stream in list(self._streams.values()):
                 try:
-                    stream.going_away()  # a WebSocket starts its closing handshake
+                    stream.going_away(restart)  # a WebSocket starts its closing handshake
                 except Exception as exc:
                     self._stream_failed(stream.stream_id, exc)
 
@@ -392,6 +398,7 @@ class ConnectionHandler:
         stream = factory(self, event)
         self._streams[event.stream_id] = stream
         self._tasks[event.stream_id] = self.runtime.spawn(self._run_stream, stream)
+        self._registry.served += 1
         if limit:
             # Counted once its task exists (a bridge that failed to build holds no slot);
             # _run_stream gives the slot back when the task ends.

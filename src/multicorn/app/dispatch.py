@@ -42,9 +42,10 @@ class StreamBridge(Protocol):
         """Something raised while this stream was being served: answer 500 if its response has
         not started, else reset it. Does nothing once the stream is finished or gone."""
 
-    def going_away(self) -> None:
+    def going_away(self, restart: bool = False) -> None:
         """The server is shutting down gracefully: a stream that would otherwise run on
-        (a WebSocket) starts to close; a request/response exchange just finishes."""
+        (a WebSocket) starts to close; a request/response exchange just finishes. `restart`:
+        another process takes over, so the client may come back at once."""
 
     async def run(self) -> None:
         """The application call for this stream."""

@@ -249,7 +249,7 @@ class HTTPStream:
             self._stop_waiting()
         self._wake()
 
-    def going_away(self) -> None:
+    def going_away(self, restart: bool = False) -> None:
         """Nothing to start: the exchange finishes as it is; the core refuses new requests."""
 
     def _wake(self) -> None:

@@ -209,9 +209,7 @@ class QuicListener:
             registry=self._registry,
             flush=self.flush_soon,
         )
-        self._handlers[protocol] = handler
-        if self._registry.draining:
-            handler.shutdown()  # the server is going away: GOAWAY before any request
+        self._handlers[protocol] = handler  # shut down at once if the server is draining
 
 
 class _QuicConnectionTransport:

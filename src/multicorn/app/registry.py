@@ -24,10 +24,13 @@ class ConnectionRegistry:
         # True once drain() began: a connection that opens later (a QUIC handshake completing
         # on a socket still open for the drain) must go away at once.
         self.draining = False
+        self.restarting = False  # the drain is for a restart: another process takes over
         # Streams (requests, WebSockets) being served by every connection of this server: what
         # `limit_concurrency` caps. Counted only while that limit is on. One plain int on an
         # object every handler already holds: no lock, as all connections run on one thread.
         self.streams = 0
+        # Streams ever started (requests and WebSockets): what a worker's max_requests counts.
+        self.served = 0
 
     def __len__(self) -> int:
         return len(self._handlers)
@@ -41,14 +44,17 @@ class ConnectionRegistry:
         if not self._handlers:
             self._empty.set()
 
-    async def drain(self, timeout: float) -> bool:
+    async def drain(self, timeout: float, *, restart: bool = False) -> bool:
         """Ask every connection to close gracefully; abort the rest after `timeout` seconds.
+        `restart`: another process takes over the listeners (WebSockets get 1012, not 1001;
+        idle HTTP/1.1 connections wait for one more request).
 
         Returns True when everything finished within the timeout.
         """
         self.draining = True
+        self.restarting = restart
         for handler in list(self._handlers):
-            handler.shutdown()
+            handler.shutdown(restart)
         done = await self._runtime.wait_for(self._empty, timeout)
         if not done:
             for handler in list(self._handlers):

@@ -35,6 +35,7 @@ from multicorn.protocol.websocket import (
     GOING_AWAY,
     INTERNAL_ERROR,
     NORMAL_CLOSURE,
+    SERVICE_RESTART,
     HandshakeTimedOut,
     MessageReceived,
     WebSocketEnded,
@@ -134,7 +135,7 @@ class WebSocketStream:
         self._deny_start: tuple[int, Headers] | None = None
         self._waiter: Waiter | None = None
         self._flush_scheduled = False
-        self._going_away = False  # the server is shutting down
+        self._going_away: tuple[int, str] | None = None  # the server is shutting down: our Close
         self._timer: TimerHandle | None = None
         self._timer_at: float | None = None
         # For the access log: the handshake's answer, and the bytes of frames sent.
@@ -174,12 +175,17 @@ class WebSocketStream:
         self._disarm()
         self._wake()
 
-    def going_away(self) -> None:
-        """The server shuts down: close with 1001 (RFC 6455 7.4.1); a handshake not yet
+    def going_away(self, restart: bool = False) -> None:
+        """The server shuts down: close with 1001 (RFC 6455 7.4.1), or 1012 when another
+        process takes over (a restart: the client may reconnect at once); a handshake not yet
         answered is left to the application, and closed the same way if it accepts."""
-        self._going_away = True
+        self._going_away = (
+            (SERVICE_RESTART, "server restarting")
+            if restart
+            else (GOING_AWAY, "server shutting down")
+        )
         if self._stage is _Stage.ACCEPTED and self._session.open:
-            self._session.close(GOING_AWAY, "server shutting down", self._conn.runtime.now())
+            self._session.close(*self._going_away, self._conn.runtime.now())
             self._flush()
 
     def abandon(self) -> None:
@@ -316,8 +322,8 @@ class WebSocketStream:
         events = self._session.receive_data(early, now) if early else []
         if self._ended_early:
             events.extend(self._session.peer_ended())
-        if self._going_away:
-            self._session.close(GOING_AWAY, "server shutting down", now)
+        if self._going_away is not None:
+            self._session.close(*self._going_away, now)
         self._apply(events)
         self._maybe_acknowledge()
 

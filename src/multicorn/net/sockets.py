@@ -48,18 +48,32 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def create_socket(bind: Bind, *, backlog: int) -> socket.socket:
-    """Return a listening, non-blocking socket for `bind`, or raise BindFailed."""
+def create_socket(
+    bind: Bind, *, backlog: int, reuse_port: bool = False, listen: bool = True
+) -> socket.socket:
+    """Return a listening, non-blocking socket for `bind`, or raise BindFailed.
+
+    `reuse_port` (TCP only) sets SO_REUSEPORT: several processes then bind the same port and
+    the kernel spreads new connections over them. `listen=False` only binds (TCP): a port
+    held for such processes without taking a share of their connections."""
     if bind.kind == "unix":
         return _unix_socket(bind, backlog)
     if bind.kind == "fd":
         return _fd_socket(bind, backlog)
-    return _tcp_socket(bind, backlog)
+    return _tcp_socket(bind, backlog, reuse_port=reuse_port, listen=listen)
 
 
-def create_datagram_socket(bind: Bind) -> socket.socket:
+def _reuse_port(sock: socket.socket, bind: Bind) -> None:
+    if not hasattr(socket, "SO_REUSEPORT"):
+        sock.close()
+        raise BindFailed(bind, "SO_REUSEPORT is not available on this platform")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+
+
+def create_datagram_socket(bind: Bind, *, reuse_port: bool = False) -> socket.socket:
     """Return a bound, non-blocking UDP socket for `bind` (HOST:PORT or an inherited UDP
-    fd://N), or raise BindFailed. Port 0 asks the OS for a free port."""
+    fd://N), or raise BindFailed. Port 0 asks the OS for a free port. `reuse_port` sets
+    SO_REUSEPORT, for one socket per worker process on one port."""
     if bind.kind == "unix":
         raise BindFailed(
             bind, "datagram (UDP, QUIC) binds need HOST:PORT, e.g. 0.0.0.0:443, not unix:PATH"
@@ -68,6 +82,8 @@ def create_datagram_socket(bind: Bind) -> socket.socket:
         return _fd_datagram_socket(bind)
     family, type_, proto, sockaddr = _resolve(bind, socket.SOCK_DGRAM)
     sock = socket.socket(family, type_, proto)
+    if reuse_port:
+        _reuse_port(sock, bind)
     try:
         # No SO_REUSEADDR: on UDP it would let a second server bind the same port and
         # silently take a share of its datagrams, instead of failing with "in use".
@@ -97,9 +113,11 @@ def _ipv6_only(sock: socket.socket, family: socket.AddressFamily) -> None:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
 
 
-def _tcp_socket(bind: Bind, backlog: int) -> socket.socket:
+def _tcp_socket(bind: Bind, backlog: int, *, reuse_port: bool, listen: bool) -> socket.socket:
     family, type_, proto, sockaddr = _resolve(bind, socket.SOCK_STREAM)
     sock = socket.socket(family, type_, proto)
+    if reuse_port:
+        _reuse_port(sock, bind)
     try:
         if os.name != "nt":
             # Lets a restarted server reuse the port while old connections sit in TIME_WAIT.
@@ -107,7 +125,8 @@ def _tcp_socket(bind: Bind, backlog: int) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         _ipv6_only(sock, family)
         sock.bind(sockaddr)
-        sock.listen(backlog)
+        if listen:
+            sock.listen(backlog)
         sock.setblocking(False)
     except OSError as exc:
         sock.close()

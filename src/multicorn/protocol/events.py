@@ -189,7 +189,16 @@ class ResetStream:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CloseConnection:
-    """Graceful close: finish what is in flight, accept nothing new."""
+    """Graceful close: finish what is in flight, accept nothing new.
+
+    With `idle_grace` (another process is taking over the listener, so the client's retry will
+    be served) an idle HTTP/1.1 connection is not closed at once: a keep-alive client may
+    already be sending its next request, which a close would lose. It answers that request
+    with `connection: close` instead, or closes at its keep-alive timeout. Multiplexed
+    protocols need no grace: their GOAWAY says which requests were taken.
+    """
+
+    idle_grace: bool = False
 
 
 Command = (

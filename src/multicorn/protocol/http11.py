@@ -788,7 +788,7 @@ class HTTP11Protocol:
         # The commands every request sees come first: this runs two or three times per request.
         if isinstance(command, CloseConnection):
             self._keep_alive = False
-            if self._state is S_IDLE or self._state is S_DRAINING:
+            if self._state is S_DRAINING or (self._state is S_IDLE and not command.idle_grace):
                 return self._close()
             return []
         state = self._state

@@ -64,6 +64,8 @@ NO_STATUS: Final = 1005  # reported, never sent: the peer's Close carried no cod
 ABNORMAL_CLOSURE: Final = 1006  # reported, never sent: the connection ended without a Close
 MESSAGE_TOO_BIG: Final = 1009
 INTERNAL_ERROR: Final = 1011
+# IANA WebSocket close code registry: the server restarts; a client may reconnect at once.
+SERVICE_RESTART: Final = 1012
 
 # RFC 7692 7: the empty uncompressed block every compressed message ends with, stripped by
 # the sender and put back by the receiver.

@@ -154,7 +154,13 @@ def adapt_app(app: Any, config: Config, runtime: Runtime, logger: logging.Logger
         return ASGI2Adapter(app)
     if interface == "wsgi":
         logger.info("Serving a WSGI application in up to %d threads", config.wsgi_max_workers)
-        return WSGIAdapter(app, runtime=runtime, max_workers=config.wsgi_max_workers, logger=logger)
+        return WSGIAdapter(
+            app,
+            runtime=runtime,
+            max_workers=config.wsgi_max_workers,
+            logger=logger,
+            multiprocess=config.workers > 1,
+        )
     return cast("ASGIApp", app)
 
 

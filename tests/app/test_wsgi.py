@@ -158,6 +158,9 @@ def test_environ_without_root_path_or_server() -> None:
     assert (environ["SCRIPT_NAME"], environ["PATH_INFO"]) == ("", "/x")
     assert (environ["SERVER_NAME"], environ["SERVER_PORT"]) == ("localhost", "80")
     assert "REMOTE_ADDR" not in environ
+    assert environ["wsgi.multiprocess"] is False
+    # With --workers above 1 every worker process serves the app (PEP 3333 wsgi.multiprocess).
+    assert build_environ(scope, io.BytesIO(), io.StringIO(), multiprocess=True)["wsgi.multiprocess"]
 
 
 # ---- responses ----------------------------------------------------------------------------

@@ -186,7 +186,9 @@ class _Input:
             yield line
 
 
-def build_environ(scope: Scope, body: Any, errors: Any) -> dict[str, Any]:
+def build_environ(
+    scope: Scope, body: Any, errors: Any, *, multiprocess: bool = False
+) -> dict[str, Any]:
     """The WSGI environ of an ASGI `http` scope (PEP 3333). Paths are the percent-decoded bytes
     as latin-1 text, as PEP 3333 has it; SCRIPT_NAME is the root path. Header names with an
     underscore are left out: `X_Forwarded_For` would otherwise arrive as `X-Forwarded-For`'s
@@ -209,7 +211,7 @@ def build_environ(scope: Scope, body: Any, errors: Any) -> dict[str, Any]:
         "wsgi.input": body,
         "wsgi.errors": errors,
         "wsgi.multithread": True,
-        "wsgi.multiprocess": False,
+        "wsgi.multiprocess": multiprocess,  # other worker processes serve the same app
         "wsgi.run_once": False,
         # The body ends where the client says: read to EOF even without a Content-Length
         # (a chunked body). Werkzeug reads such bodies only when this is set.
@@ -447,9 +449,16 @@ class WSGIAdapter:
     """An ASGI 3 application that serves `app`, a WSGI application, from worker threads."""
 
     def __init__(
-        self, app: WSGIApp, *, runtime: Runtime, max_workers: int, logger: logging.Logger
+        self,
+        app: WSGIApp,
+        *,
+        runtime: Runtime,
+        max_workers: int,
+        logger: logging.Logger,
+        multiprocess: bool = False,
     ) -> None:
         self._app = app
+        self._multiprocess = multiprocess
         self._runtime = runtime
         self._logger = logger
         self._free = max_workers  # slots not taken
@@ -504,7 +513,9 @@ class WSGIAdapter:
         runtime = self._runtime
         call = _Call(runtime, self._release)
         try:
-            environ = build_environ(scope, _Input(call), _Errors(self._logger))
+            environ = build_environ(
+                scope, _Input(call), _Errors(self._logger), multiprocess=self._multiprocess
+            )
             runtime.spawn(self._in_thread, call, environ)
         except BaseException:
             self._release()

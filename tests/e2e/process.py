@@ -6,6 +6,7 @@ import contextlib
 import os
 import queue
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -49,22 +50,36 @@ class Output:
         raise AssertionError(f"no line matching {regex.pattern!r}:\n" + "".join(self.lines))
 
 
+def launch(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start `python -m multicorn ARGS` (with `env` added to the environment), its output
+    merged into `proc.output`, an `Output`."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "multicorn", *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    proc.output = Output(proc)  # type: ignore[attr-defined]
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM `proc`, which must then exit 0 (a drained shutdown) within 10 s."""
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+    assert proc.stdout is not None
+    proc.stdout.close()
+
+
 @contextlib.contextmanager
 def multicorn_process(*args: str, timeout: float = 15.0) -> Iterator[tuple[subprocess.Popen, str]]:
     """Start `python -m multicorn ARGS`, wait for its first bound URL, and kill it at the end.
 
     `proc.output` (an `Output`) lets a test wait for a line the server or its app prints."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "multicorn", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = launch(*args)
     try:
-        proc.output = Output(proc)
         url = proc.output.wait_for(_URL, timeout).group(1)
         yield proc, url
     finally:

@@ -4,15 +4,12 @@ when it is installed and by polling otherwise."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 
 import httpx
 import pytest
 
-from .process import ROOT, Output
+from .process import ROOT, launch, stop
 from .supervision import RUNTIMES, wait_for_workers
 
 APP_SOURCE = """
@@ -32,7 +29,7 @@ def _write(path, text: str) -> None:
 
 
 def _started(tmp_path, worker: str, *, polling: bool, broken: bool = False):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env: dict[str, str] = {}
     if polling:
         # A watchfiles that cannot be imported: the supervisor falls back to polling.
         fake = tmp_path / "no_watchfiles" / "watchfiles"
@@ -47,16 +44,7 @@ def _started(tmp_path, worker: str, *, polling: bool, broken: bool = False):
     (src / "notes.txt").write_text("not watched")
     args = ["reloadme:app", "--app-dir", str(src), "--reload", "--reload-dir", str(src)]
     args += ["-b", "127.0.0.1:0", "-k", worker, "--graceful-timeout", "1"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "multicorn", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    proc.output = Output(proc)
-    return proc, src
+    return launch(*args, env=env), src
 
 
 def _get(url: str, want: str, timeout: float = 15.0) -> None:
@@ -97,10 +85,7 @@ def test_an_edited_file_restarts_the_worker(tmp_path, worker, polling):
         _write(src / "reloadme.py", "three")
         _get(url, "three")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-        assert proc.stdout is not None
-        proc.stdout.close()
+        stop(proc)
 
 
 @pytest.mark.parametrize("worker", RUNTIMES)
@@ -116,7 +101,4 @@ def test_code_broken_from_the_start_waits_for_a_fix(tmp_path, worker):
         _get(url, "fixed")
         assert proc.poll() is None
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-        assert proc.stdout is not None
-        proc.stdout.close()
+        stop(proc)

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
 import pytest
 
-from .process import ROOT, multicorn_process
+from .process import launch, multicorn_process, stop
 from .supervision import (
     APP,
     RUNTIMES,
@@ -119,22 +116,11 @@ def test_max_requests_replaces_the_worker(worker):
 
 
 def test_web_concurrency_sets_the_worker_count():
-    env = {**os.environ, "WEB_CONCURRENCY": "2", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "multicorn", APP, "-b", "127.0.0.1:0"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = launch(APP, "-b", "127.0.0.1:0", env={"WEB_CONCURRENCY": "2"})
     try:
         wait_for_workers(proc.pid, 2)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-        assert proc.stdout is not None
-        proc.stdout.close()
+        stop(proc)
 
 
 @pytest.mark.parametrize("worker", RUNTIMES)

@@ -13,17 +13,18 @@ over as a neutral `TLSInfo` (made by the `describe` function serve.py gives it),
 the runtime ever sees an `ssl.SSLObject`. Waiters have a synchronous `set()` so protocol
 callbacks can wake an application task without being async themselves.
 
-The dataclasses at the end are plain records; everything else here is a Protocol, no code.
+The dataclasses at the end are plain records, and `PreambleReader` the one piece of logic every
+backend shares; everything else here is a Protocol, no code.
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
 
 if TYPE_CHECKING:
-    import socket
     import ssl
     from contextlib import AbstractAsyncContextManager
 
@@ -234,8 +235,6 @@ class PreambleReader:
         self.result = b""
 
     def step(self) -> int:
-        import socket
-
         try:
             peeked = self._sock.recv(self._preamble.max_size, socket.MSG_PEEK)
         except (BlockingIOError, InterruptedError):

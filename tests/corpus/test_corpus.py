@@ -10,11 +10,10 @@ from multicorn.protocol.events import (
     Event,
     RequestReceived,
     RequestRejected,
-    SendData,
-    SendResponse,
     StreamEnded,
 )
 from multicorn.protocol.http11 import HTTP11Limits, HTTP11Protocol
+from tests.protocol.helpers import serve_each
 
 from .cases import INVALID, REQUEST_LINE_CASES, VALID, Case
 
@@ -59,26 +58,12 @@ def test_both_engines_give_the_expected_verdict(case: Case) -> None:
     assert set(got.values()) == {case.verdict}, got
 
 
-def run_answered(engine: str, wire: bytes, *, bytewise: bool) -> str | int:
+def run_answered(engine: str, wire: bytes, *, bytewise: bool) -> object:
     """Like `run`, with every request answered, so pipelined requests come out in turn: "ok"
     when all of them were served, else the status of the first refusal."""
-    server = HTTP11Protocol(limits=HTTP11Limits(engine=engine), now=0.0)
-    pieces = [wire[i : i + 1] for i in range(len(wire))] if bytewise else [wire]
-    pending: list[Event] = []
-    for piece in pieces:
-        pending += server.receive_data(piece, 0.0)
-        while pending:
-            event = pending.pop(0)
-            if isinstance(event, RequestRejected):
-                return event.error.error_status_hint
-            if isinstance(event, RequestReceived):
-                pending += server.send(
-                    SendResponse(stream_id=event.stream_id, status=200, headers=[]), 0.0
-                )
-                pending += server.send(
-                    SendData(stream_id=event.stream_id, data=b"", end_stream=True), 0.0
-                )
-    return "ok"
+    points = list(range(1, len(wire))) if bytewise else []
+    fates = serve_each(engine, wire, points)
+    return fates[-1] if fates and isinstance(fates[-1], int) else "ok"
 
 
 @pytest.mark.parametrize("case", REQUEST_LINE_CASES, ids=lambda case: case.name)

@@ -83,8 +83,13 @@ def multicorn_process(*args: str, timeout: float = 15.0) -> Iterator[tuple[subpr
         url = proc.output.wait_for(_URL, timeout).group(1)
         yield proc, url
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-        if proc.stdout:
-            proc.stdout.close()
+        reap(proc)
+
+
+def reap(proc: subprocess.Popen) -> None:
+    """Kill `proc` if it still runs, wait for it and close its output."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=10)
+    if proc.stdout:
+        proc.stdout.close()

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from .h3client import H3Client
-from .process import ROOT, Output
+from .process import ROOT, Output, reap
 
 WORKERS = ["asyncio", "trio"]
 _URL = re.compile(r"Running on (https?://\S+|unix:\S+)")
@@ -75,11 +75,7 @@ def started(
         url = proc.output.wait_for(_URL).group(1) if wait_url else ""  # type: ignore[attr-defined]
         yield proc, url
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-        if proc.stdout:
-            proc.stdout.close()
+        reap(proc)
 
 
 def _tcp_listener() -> socket.socket:

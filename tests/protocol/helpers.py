@@ -15,6 +15,7 @@ from multicorn.protocol.events import (
     DataReceived,
     Event,
     Headers,
+    RequestReceived,
     RequestRejected,
     SendData,
     SendResponse,
@@ -24,6 +25,31 @@ from multicorn.protocol.http11 import HTTP11Limits, HTTP11Protocol
 
 def make_server(now: float = 0.0, **limits: object) -> HTTP11Protocol:
     return HTTP11Protocol(limits=HTTP11Limits(**limits), now=now)  # type: ignore[arg-type]
+
+
+def serve_each(engine: str, raw: bytes, points: list[int]) -> list[object]:
+    """Feed `raw` cut at `points` to a server on `engine`, answering each request as an app
+    would: every request's fate in order, its (method, target) or, last, the status it was
+    refused with (pipelined requests come out only after the one before is answered)."""
+    protocol = HTTP11Protocol(limits=HTTP11Limits(engine=engine), now=0.0)
+    seen: list[object] = []
+    start = 0
+    for point in [*points, len(raw)]:
+        pending = protocol.receive_data(raw[start:point], 0.0) if point > start else []
+        start = point
+        while pending:
+            event = pending.pop(0)
+            if isinstance(event, RequestRejected):
+                return [*seen, event.error.error_status_hint]
+            if isinstance(event, RequestReceived):
+                seen.append((event.method, event.target))
+                pending += protocol.send(
+                    SendResponse(stream_id=event.stream_id, status=200, headers=[]), 0.0
+                )
+                pending += protocol.send(
+                    SendData(stream_id=event.stream_id, data=b"", end_stream=True), 0.0
+                )
+    return seen
 
 
 @dataclass

@@ -31,6 +31,8 @@ from multicorn.protocol.events import (
 from multicorn.protocol.http2 import HTTP2Limits, HTTP2Protocol
 from multicorn.protocol.http11 import HTTP11Limits, HTTP11Protocol
 
+from .helpers import serve_each
+
 EXAMPLES = int(os.environ.get("MULTICORN_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(
     max_examples=EXAMPLES,
@@ -180,30 +182,6 @@ def test_the_two_http11_engines_agree(raw: bytes) -> None:
     assert _first_verdict("h11", raw) == _first_verdict("httptools", raw), raw
 
 
-def _verdicts(engine: str, raw: bytes, points: list[int]) -> list[object]:
-    """Every request's fate in order, with each one answered: its method and target, or the
-    status it was refused with (pipelined requests come out only after the one before)."""
-    protocol = HTTP11Protocol(limits=HTTP11Limits(engine=engine), now=0.0)
-    seen: list[object] = []
-    start = 0
-    for point in [*points, len(raw)]:
-        pending = protocol.receive_data(raw[start:point], 0.0) if point > start else []
-        start = point
-        while pending:
-            event = pending.pop(0)
-            if isinstance(event, RequestRejected):
-                return [*seen, event.error.error_status_hint]
-            if isinstance(event, RequestReceived):
-                seen.append((event.method, event.target))
-                pending += protocol.send(
-                    SendResponse(stream_id=event.stream_id, status=200, headers=[]), 0.0
-                )
-                pending += protocol.send(
-                    SendData(stream_id=event.stream_id, data=b"", end_stream=True), 0.0
-                )
-    return seen
-
-
 _METHODS = st.sampled_from([b"GET", b"POST", b"PROPFIND", b"FOO", b"get", b"M-SEARCH", b"G(T"])
 
 
@@ -239,7 +217,7 @@ def test_request_lines_get_one_verdict_on_both_engines_at_every_split(
 ) -> None:
     raw = data.draw(_pipelined())
     points = data.draw(cuts(raw))
-    reference = _verdicts("h11", raw, [])
-    assert _verdicts("h11", raw, points) == reference, raw
-    assert _verdicts("httptools", raw, points) == reference, raw
-    assert _verdicts("httptools", raw, []) == reference, raw
+    reference = serve_each("h11", raw, [])
+    assert serve_each("h11", raw, points) == reference, raw
+    assert serve_each("httptools", raw, points) == reference, raw
+    assert serve_each("httptools", raw, []) == reference, raw

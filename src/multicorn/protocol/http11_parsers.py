@@ -21,7 +21,7 @@ checked against `STRICT_HEAD` (the RFC 9112 grammar, one regex per head) before 
 and chunked bodies are read by `_StrictChunkedReader`, which knows RFC 9112 7.1 exactly. Both
 engines then agree on every case of tests/corpus/. llhttp skips extra spaces between the parts of
 the request line, and httptools reports no offsets; `HttptoolsParser` finds each request line in
-the bytes it was fed itself (see `_RequestLines`) and checks it.
+the bytes it was fed itself (see its notes) and checks it.
 
 The ops are small slotted classes rather than NamedTuples or dataclasses: they are created for
 every request on the hot path, and a plain `__init__` with `__slots__` is the cheapest object
@@ -615,8 +615,7 @@ class HttptoolsParser:
             line = b"%s %s HTTP/%s\r\n" % (method, target, version.encode("ascii"))
         at = self._at
         if at >= 0:
-            while window[at : at + 1] in _EMPTY_LINE:  # empty lines before a request (2.2)
-                at += 1
+            at = _after_empty_lines(window, at)
             found = window.startswith(line, at)
         else:
             at = window.find(line, self._floor)
@@ -667,9 +666,7 @@ class HttptoolsParser:
         if at < 0:
             return None
         window = self._window
-        while window[at : at + 1] in _EMPTY_LINE:
-            at += 1
-        return window[at:]
+        return window[_after_empty_lines(window, at) :]
 
     # ---- llhttp callbacks -------------------------------------------------------------------
 
@@ -739,7 +736,12 @@ class HttptoolsParser:
         self.ops.append(END)
 
 
-_EMPTY_LINE: Final = (b"\r", b"\n")
+def _after_empty_lines(window: bytes, at: int) -> int:
+    """Where a request begins at or after `at`: past the CR and LF bytes llhttp skips before
+    one (RFC 9112 2.2: empty lines before a request-line may be ignored)."""
+    while window[at : at + 1] in (b"\r", b"\n"):
+        at += 1
+    return at
 
 
 class SpentParser:

@@ -19,6 +19,7 @@ backend shares; everything else here is a Protocol, no code.
 
 from __future__ import annotations
 
+import errno
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,6 +31,12 @@ if TYPE_CHECKING:
 
     from multicorn.net.binds import SockName
     from multicorn.net.tls import TLSInfo
+
+# Accepting: every pending connection per wake-up, at most this many (one accept per turn
+# leaves a burst of new clients queued behind busy ones); out of descriptors or memory, the
+# backend logs and backs off instead of spinning.
+ACCEPT_BATCH = 1024
+ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 # Lingering close bounds (Transport.close): the same on every backend.
 LINGER_TIME = 2.0  # seconds in all

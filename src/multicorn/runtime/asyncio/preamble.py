@@ -10,10 +10,14 @@ gives the socket to the loop (`connect_accepted_socket`, which does the TLS hand
 from __future__ import annotations
 
 import asyncio
-import errno
 from typing import TYPE_CHECKING
 
-from multicorn.runtime.base import PreambleReader, PreambleRefused
+from multicorn.runtime.base import (
+    ACCEPT_BATCH,
+    ACCEPT_RESOURCE_ERRORS,
+    PreambleReader,
+    PreambleRefused,
+)
 
 if TYPE_CHECKING:
     import logging
@@ -22,10 +26,6 @@ if TYPE_CHECKING:
 
     from multicorn.net.binds import SockName
     from multicorn.runtime.base import Preamble, ServerTLS
-
-# Out of file descriptors or memory: back off instead of spinning on accept().
-_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-_ACCEPT_BATCH = 1024
 
 
 class PreambleListener:
@@ -69,13 +69,13 @@ class PreambleListener:
             task.cancel()
 
     def _accept(self) -> None:
-        for _ in range(_ACCEPT_BATCH):
+        for _ in range(ACCEPT_BATCH):
             try:
                 conn, peername = self._sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                if exc.errno in _RESOURCE_ERRORS:
+                if exc.errno in ACCEPT_RESOURCE_ERRORS:
                     self._logger.error("accept() failed: %s; retrying in 100 ms", exc)
                     self._loop.remove_reader(self._sock.fileno())
                     self._paused = self._loop.call_later(0.1, self._resume)

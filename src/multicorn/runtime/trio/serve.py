@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import signal
 import threading
 from contextlib import asynccontextmanager
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from multicorn.runtime.base import ACCEPT_BATCH, ACCEPT_RESOURCE_ERRORS
 from multicorn.runtime.trio.runtime import TrioRuntime
 from multicorn.runtime.trio.tcp import serve_connection
 from multicorn.runtime.trio.udp import TrioDatagramEndpoint
@@ -26,10 +26,6 @@ if TYPE_CHECKING:
         Preamble,
         ServerTLS,
     )
-
-# Out of file descriptors or memory: back off instead of spinning on accept().
-_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-_ACCEPT_BATCH = 1024
 
 
 class SessionNotStarted(RuntimeError):
@@ -116,13 +112,13 @@ class TrioBackend:
                     await trio.lowlevel.wait_readable(sock)
                 except (trio.ClosedResourceError, OSError, ValueError):
                     return  # the listener was closed (fd -1 is a ValueError): shutdown
-                for _ in range(_ACCEPT_BATCH):
+                for _ in range(ACCEPT_BATCH):
                     try:
                         conn, _ = sock.accept()
                     except (BlockingIOError, InterruptedError):
                         break
                     except OSError as exc:
-                        if exc.errno not in _RESOURCE_ERRORS:
+                        if exc.errno not in ACCEPT_RESOURCE_ERRORS:
                             return  # closed under us: shutdown
                         self._logger.error("accept() failed: %s; retrying in 100 ms", exc)
                         await trio.sleep(0.1)

@@ -146,7 +146,8 @@ def scenario_table(
         if not scenario.measures_idle_memory and scenario.tool != "ws":
             cells += [_num(entry.get("server_cpu_percent")), _num(entry.get("client_cpu_percent"))]
         cells.append(_rss(entry))
-        label = name if entry["rounds_ok"] == rounds else f"{name} ({entry['rounds_ok']}/{rounds})"
+        runs = rounds * scenario.repeats
+        label = name if entry["rounds_ok"] == runs else f"{name} ({entry['rounds_ok']}/{runs})"
         lines.append("| " + " | ".join([label, *cells]) + " |")
     return lines
 
@@ -247,7 +248,8 @@ def report_page(
         ),
         f"- {settings['rounds']} round(s) of {settings['duration']} s per server and scenario "
         f"(after {settings['warmup']} s warm-up), servers in a shuffled order each round "
-        f"(seed {settings['seed']}); figures are medians over rounds",
+        f"(seed {settings['seed']}); figures are medians over rounds (h1-long-io: 3 runs per "
+        "round, for its p99)",
         "- Tools: " + ", ".join(f"{tool} {version}" for tool, version in sorted(tools.items())),
         "",
     ]

@@ -455,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
             order = list(runnable)
             rng.shuffle(order)
             for scenario in to_run:
-                plan += [(round_number, scenario, s) for s in order if measured_on(s, scenario)]
+                for _ in range(scenario.repeats):
+                    plan += [(round_number, scenario, s) for s in order if measured_on(s, scenario)]
         per_run = args.duration + args.warmup + 3
         print(
             f"[bench] {len(plan)} runs, about {len(plan) * per_run / 60:.0f} min "

@@ -3,6 +3,10 @@
 Inbound events are past tense and only ever flow out of a protocol object; outbound commands are
 imperative and only ever flow into one. No type goes both ways. Every stream event names its
 stream: HTTP/1.1 numbers its requests 1, 2, 3... on a connection, HTTP/2 uses its stream ids.
+
+Nothing changes an event or a command once it is made, but none is frozen: a frozen dataclass
+sets each field through `object.__setattr__`, which made building a `RequestReceived` cost
+1.3 us instead of 0.5 us, and a few of these are built for every request.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ class StreamKind(enum.Enum):
 # ---- inbound events -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class RequestReceived:
     """A complete request head. `headers` have lower-cased names, in arrival order."""
 
@@ -47,27 +51,27 @@ class RequestReceived:
     upgrade_ignored: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class DataReceived:
     stream_id: int
     data: bytes
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class StreamEnded:
     """The request body is complete."""
 
     stream_id: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class StreamReset:
     """The peer abandoned the stream before it was complete (or the connection died under it)."""
 
     stream_id: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ConnectionClosed:
     """The connection is over: flush what `data_to_send()` still holds, then close the transport.
 
@@ -77,7 +81,7 @@ class ConnectionClosed:
     error: ProtocolError | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class RequestRejected:
     """A request the core refused before the application saw it: answer `stream_id` with
     `error.error_status_hint` (400, 408, 431, 501, 505...). The core decides what happens to the
@@ -90,7 +94,7 @@ class RequestRejected:
     error: ProtocolError
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class UpgradeRequested:
     """The connection switches protocols: `negotiate.upgrade()` builds the new protocol object.
     Any answer the old protocol owed (a 101) is already in its output, and `leftover` is input
@@ -99,12 +103,12 @@ class UpgradeRequested:
     leftover: bytes = b""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class H2CPriorKnowledge(UpgradeRequested):
     """The cleartext connection opened with the HTTP/2 preface (RFC 9113 3.3)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class H2CUpgrade(UpgradeRequested):
     """`Upgrade: h2c` on an HTTP/1.1 request (RFC 7540 3.2): the request becomes stream 1."""
 
@@ -127,7 +131,7 @@ Event = (
 # ---- outbound commands ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class SendResponse:
     stream_id: int
     status: int
@@ -135,7 +139,7 @@ class SendResponse:
     end_stream: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class SendInformational:
     """A 1xx response (100 Continue, 103 Early Hints)."""
 
@@ -144,14 +148,14 @@ class SendInformational:
     headers: Headers = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class SendData:
     stream_id: int
     data: bytes
     end_stream: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class SendTrailers:
     """Trailer fields after the body; ends the stream."""
 
@@ -159,7 +163,7 @@ class SendTrailers:
     headers: Headers
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class PushPromise:
     """Promise a response to a GET of `path` (HTTP/2 server push).
 
@@ -172,7 +176,7 @@ class PushPromise:
     headers: Headers
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class AcknowledgeData:
     """The application consumed `amount` body bytes of the stream: the peer may send more."""
 
@@ -180,14 +184,14 @@ class AcknowledgeData:
     amount: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ResetStream:
     """Abandon a stream mid-response. HTTP/1.1 can only do this by closing the connection."""
 
     stream_id: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class CloseConnection:
     """Graceful close: finish what is in flight, accept nothing new.
 

@@ -51,7 +51,7 @@ PEER_REQUIREMENTS = (
     "sniffio",  # bench/apps.py
     "matplotlib",  # bench/plot.py
 )
-MULTICORN_EXTRA_REQUIREMENTS = ("sniffio",)
+MULTICORN_EXTRA_REQUIREMENTS = ("sniffio", "py-spy")  # py-spy: bench/flamegraphs.py
 
 
 def log(message: str) -> None:

@@ -21,7 +21,7 @@ import time
 from typing import TYPE_CHECKING, Any, cast
 
 from multicorn.app.errors import ClientDisconnected, UnexpectedMessage
-from multicorn.app.http import error_response, response_headers
+from multicorn.app.http import asgi_headers, error_response, response_headers
 from multicorn.app.logs import AccessRecord, log_access
 from multicorn.app.scope import build_websocket_scope
 from multicorn.protocol.events import (
@@ -60,10 +60,6 @@ class _Stage(enum.Enum):
     DENYING = enum.auto()  # a websocket.http.response is being sent
     ACCEPTED = enum.auto()  # frames flow (until the session says it is over)
     OVER = enum.auto()  # the stream is ended: a denial sent, or the WebSocket finished
-
-
-def _headers(raw: Any) -> Headers:
-    return [(bytes(name).lower(), bytes(value)) for name, value in raw]
 
 
 class WebSocketStream:
@@ -292,7 +288,7 @@ class WebSocketStream:
             self._stage = _Stage.DENYING
             self._session.decline()
             self._disarm()
-            self._deny_start = (status, _headers(message.get("headers", ())))
+            self._deny_start = (status, asgi_headers(message.get("headers", ())))
         elif kind == "websocket.http.response.body":
             self._deny_body(message)
         else:
@@ -307,7 +303,7 @@ class WebSocketStream:
         now = conn.runtime.now()
         subprotocol = message.get("subprotocol")
         headers = self._session.accept(None if subprotocol is None else str(subprotocol), now)
-        for name, value in _headers(message.get("headers", ())):
+        for name, value in asgi_headers(message.get("headers", ())):
             if name == b"sec-websocket-protocol" and subprotocol is not None:
                 continue  # the one from `subprotocol` wins (ASGI spec)
             headers.append((name, value))

@@ -74,6 +74,7 @@ from multicorn.protocol.events import (
     StreamReset,
 )
 from multicorn.protocol.headers import validate_response_headers
+from multicorn.protocol.hpack_cache import CachingDecoder, CachingEncoder
 from multicorn.protocol.request_head import (
     CONNECTION_HEADERS,
     MalformedHead,
@@ -267,6 +268,10 @@ class HTTP2Protocol:
             validate_inbound_headers=False,
         )
         self._h2 = h2.connection.H2Connection(config=config)
+        # Repeated header sets (every response of a route, every request of a client) are
+        # coded once per table state instead of field by field; see hpack_cache.py.
+        self._h2.encoder = CachingEncoder()
+        self._h2.decoder = CachingDecoder(limits.max_header_list_size)
         codes = h2.settings.SettingCodes
         settings = {
             codes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,

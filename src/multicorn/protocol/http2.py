@@ -144,34 +144,40 @@ class FrameGuard:
         self._continuations = 0
 
     def feed(self, data: bytes, now: float) -> None:
-        view = memoryview(data)
         pos = 0
         if self._preface < len(PREFACE):
-            taken = min(len(PREFACE) - self._preface, len(view))
-            if view[:taken] != PREFACE[self._preface : self._preface + taken]:
+            taken = min(len(PREFACE) - self._preface, len(data))
+            if data[:taken] != PREFACE[self._preface : self._preface + taken]:
                 raise _BadPreface("the client did not send the HTTP/2 connection preface")
             self._preface += taken
             pos = taken
-        end = len(view)
+        end = len(data)
         while pos < end:
             if self._skip:
                 step = min(self._skip, end - pos)
                 self._skip -= step
                 pos += step
-                continue
-            need = 9 - len(self._partial)
-            if end - pos < need:
-                self._partial += bytes(view[pos:end])
+            elif self._partial:
+                need = 9 - len(self._partial)
+                if end - pos < need:
+                    self._partial += data[pos:end]
+                    return
+                header = self._partial + data[pos : pos + need]
+                self._partial = b""
+                pos += need
+                self._frame(header, 0, now)
+            elif end - pos < 9:
+                self._partial = bytes(data[pos:end])
                 return
-            header = self._partial + bytes(view[pos : pos + need])
-            self._partial = b""
-            pos += need
-            self._frame(header, now)
+            else:
+                # The common case, a whole frame header in this read: read it in place.
+                self._frame(data, pos, now)
+                pos += 9
 
-    def _frame(self, header: bytes, now: float) -> None:
-        length = int.from_bytes(header[0:3], "big")
-        kind = header[3]
-        flags = header[4]
+    def _frame(self, data: bytes, at: int, now: float) -> None:
+        length = int.from_bytes(data[at : at + 3], "big")
+        kind = data[at + 3]
+        flags = data[at + 4]
         self._skip = length
         if kind == 0x1 or kind == 0x9:  # HEADERS, CONTINUATION
             starts = kind == 0x1 or self._block < 0
@@ -522,6 +528,9 @@ class HTTP2Protocol:
             stream = self._streams.get(command.stream_id)
             if stream is None or stream.response_done:
                 return events
+            if not self._waiting and self._send_now(command, stream, now, events):
+                self._check_done(now)
+                return events
             if command.data:
                 stream.out.append(command.data)
                 stream.out_size += len(command.data)
@@ -584,6 +593,38 @@ class HTTP2Protocol:
             self._fail(command.stream_id, events)
         self._check_done(now)
         return events
+
+    def _send_now(
+        self, command: SendData, stream: _Stream, now: float, events: list[Event]
+    ) -> bool:
+        """The common case of SendData, framed at once: no stream has output waiting (so the
+        scheduler would serve this one alone, first) and the data fits one frame and the
+        windows. Does what _flush would do with it, without queueing it; False, having done
+        nothing, when the data must go through the queues."""
+        stream_id = command.stream_id
+        data = command.data
+        h2conn = self._h2
+        try:
+            if data:
+                if len(data) > h2conn.max_outbound_frame_size or len(
+                    data
+                ) > h2conn.local_flow_control_window(stream_id):
+                    return False
+                if command.end_stream:
+                    stream.response_done = True
+                h2conn.send_data(stream_id, data, end_stream=command.end_stream)
+                stream.blocked_since = None
+                self._moved_at = now
+            elif command.end_stream:
+                stream.response_done = True
+                h2conn.end_stream(stream_id)
+            else:
+                return True  # nothing to send
+        except Exception:  # a fault in one stream costs that stream only (see _fail)
+            self._fail(stream_id, events)
+            return True
+        self._stream_output_done(stream_id)
+        return True
 
     def _push(self, command: PushPromise, parent: _Stream) -> list[Event]:
         remote = self._h2.remote_settings

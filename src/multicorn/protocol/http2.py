@@ -222,6 +222,10 @@ class _Stream:
     blocked_since: float | None = None
 
 
+# A checked request head: pseudo-header fields, regular fields, Priority field, stream kind.
+_Head = tuple[dict[bytes, bytes], Headers, bytes | None, StreamKind]
+
+
 @dataclass(slots=True)
 class _Level:
     """The streams of one urgency with output waiting."""
@@ -317,6 +321,9 @@ class HTTP2Protocol:
         self._last_stream_id = 0
         self._drain_started = 0.0
         self._idle_since: float | None = now
+        # The last request head that passed its checks (see _request_head); dropped when the
+        # connection goes idle, so an idle connection holds none.
+        self._last_head: tuple[tuple[tuple[bytes, bytes], ...], _Head] | None = None
 
     # ---- inbound --------------------------------------------------------------------------
 
@@ -412,10 +419,9 @@ class HTTP2Protocol:
             return not self._resets.take(now)
         ended = event.stream_ended is not None
         try:
-            pseudo, headers, priority, hosts = split_pseudo_head(event.headers)
+            pseudo, headers, priority, kind = self._request_head(event.headers)
             authority = pseudo.get(b":authority")
             scheme = pseudo.get(b":scheme")
-            kind = self._check_head(pseudo, headers, hosts)
         except MalformedHead:
             # RFC 9113 8.1.1: "Malformed requests or responses that are detected MUST be
             # treated as a stream error (Section 5.4.2) of type PROTOCOL_ERROR." The
@@ -468,16 +474,31 @@ class HTTP2Protocol:
             events.append(StreamEnded(stream_id=stream_id))
         return False
 
-    def _check_head(self, pseudo: dict[bytes, bytes], headers: Headers, hosts: int) -> StreamKind:
-        """The pseudo-header structure HTTP/2 shares with HTTP/3, then the rules every version
-        shares (request_head.py).
+    def _request_head(self, raw: Headers) -> _Head:
+        """The pseudo-header fields, the regular fields, the Priority field and the stream's
+        kind of a request head checked by the pseudo-header structure HTTP/2
+        shares with HTTP/3, then by the rules every version shares (request_head.py); raises
+        MalformedHead or RemoteProtocolError as they do.
 
         h2's own header validation is off: it would make each of these a connection error,
         where RFC 9113 8.1.1 asks for a stream error.
+
+        The checks are a pure function of the fields, and clients repeat the same head (the
+        HPACK decoder hands back the very same field objects then): the last head that passed
+        is remembered, so a repeat costs one comparison, and the caller gets its own copy of
+        the field list. Heads that fail are checked again each time.
         """
-        return check_pseudo_head(
+        key = tuple(raw)
+        last = self._last_head
+        if last is not None and last[0] == key:
+            pseudo, headers, priority, kind = last[1]
+            return pseudo, list(headers), priority, kind
+        pseudo, headers, priority, hosts = split_pseudo_head(raw)
+        kind = check_pseudo_head(
             pseudo, headers, hosts, extended_connect=self._limits.extended_connect
         )
+        self._last_head = (key, (pseudo, headers, priority, kind))
+        return pseudo, list(headers), priority, kind
 
     def _on_data(self, event: h2.events.DataReceived, events: list[Event]) -> None:
         stream_id = event.stream_id
@@ -909,6 +930,7 @@ class HTTP2Protocol:
             self._phase = _Phase.CLOSED
         elif self._idle_since is None:
             self._idle_since = now
+            self._last_head = None
 
     def _protocol_error(self, reason: str) -> list[Event]:
         self._emit(_goaway(self._last_stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR))

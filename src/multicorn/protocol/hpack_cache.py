@@ -28,7 +28,10 @@ from hpack.table import HeaderTable
 
 # All-indexed blocks take a byte or two per field; anything longer is not a repeat worth keeping.
 _MAX_BLOCK = 256
-_MAX_ENTRIES = 16
+# A full cache is emptied and starts again. At most 8 lists of at most 256 fields each (one per
+# byte of its block): what a peer can make the decoder keep is bounded well below what its
+# header blocks may already make the server hold.
+_MAX_ENTRIES = 8
 
 
 class _CountingTable(HeaderTable):

@@ -163,3 +163,14 @@ def test_random_sequences_code_as_hpack_does(steps: list[tuple[str, Any]]) -> No
             assert got == _outcome(plain_dec.decode, block, True)
             if isinstance(got, type):
                 return  # a decoding error ends an HPACK context; both agreed on it
+
+
+def test_more_sets_than_the_cache_holds_still_code_as_hpack_does() -> None:
+    cached_enc, plain_enc = CachingEncoder(), hpack.Encoder()
+    cached_dec, plain_dec = CachingDecoder(65536), hpack.Decoder(65536)
+    sets = [[(b":status", b"200"), (b"x-n", str(n).encode())] for n in range(20)]
+    for _ in range(3):
+        for headers in sets:
+            block = cached_enc.encode(list(headers))
+            assert block == plain_enc.encode(list(headers))
+            assert cached_dec.decode(block, raw=True) == plain_dec.decode(block, raw=True)

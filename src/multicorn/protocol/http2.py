@@ -475,10 +475,10 @@ class HTTP2Protocol:
         return False
 
     def _request_head(self, raw: Headers) -> _Head:
-        """The pseudo-header fields, the regular fields, the Priority field and the stream's
-        kind of a request head checked by the pseudo-header structure HTTP/2
-        shares with HTTP/3, then by the rules every version shares (request_head.py); raises
-        MalformedHead or RemoteProtocolError as they do.
+        """The pseudo-header fields, regular fields, Priority field and stream kind of a request
+        head, checked by the pseudo-header structure HTTP/2 shares with HTTP/3, then by the
+        rules every version shares (request_head.py); raises MalformedHead or
+        RemoteProtocolError as they do.
 
         h2's own header validation is off: it would make each of these a connection error,
         where RFC 9113 8.1.1 asks for a stream error.
@@ -486,7 +486,8 @@ class HTTP2Protocol:
         The checks are a pure function of the fields, and clients repeat the same head (the
         HPACK decoder hands back the very same field objects then): the last head that passed
         is remembered, so a repeat costs one comparison, and the caller gets its own copy of
-        the field list. Heads that fail are checked again each time.
+        the field list (the pseudo-header dict is shared: it is only read). Heads that fail are
+        checked again each time.
         """
         key = tuple(raw)
         last = self._last_head
@@ -627,9 +628,10 @@ class HTTP2Protocol:
         h2conn = self._h2
         try:
             if data:
-                if len(data) > h2conn.max_outbound_frame_size or len(
-                    data
-                ) > h2conn.local_flow_control_window(stream_id):
+                size = len(data)
+                if size > h2conn.max_outbound_frame_size:
+                    return False
+                if size > h2conn.local_flow_control_window(stream_id):
                     return False
                 if command.end_stream:
                     stream.response_done = True

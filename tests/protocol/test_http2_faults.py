@@ -7,6 +7,9 @@ a bug of ours); the other streams must be served as if nothing happened, and not
 
 from __future__ import annotations
 
+from typing import Any
+
+import h2.connection
 import h2.errors
 import h2.events
 import pytest
@@ -124,13 +127,39 @@ def test_invalid_response_header_is_still_the_applications_error() -> None:
         p.server.send(SendResponse(stream_id=1, status=200, headers=[(b"x", b"a\r\nb")]), 0.0)
 
 
+def test_fault_while_framing_a_single_frame_resets_only_that_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A body that fits one frame, with nothing else waiting, is framed at once (not queued).
+    real = h2.connection.H2Connection.send_data
+
+    def send_data(self: h2.connection.H2Connection, stream_id: int, data: bytes, **kw: Any) -> None:
+        if data == b"boom":
+            raise Bug("a bug of ours")
+        real(self, stream_id, data, **kw)
+
+    monkeypatch.setattr(h2.connection.H2Connection, "send_data", send_data)
+    p = Pair()
+    p.request(1)
+    p.request(3)
+    for sid in (1, 3):
+        p.server.send(SendResponse(stream_id=sid, status=200, headers=[]), 0.0)
+    assert p.server.send(SendData(stream_id=1, data=b"boom"), 0.0) == [StreamReset(stream_id=1)]
+    p.server.send(SendData(stream_id=3, data=b"fine", end_stream=True), 0.0)
+    _, client_events = p.pump()
+    assert client_body(client_events, 3) == b"fine"
+    assert [e.stream_id for e in of_type(client_events, h2.events.StreamReset)] == [1]
+    assert p.server.pending_send(1) == 0
+    assert not p.server.closed
+
+
 def test_fault_while_framing_output_resets_only_that_stream(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     real = HTTP2Protocol._take
 
     def take(stream: http2._Stream, size: int) -> bytes:
-        if stream.out[0] == b"boom":
+        if stream.out[0][:4] == b"boom":
             raise Bug("a bug of ours")
         return real(stream, size)
 
@@ -140,7 +169,9 @@ def test_fault_while_framing_output_resets_only_that_stream(
     p.request(3)
     for sid in (1, 3):
         p.server.send(SendResponse(stream_id=sid, status=200, headers=[]), 0.0)
-    assert p.server.send(SendData(stream_id=1, data=b"boom"), 0.0) == [StreamReset(stream_id=1)]
+    # More than one frame's worth: framed through the stream's queue, by _take.
+    boom = SendData(stream_id=1, data=b"boom" * 5000)
+    assert p.server.send(boom, 0.0) == [StreamReset(stream_id=1)]
     p.server.send(SendData(stream_id=3, data=b"fine", end_stream=True), 0.0)
     _, client_events = p.pump()
     assert client_body(client_events, 3) == b"fine"

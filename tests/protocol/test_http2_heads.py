@@ -506,3 +506,42 @@ def test_extended_connect_streams_do_not_disturb_others() -> None:
     _, client_events = p.pump()
     assert client_body(client_events, 3) == b"ok"
     assert not of_type(p.server_events, StreamReset)
+
+
+# ---- repeated heads ------------------------------------------------------------------------
+
+
+def test_a_repeated_head_gives_each_request_its_own_field_list() -> None:
+    # The last head that passed is remembered (clients repeat theirs); each request still
+    # gets a list of its own, which the application may change.
+    p = Pair()
+    extra: Headers = [(b"user-agent", b"bench"), (b"priority", b"u=1")]
+    first = of_type(p.request(1, b"/a", extra=extra), RequestReceived)[0]
+    assert first.headers[0] == (b"host", b"example.com")
+    first.headers.clear()
+    for stream_id in (3, 5):
+        got = of_type(p.request(stream_id, b"/a", extra=extra), RequestReceived)[0]
+        assert got.target == b"/a"
+        assert (b"user-agent", b"bench") in got.headers
+        assert got.headers[0] == (b"host", b"example.com")
+        got.headers.append((b"x-added", b"by the app"))
+    assert (b"x-added", b"by the app") not in of_type(
+        p.request(7, b"/a", extra=extra), RequestReceived
+    )[0].headers
+
+
+def test_a_head_that_differs_from_the_last_good_one_is_checked_again() -> None:
+    p = lax_pair()
+    good = head(extra=[(b"x-a", b"1")])
+    assert of_type(send_head(p, 1, good), RequestReceived)
+    for stream_id in (3, 5):  # the same fields but one, twice: refused both times
+        events = send_head(p, stream_id, head(extra=[(b"X-A", b"1")]))
+        assert_reset_only(p, events, stream_id)
+    assert of_type(send_head(p, 7, good), RequestReceived)
+
+
+def test_a_rejected_head_is_rejected_each_time() -> None:
+    p = lax_pair()
+    for stream_id in (1, 3):
+        events = send_head(p, stream_id, head(b"CONNECT", None, scheme=None))
+        assert of_type(events, RequestRejected)

@@ -74,6 +74,7 @@ from multicorn.protocol.events import (
     StreamReset,
 )
 from multicorn.protocol.headers import validate_response_headers
+from multicorn.protocol.hpack_cache import CachingDecoder, CachingEncoder
 from multicorn.protocol.request_head import (
     CONNECTION_HEADERS,
     MalformedHead,
@@ -143,34 +144,40 @@ class FrameGuard:
         self._continuations = 0
 
     def feed(self, data: bytes, now: float) -> None:
-        view = memoryview(data)
         pos = 0
         if self._preface < len(PREFACE):
-            taken = min(len(PREFACE) - self._preface, len(view))
-            if view[:taken] != PREFACE[self._preface : self._preface + taken]:
+            taken = min(len(PREFACE) - self._preface, len(data))
+            if data[:taken] != PREFACE[self._preface : self._preface + taken]:
                 raise _BadPreface("the client did not send the HTTP/2 connection preface")
             self._preface += taken
             pos = taken
-        end = len(view)
+        end = len(data)
         while pos < end:
             if self._skip:
                 step = min(self._skip, end - pos)
                 self._skip -= step
                 pos += step
-                continue
-            need = 9 - len(self._partial)
-            if end - pos < need:
-                self._partial += bytes(view[pos:end])
+            elif self._partial:
+                need = 9 - len(self._partial)
+                if end - pos < need:
+                    self._partial += data[pos:end]
+                    return
+                header = self._partial + data[pos : pos + need]
+                self._partial = b""
+                pos += need
+                self._frame(header, 0, now)
+            elif end - pos < 9:
+                self._partial = bytes(data[pos:end])
                 return
-            header = self._partial + bytes(view[pos : pos + need])
-            self._partial = b""
-            pos += need
-            self._frame(header, now)
+            else:
+                # The common case, a whole frame header in this read: read it in place.
+                self._frame(data, pos, now)
+                pos += 9
 
-    def _frame(self, header: bytes, now: float) -> None:
-        length = int.from_bytes(header[0:3], "big")
-        kind = header[3]
-        flags = header[4]
+    def _frame(self, data: bytes, at: int, now: float) -> None:
+        length = int.from_bytes(data[at : at + 3], "big")
+        kind = data[at + 3]
+        flags = data[at + 4]
         self._skip = length
         if kind == 0x1 or kind == 0x9:  # HEADERS, CONTINUATION
             starts = kind == 0x1 or self._block < 0
@@ -213,6 +220,10 @@ class _Stream:
     end_after_out: bool = False
     trailers: Headers | None = None
     blocked_since: float | None = None
+
+
+# A checked request head: pseudo-header fields, regular fields, Priority field, stream kind.
+_Head = tuple[dict[bytes, bytes], Headers, bytes | None, StreamKind]
 
 
 @dataclass(slots=True)
@@ -267,6 +278,10 @@ class HTTP2Protocol:
             validate_inbound_headers=False,
         )
         self._h2 = h2.connection.H2Connection(config=config)
+        # Repeated header sets (every response of a route, every request of a client) are
+        # coded once per table state instead of field by field; see hpack_cache.py.
+        self._h2.encoder = CachingEncoder()
+        self._h2.decoder = CachingDecoder(limits.max_header_list_size)
         codes = h2.settings.SettingCodes
         settings = {
             codes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
@@ -306,6 +321,9 @@ class HTTP2Protocol:
         self._last_stream_id = 0
         self._drain_started = 0.0
         self._idle_since: float | None = now
+        # The last request head that passed its checks (see _request_head); dropped when the
+        # connection goes idle, so an idle connection holds none.
+        self._last_head: tuple[tuple[tuple[bytes, bytes], ...], _Head] | None = None
 
     # ---- inbound --------------------------------------------------------------------------
 
@@ -401,10 +419,9 @@ class HTTP2Protocol:
             return not self._resets.take(now)
         ended = event.stream_ended is not None
         try:
-            pseudo, headers, priority, hosts = split_pseudo_head(event.headers)
+            pseudo, headers, priority, kind = self._request_head(event.headers)
             authority = pseudo.get(b":authority")
             scheme = pseudo.get(b":scheme")
-            kind = self._check_head(pseudo, headers, hosts)
         except MalformedHead:
             # RFC 9113 8.1.1: "Malformed requests or responses that are detected MUST be
             # treated as a stream error (Section 5.4.2) of type PROTOCOL_ERROR." The
@@ -457,16 +474,32 @@ class HTTP2Protocol:
             events.append(StreamEnded(stream_id=stream_id))
         return False
 
-    def _check_head(self, pseudo: dict[bytes, bytes], headers: Headers, hosts: int) -> StreamKind:
-        """The pseudo-header structure HTTP/2 shares with HTTP/3, then the rules every version
-        shares (request_head.py).
+    def _request_head(self, raw: Headers) -> _Head:
+        """The pseudo-header fields, regular fields, Priority field and stream kind of a request
+        head, checked by the pseudo-header structure HTTP/2 shares with HTTP/3, then by the
+        rules every version shares (request_head.py); raises MalformedHead or
+        RemoteProtocolError as they do.
 
         h2's own header validation is off: it would make each of these a connection error,
         where RFC 9113 8.1.1 asks for a stream error.
+
+        The checks are a pure function of the fields, and clients repeat the same head (the
+        HPACK decoder hands back the very same field objects then): the last head that passed
+        is remembered, so a repeat costs one comparison, and the caller gets its own copy of
+        the field list (the pseudo-header dict is shared: it is only read). Heads that fail are
+        checked again each time.
         """
-        return check_pseudo_head(
+        key = tuple(raw)
+        last = self._last_head
+        if last is not None and last[0] == key:
+            pseudo, headers, priority, kind = last[1]
+            return pseudo, list(headers), priority, kind
+        pseudo, headers, priority, hosts = split_pseudo_head(raw)
+        kind = check_pseudo_head(
             pseudo, headers, hosts, extended_connect=self._limits.extended_connect
         )
+        self._last_head = (key, (pseudo, headers, priority, kind))
+        return pseudo, list(headers), priority, kind
 
     def _on_data(self, event: h2.events.DataReceived, events: list[Event]) -> None:
         stream_id = event.stream_id
@@ -516,6 +549,9 @@ class HTTP2Protocol:
         if isinstance(command, SendData):
             stream = self._streams.get(command.stream_id)
             if stream is None or stream.response_done:
+                return events
+            if not self._waiting and self._send_now(command, stream, now, events):
+                self._check_done(now)
                 return events
             if command.data:
                 stream.out.append(command.data)
@@ -579,6 +615,39 @@ class HTTP2Protocol:
             self._fail(command.stream_id, events)
         self._check_done(now)
         return events
+
+    def _send_now(
+        self, command: SendData, stream: _Stream, now: float, events: list[Event]
+    ) -> bool:
+        """The common case of SendData, framed at once: no stream has output waiting (so the
+        scheduler would serve this one alone, first) and the data fits one frame and the
+        windows. Does what _flush would do with it, without queueing it; False, having done
+        nothing, when the data must go through the queues."""
+        stream_id = command.stream_id
+        data = command.data
+        h2conn = self._h2
+        try:
+            if data:
+                size = len(data)
+                if size > h2conn.max_outbound_frame_size:
+                    return False
+                if size > h2conn.local_flow_control_window(stream_id):
+                    return False
+                if command.end_stream:
+                    stream.response_done = True
+                h2conn.send_data(stream_id, data, end_stream=command.end_stream)
+                stream.blocked_since = None
+                self._moved_at = now
+            elif command.end_stream:
+                stream.response_done = True
+                h2conn.end_stream(stream_id)
+            else:
+                return True  # nothing to send
+        except Exception:  # a fault in one stream costs that stream only (see _fail)
+            self._fail(stream_id, events)
+            return True
+        self._stream_output_done(stream_id)
+        return True
 
     def _push(self, command: PushPromise, parent: _Stream) -> list[Event]:
         remote = self._h2.remote_settings
@@ -863,6 +932,7 @@ class HTTP2Protocol:
             self._phase = _Phase.CLOSED
         elif self._idle_since is None:
             self._idle_since = now
+            self._last_head = None
 
     def _protocol_error(self, reason: str) -> list[Event]:
         self._emit(_goaway(self._last_stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR))

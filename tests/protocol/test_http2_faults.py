@@ -7,6 +7,7 @@ a bug of ours); the other streams must be served as if nothing happened, and not
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import h2.connection
@@ -127,35 +128,20 @@ def test_invalid_response_header_is_still_the_applications_error() -> None:
         p.server.send(SendResponse(stream_id=1, status=200, headers=[(b"x", b"a\r\nb")]), 0.0)
 
 
-def test_fault_while_framing_a_single_frame_resets_only_that_stream(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # A body that fits one frame, with nothing else waiting, is framed at once (not queued).
+def _break_single_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A body that fits one frame, with nothing else waiting, is framed at once by h2.
     real = h2.connection.H2Connection.send_data
 
     def send_data(self: h2.connection.H2Connection, stream_id: int, data: bytes, **kw: Any) -> None:
-        if data == b"boom":
+        if data[:4] == b"boom":
             raise Bug("a bug of ours")
         real(self, stream_id, data, **kw)
 
     monkeypatch.setattr(h2.connection.H2Connection, "send_data", send_data)
-    p = Pair()
-    p.request(1)
-    p.request(3)
-    for sid in (1, 3):
-        p.server.send(SendResponse(stream_id=sid, status=200, headers=[]), 0.0)
-    assert p.server.send(SendData(stream_id=1, data=b"boom"), 0.0) == [StreamReset(stream_id=1)]
-    p.server.send(SendData(stream_id=3, data=b"fine", end_stream=True), 0.0)
-    _, client_events = p.pump()
-    assert client_body(client_events, 3) == b"fine"
-    assert [e.stream_id for e in of_type(client_events, h2.events.StreamReset)] == [1]
-    assert p.server.pending_send(1) == 0
-    assert not p.server.closed
 
 
-def test_fault_while_framing_output_resets_only_that_stream(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def _break_the_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    # More than one frame's worth is framed through the stream's queue, by _take.
     real = HTTP2Protocol._take
 
     def take(stream: http2._Stream, size: int) -> bytes:
@@ -164,14 +150,25 @@ def test_fault_while_framing_output_resets_only_that_stream(
         return real(stream, size)
 
     monkeypatch.setattr(HTTP2Protocol, "_take", staticmethod(take))
+
+
+@pytest.mark.parametrize(
+    ("break_it", "body"),
+    [(_break_single_frames, b"boom"), (_break_the_queue, b"boom" * 5000)],
+    ids=["one frame, framed at once", "several frames, through the queue"],
+)
+def test_fault_while_framing_output_resets_only_that_stream(
+    monkeypatch: pytest.MonkeyPatch,
+    break_it: Callable[[pytest.MonkeyPatch], None],
+    body: bytes,
+) -> None:
+    break_it(monkeypatch)
     p = Pair()
     p.request(1)
     p.request(3)
     for sid in (1, 3):
         p.server.send(SendResponse(stream_id=sid, status=200, headers=[]), 0.0)
-    # More than one frame's worth: framed through the stream's queue, by _take.
-    boom = SendData(stream_id=1, data=b"boom" * 5000)
-    assert p.server.send(boom, 0.0) == [StreamReset(stream_id=1)]
+    assert p.server.send(SendData(stream_id=1, data=body), 0.0) == [StreamReset(stream_id=1)]
     p.server.send(SendData(stream_id=3, data=b"fine", end_stream=True), 0.0)
     _, client_events = p.pump()
     assert client_body(client_events, 3) == b"fine"

@@ -248,8 +248,12 @@ def report_page(
         ),
         f"- {settings['rounds']} round(s) of {settings['duration']} s per server and scenario "
         f"(after {settings['warmup']} s warm-up), servers in a shuffled order each round "
-        f"(seed {settings['seed']}); figures are medians over rounds (h1-long-io: 3 runs per "
-        "round, for its p99)",
+        f"(seed {settings['seed']}); figures are medians over rounds"
+        + "".join(
+            f" ({scenario.name}: {scenario.repeats} runs per round)"
+            for scenario in scenarios
+            if scenario.repeats > 1
+        ),
         "- Tools: " + ", ".join(f"{tool} {version}" for tool, version in sorted(tools.items())),
         "",
     ]

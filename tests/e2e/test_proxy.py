@@ -236,17 +236,23 @@ async def test_proxy_protocol_v1_names_the_client(tmp_path):
     assert log.read_text().strip() == '203.0.113.7 "GET /who HTTP/1.1" 200'
 
 
+async def _who_over_h2(stream: Any) -> bytes:
+    """GET /who over HTTP/2 on `stream` (the PROXY header already sent); the response body."""
+    client = H2Client(stream)
+    await client.flush()
+    try:
+        stream_id = await client.request("/who")
+        _, body = await client.response(stream_id)
+    finally:
+        await client.aclose()
+    return body
+
+
 async def test_proxy_protocol_v2_then_http2():
     async with serving(app, proxy_protocol="auto") as server:
         stream = await anyio.connect_tcp(*host_port(server))
         await stream.send(V2_HEADER)
-        client = H2Client(stream)
-        await client.flush()
-        try:
-            stream_id = await client.request("/who")
-            _, body = await client.response(stream_id)
-        finally:
-            await client.aclose()
+        body = await _who_over_h2(stream)
     assert json.loads(body)["client"] == ["203.0.113.8", 40000]
 
 
@@ -340,13 +346,7 @@ async def test_proxy_protocol_v2_before_tls_http2(certs):
     async with serving(app, proxy_protocol="auto", certfile=certs.cert_path) as server:
         stream = await _tls_after(server, certs, V2_HEADER, "h2")
         assert stream.extra(anyio.streams.tls.TLSAttribute.alpn_protocol) == "h2"
-        client = H2Client(stream)
-        await client.flush()
-        try:
-            stream_id = await client.request("/who")
-            _, body = await client.response(stream_id)
-        finally:
-            await client.aclose()
+        body = await _who_over_h2(stream)
     seen = json.loads(body)
     assert seen["client"] == ["203.0.113.8", 40000]
     assert seen["scheme"] == "https"

@@ -384,6 +384,23 @@ async def test_stop_listeners_refuses_new_connections_but_keeps_open_ones(
         await read_until_eof(client)
 
 
+async def test_every_pending_connection_is_accepted_in_a_few_loop_turns(
+    backend: BackendUnderTest,
+):
+    # One accept per loop turn (libuv's, trio's SocketListener) keeps a burst of new clients
+    # queued behind busy connections for seconds: the count must not grow with the burst.
+    pending = 12  # within the harness's backlog of 16
+    async with backend.running() as b, stream_server(b) as server:
+        clients = [socket.create_connection(server.sock.getsockname()) for _ in range(pending)]
+        try:
+            # The kernel completed every handshake above; the loop has not run since.
+            await turns(6)
+            assert len(server.handlers) == pending
+        finally:
+            for client in clients:
+                client.close()
+
+
 async def test_close_lingers_so_a_client_still_sending_reads_the_whole_answer(
     backend: BackendUnderTest, bind: str
 ):

@@ -8,7 +8,7 @@ import threading
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-from multicorn.runtime.asyncio.preamble import PreambleListener
+from multicorn.runtime.asyncio.listener import Listener
 from multicorn.runtime.asyncio.runtime import AsyncioRuntime
 from multicorn.runtime.asyncio.tcp import AsyncioConnection
 from multicorn.runtime.asyncio.udp import AsyncioDatagramEndpoint
@@ -35,8 +35,7 @@ class AsyncioBackend:
     def __init__(self, logger: logging.Logger) -> None:
         self._logger = logger
         self._runtime = AsyncioRuntime(asyncio.get_running_loop(), logger)
-        self._servers: list[asyncio.Server] = []
-        self._preamble_listeners: list[PreambleListener] = []
+        self._listeners: list[Listener] = []
         self._endpoints: list[AsyncioDatagramEndpoint] = []
         self._connections: set[AsyncioConnection] = set()
         self._catching_signals = False
@@ -54,8 +53,8 @@ class AsyncioBackend:
             self.release_signals()
             self.stop_listeners()
             self.close_datagram_endpoints()
-            # What serve.py's graceful drain left open goes now, as on trio: asyncio.Server
-            # would otherwise leave the sockets to the garbage collector.
+            # What serve.py's graceful drain left open goes now, as on trio: nothing else would
+            # close those transports but the garbage collector.
             for connection in list(self._connections):
                 connection.abort()
             await self._runtime.cancel_all()
@@ -70,29 +69,18 @@ class AsyncioBackend:
         tls: ServerTLS | None,
         preamble: Preamble | None = None,
     ) -> None:
-        if preamble is not None:
-            listener = PreambleListener(
-                sock,
-                lambda taken: AsyncioConnection(
-                    factory, self._runtime, tls, self._connections, preamble=taken
-                ),
-                preamble=preamble,
-                tls=tls,
-                logger=self._logger,
-            )
-            listener.start(backlog)
-            self._preamble_listeners.append(listener)
-            return
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            lambda: AsyncioConnection(factory, self._runtime, tls, self._connections),
-            sock=sock,
-            backlog=backlog,
-            ssl=None if tls is None else tls.context,
-            # A failed or slow handshake is logged by asyncio at debug level only.
-            ssl_handshake_timeout=None if tls is None else tls.handshake_timeout,
+        # Our own listener, not loop.create_server(): see listener.py for why.
+        listener = Listener(
+            sock,
+            lambda taken: AsyncioConnection(
+                factory, self._runtime, tls, self._connections, preamble=taken
+            ),
+            preamble=preamble,
+            tls=tls,
+            logger=self._logger,
         )
-        self._servers.append(server)
+        listener.start(backlog)
+        self._listeners.append(listener)
 
     async def start_datagram_endpoint(
         self, sock: socket.socket, factory: DatagramHandlerFactory
@@ -102,14 +90,9 @@ class AsyncioBackend:
         self._endpoints.append(endpoint)
 
     def stop_listeners(self) -> None:
-        # Server.close() stops accepting; its wait_closed() is not awaited because on 3.12+ it
-        # also waits for every open connection, which would defeat the graceful timeout.
-        for server in self._servers:
-            server.close()
-        self._servers.clear()
-        for listener in self._preamble_listeners:
+        for listener in self._listeners:
             listener.close()
-        self._preamble_listeners.clear()
+        self._listeners.clear()
 
     def close_datagram_endpoints(self) -> None:
         for endpoint in self._endpoints:

@@ -1,10 +1,15 @@
-"""An asyncio listener whose connections begin with a preamble (a PROXY protocol header) read
-before TLS.
+"""asyncio's listener: accepts on one listening socket and gives each connection to the loop.
 
-asyncio's own servers hand every byte they read to the protocol, and TLS cannot be started on
-a transport with bytes already taken from under it. So this listener accepts the sockets
-itself, reads each one's preamble by peeking (runtime/base.py `PreambleReader`), and only then
-gives the socket to the loop (`connect_accepted_socket`, which does the TLS handshake).
+It accepts every pending connection per wake-up (at most `ACCEPT_BATCH`). uvloop's own servers
+take one per loop turn (libuv accepts once per poll), so under load a burst of new clients
+waits behind the busy ones for whole seconds, as with trio's `SocketListener`. One listener on
+every asyncio loop keeps the behaviour the same on each.
+
+A listener with a preamble (a PROXY protocol header, read before TLS) reads each connection's
+preamble by peeking (runtime/base.py `PreambleReader`) before giving the socket to the loop:
+asyncio's servers hand every byte they read to the protocol, and TLS cannot be started on a
+transport with bytes already taken from under it. `connect_accepted_socket` does the TLS
+handshake either way.
 """
 
 from __future__ import annotations
@@ -28,16 +33,17 @@ if TYPE_CHECKING:
     from multicorn.runtime.base import Preamble, ServerTLS
 
 
-class PreambleListener:
-    """Accepts on one listening socket until `close()`; each connection's preamble is read in
-    a task of its own, then `protocol_factory(preamble)` serves it."""
+class Listener:
+    """Accepts on one listening socket until `close()`; `protocol_factory(preamble)` serves
+    each connection, once its preamble (if the listener has one) is read in a task of its
+    own."""
 
     def __init__(
         self,
         sock: socket.socket,
         protocol_factory: Callable[[bytes], asyncio.Protocol],
         *,
-        preamble: Preamble,
+        preamble: Preamble | None,
         tls: ServerTLS | None,
         logger: logging.Logger,
     ) -> None:
@@ -57,7 +63,8 @@ class PreambleListener:
         self._loop.add_reader(self._sock.fileno(), self._accept)
 
     def close(self) -> None:
-        """Stop accepting; connections still reading their preamble are dropped."""
+        """Stop accepting; connections still reading their preamble or in their TLS handshake
+        are dropped."""
         if self._closed:
             return
         self._closed = True
@@ -81,7 +88,10 @@ class PreambleListener:
                     self._paused = self._loop.call_later(0.1, self._resume)
                 return
             conn.setblocking(False)
-            task = self._loop.create_task(self._serve(conn, peername))
+            if self._preamble is None:
+                task = self._loop.create_task(self._connect(conn, peername, b""))
+            else:
+                task = self._loop.create_task(self._serve(conn, peername))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -100,6 +110,9 @@ class PreambleListener:
         except BaseException:
             conn.close()
             raise
+        await self._connect(conn, peername, taken)
+
+    async def _connect(self, conn: socket.socket, peername: SockName, taken: bytes) -> None:
         tls = self._tls
         try:
             await self._loop.connect_accepted_socket(
@@ -109,12 +122,19 @@ class PreambleListener:
                 ssl_handshake_timeout=None if tls is None else tls.handshake_timeout,
             )
         except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
-            self._logger.debug("TLS handshake with %s failed: %s", peername, exc)
+            if tls is None:
+                self._logger.debug(
+                    "connection from %s lost before it was served: %s", peername, exc
+                )
+            else:
+                self._logger.debug("TLS handshake with %s failed: %s", peername, exc)
             conn.close()
 
     async def _read_preamble(self, conn: socket.socket, peername: SockName) -> bytes:
-        reader = PreambleReader(self._preamble, conn, peername)
-        deadline = self._loop.time() + self._preamble.timeout
+        preamble = self._preamble
+        assert preamble is not None
+        reader = PreambleReader(preamble, conn, peername)
+        deadline = self._loop.time() + preamble.timeout
         while (step := reader.step()) != PreambleReader.DONE:
             left = deadline - self._loop.time()
             if left <= 0:

@@ -384,6 +384,31 @@ async def test_stop_listeners_refuses_new_connections_but_keeps_open_ones(
         await read_until_eof(client)
 
 
+@pytest.mark.parametrize("turns_before_stop", [0, 1, 2, 3])
+async def test_a_connection_accepted_as_the_listener_stops_is_still_served(
+    backend: BackendUnderTest, turns_before_stop: int
+):
+    # Stopping (a graceful shutdown, a reload) catches connections somewhere between the
+    # kernel's queue and the handler; an accepted one must be served, not dropped unanswered.
+    async with backend.running() as b, stream_server(b) as server:
+        client = socket.create_connection(server.sock.getsockname())
+        try:
+            await turns(turns_before_stop)
+            b.stop_listeners()
+            await turns()
+            if server.handlers:
+                client.sendall(b"ping")
+                handler = server.handlers[0]
+                await eventually(lambda: handler.received == b"ping", "data after stop")
+            else:  # never taken from the kernel's queue: reset when the socket closes
+                server.sock.close()
+                client.settimeout(5)
+                with pytest.raises(ConnectionResetError):
+                    client.recv(1)
+        finally:
+            client.close()
+
+
 async def test_every_pending_connection_is_accepted_in_a_few_loop_turns(
     backend: BackendUnderTest,
 ):

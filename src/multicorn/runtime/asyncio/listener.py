@@ -35,8 +35,8 @@ if TYPE_CHECKING:
 
 class Listener:
     """Accepts on one listening socket until `close()`; `protocol_factory(preamble)` serves
-    each connection, once its preamble (if the listener has one) is read in a task of its
-    own."""
+    each connection once the loop has it (after its preamble, if the listener has one, and its
+    TLS handshake), each in a short task of its own."""
 
     def __init__(
         self,
@@ -53,7 +53,8 @@ class Listener:
         self._tls = tls
         self._logger = logger
         self._loop = asyncio.get_running_loop()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # until the loop has the connection
+        self._reading: set[asyncio.Task[None]] = set()  # the ones still reading a preamble
         self._paused: asyncio.TimerHandle | None = None
         self._closed = False
 
@@ -63,8 +64,9 @@ class Listener:
         self._loop.add_reader(self._sock.fileno(), self._accept)
 
     def close(self) -> None:
-        """Stop accepting; connections still reading their preamble or in their TLS handshake
-        are dropped."""
+        """Stop accepting. Connections still reading their preamble are dropped (not yet
+        connections: they go with their listener); accepted ones, in their TLS handshake
+        included, go on to be served and drained like any other."""
         if self._closed:
             return
         self._closed = True
@@ -72,6 +74,13 @@ class Listener:
             self._paused.cancel()
         else:
             self._loop.remove_reader(self._sock.fileno())
+        for task in list(self._reading):
+            task.cancel()
+
+    def abort(self) -> None:
+        """The session's end: drop the connections the loop does not have yet (a handshake
+        still under way)."""
+        self.close()
         for task in list(self._tasks):
             task.cancel()
 
@@ -92,8 +101,13 @@ class Listener:
                 task = self._loop.create_task(self._connect(conn, peername, b""))
             else:
                 task = self._loop.create_task(self._serve(conn, peername))
+                self._reading.add(task)
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._reading.discard(task)
 
     def _resume(self) -> None:
         self._paused = None
@@ -110,6 +124,9 @@ class Listener:
         except BaseException:
             conn.close()
             raise
+        task = asyncio.current_task()
+        assert task is not None
+        self._reading.discard(task)  # a connection now: close() leaves it be
         await self._connect(conn, peername, taken)
 
     async def _connect(self, conn: socket.socket, peername: SockName, taken: bytes) -> None:

@@ -36,6 +36,7 @@ class AsyncioBackend:
         self._logger = logger
         self._runtime = AsyncioRuntime(asyncio.get_running_loop(), logger)
         self._listeners: list[Listener] = []
+        self._stopped_listeners: list[Listener] = []  # their handshakes may still be under way
         self._endpoints: list[AsyncioDatagramEndpoint] = []
         self._connections: set[AsyncioConnection] = set()
         self._catching_signals = False
@@ -52,6 +53,9 @@ class AsyncioBackend:
         finally:
             self.release_signals()
             self.stop_listeners()
+            for listener in self._stopped_listeners:
+                listener.abort()
+            self._stopped_listeners.clear()
             self.close_datagram_endpoints()
             # What serve.py's graceful drain left open goes now, as on trio: nothing else would
             # close those transports but the garbage collector.
@@ -92,6 +96,7 @@ class AsyncioBackend:
     def stop_listeners(self) -> None:
         for listener in self._listeners:
             listener.close()
+        self._stopped_listeners += self._listeners
         self._listeners.clear()
 
     def close_datagram_endpoints(self) -> None:

@@ -13,8 +13,8 @@ over as a neutral `TLSInfo` (made by the `describe` function serve.py gives it),
 the runtime ever sees an `ssl.SSLObject`. Waiters have a synchronous `set()` so protocol
 callbacks can wake an application task without being async themselves.
 
-The dataclasses at the end are plain records, and `PreambleReader` the one piece of logic every
-backend shares; everything else here is a Protocol, no code.
+The dataclasses at the end are plain records, and `accept_pending` and `PreambleReader` the
+logic every backend shares; everything else here is a Protocol, no code.
 """
 
 from __future__ import annotations
@@ -26,17 +26,22 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
 
 if TYPE_CHECKING:
+    import logging
     import ssl
     from contextlib import AbstractAsyncContextManager
 
     from multicorn.net.binds import SockName
     from multicorn.net.tls import TLSInfo
 
-# Accepting: every pending connection per wake-up, at most this many (one accept per turn
-# leaves a burst of new clients queued behind busy ones); out of descriptors or memory, the
-# backend logs and backs off instead of spinning.
+# Accepting (`accept_pending`): every pending connection per wake-up, at most this many (one
+# accept per turn leaves a burst of new clients queued behind busy ones); out of descriptors or
+# memory, the backend logs and backs off instead of spinning.
 ACCEPT_BATCH = 1024
 ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_BACK_OFF_SECONDS = 0.1
+ACCEPT_DRAINED, ACCEPT_BACK_OFF, ACCEPT_CLOSED = 0, 1, 2
+# What accept() says of a listening socket closed under the loop (the listener stopping).
+_ACCEPT_CLOSED_ERRORS = frozenset({errno.EBADF, errno.ENOTSOCK, errno.EINVAL})
 
 # Lingering close bounds (Transport.close): the same on every backend.
 LINGER_TIME = 2.0  # seconds in all
@@ -224,6 +229,34 @@ class Preamble:
     measure: Callable[[SockName | None, bytes], int | None]
     max_size: int
     timeout: float
+
+
+def accept_pending(
+    sock: socket.socket, logger: logging.Logger
+) -> tuple[list[tuple[socket.socket, SockName]], int]:
+    """The connections waiting on the non-blocking listening `sock` (at most `ACCEPT_BATCH`),
+    each made non-blocking, and what the backend does next: ACCEPT_DRAINED, wait until the
+    socket is readable again; ACCEPT_BACK_OFF, first wait `ACCEPT_BACK_OFF_SECONDS` (out of
+    descriptors or memory: logged here); ACCEPT_CLOSED, stop (the socket was closed)."""
+    accepted: list[tuple[socket.socket, SockName]] = []
+    for _ in range(ACCEPT_BATCH):
+        try:
+            conn, peername = sock.accept()
+        except (BlockingIOError, InterruptedError):
+            break
+        except OSError as exc:
+            if exc.errno in ACCEPT_RESOURCE_ERRORS:
+                logger.error("accept() failed: %s; retrying in 100 ms", exc)
+                return accepted, ACCEPT_BACK_OFF
+            if exc.errno in _ACCEPT_CLOSED_ERRORS:
+                return accepted, ACCEPT_CLOSED
+            # A connection that failed while queued (ECONNABORTED, or a network error Linux
+            # reports from accept()): it is gone, the listener is not; the next wake-up goes on.
+            logger.debug("accept() failed: %s", exc)
+            break
+        conn.setblocking(False)
+        accepted.append((conn, peername))
+    return accepted, ACCEPT_DRAINED
 
 
 class PreambleReader:

@@ -1,9 +1,9 @@
 """asyncio's listener: accepts on one listening socket and gives each connection to the loop.
 
-It accepts every pending connection per wake-up (at most `ACCEPT_BATCH`). uvloop's own servers
-take one per loop turn (libuv accepts once per poll), so under load a burst of new clients
-waits behind the busy ones for whole seconds, as with trio's `SocketListener`. One listener on
-every asyncio loop keeps the behaviour the same on each.
+It accepts every pending connection per wake-up (runtime/base.py `accept_pending`). uvloop's
+own servers take one per loop turn (libuv accepts once per poll), so under load a burst of new
+clients waits behind the busy ones for whole seconds, as with trio's `SocketListener`. One
+listener on every asyncio loop keeps the behaviour the same on each.
 
 A listener with a preamble (a PROXY protocol header, read before TLS) reads each connection's
 preamble by peeking (runtime/base.py `PreambleReader`) before giving the socket to the loop:
@@ -18,10 +18,11 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from multicorn.runtime.base import (
-    ACCEPT_BATCH,
-    ACCEPT_RESOURCE_ERRORS,
+    ACCEPT_BACK_OFF,
+    ACCEPT_BACK_OFF_SECONDS,
     PreambleReader,
     PreambleRefused,
+    accept_pending,
 )
 
 if TYPE_CHECKING:
@@ -85,18 +86,8 @@ class Listener:
             task.cancel()
 
     def _accept(self) -> None:
-        for _ in range(ACCEPT_BATCH):
-            try:
-                conn, peername = self._sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in ACCEPT_RESOURCE_ERRORS:
-                    self._logger.error("accept() failed: %s; retrying in 100 ms", exc)
-                    self._loop.remove_reader(self._sock.fileno())
-                    self._paused = self._loop.call_later(0.1, self._resume)
-                return
-            conn.setblocking(False)
+        accepted, then = accept_pending(self._sock, self._logger)
+        for conn, peername in accepted:
             if self._preamble is None:
                 task = self._loop.create_task(self._connect(conn, peername, b""))
             else:
@@ -104,6 +95,9 @@ class Listener:
                 self._reading.add(task)
             self._tasks.add(task)
             task.add_done_callback(self._forget)
+        if then == ACCEPT_BACK_OFF:
+            self._loop.remove_reader(self._sock.fileno())
+            self._paused = self._loop.call_later(ACCEPT_BACK_OFF_SECONDS, self._resume)
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -145,6 +139,11 @@ class Listener:
                 )
             else:
                 self._logger.debug("TLS handshake with %s failed: %s", peername, exc)
+            conn.close()
+        except Exception:
+            # Ours (the protocol factory, say): it costs this connection, not the listener, and
+            # is logged here rather than as a task exception nobody retrieves.
+            self._logger.exception("Exception while taking a connection from %s", peername)
             conn.close()
 
     async def _read_preamble(self, conn: socket.socket, peername: SockName) -> bytes:

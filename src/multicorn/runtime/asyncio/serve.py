@@ -35,8 +35,8 @@ class AsyncioBackend:
     def __init__(self, logger: logging.Logger) -> None:
         self._logger = logger
         self._runtime = AsyncioRuntime(asyncio.get_running_loop(), logger)
+        # Kept after they stop, closed: their accepted connections may still be handshaking.
         self._listeners: list[Listener] = []
-        self._stopped_listeners: list[Listener] = []  # their handshakes may still be under way
         self._endpoints: list[AsyncioDatagramEndpoint] = []
         self._connections: set[AsyncioConnection] = set()
         self._catching_signals = False
@@ -52,10 +52,9 @@ class AsyncioBackend:
             yield
         finally:
             self.release_signals()
-            self.stop_listeners()
-            for listener in self._stopped_listeners:
-                listener.abort()
-            self._stopped_listeners.clear()
+            for listener in self._listeners:
+                listener.abort()  # closes it too
+            self._listeners.clear()
             self.close_datagram_endpoints()
             # What serve.py's graceful drain left open goes now, as on trio: nothing else would
             # close those transports but the garbage collector.
@@ -96,8 +95,6 @@ class AsyncioBackend:
     def stop_listeners(self) -> None:
         for listener in self._listeners:
             listener.close()
-        self._stopped_listeners += self._listeners
-        self._listeners.clear()
 
     def close_datagram_endpoints(self) -> None:
         for endpoint in self._endpoints:

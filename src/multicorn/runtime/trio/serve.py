@@ -10,7 +10,12 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from multicorn.runtime.base import ACCEPT_BATCH, ACCEPT_RESOURCE_ERRORS
+from multicorn.runtime.base import (
+    ACCEPT_BACK_OFF,
+    ACCEPT_BACK_OFF_SECONDS,
+    ACCEPT_CLOSED,
+    accept_pending,
+)
 from multicorn.runtime.trio.runtime import TrioRuntime
 from multicorn.runtime.trio.tcp import serve_connection
 from multicorn.runtime.trio.udp import TrioDatagramEndpoint
@@ -112,22 +117,16 @@ class TrioBackend:
                     await trio.lowlevel.wait_readable(sock)
                 except (trio.ClosedResourceError, OSError, ValueError):
                     return  # the listener was closed (fd -1 is a ValueError): shutdown
-                for _ in range(ACCEPT_BATCH):
-                    try:
-                        conn, _ = sock.accept()
-                    except (BlockingIOError, InterruptedError):
-                        break
-                    except OSError as exc:
-                        if exc.errno not in ACCEPT_RESOURCE_ERRORS:
-                            return  # closed under us: shutdown
-                        self._logger.error("accept() failed: %s; retrying in 100 ms", exc)
-                        await trio.sleep(0.1)
-                        break
-                    conn.setblocking(False)
-                    reading = None if preamble is None else (preamble, self._preambles)
+                accepted, then = accept_pending(sock, self._logger)
+                reading = None if preamble is None else (preamble, self._preambles)
+                for conn, _ in accepted:
                     nursery.start_soon(
                         serve_connection, conn, factory, self.runtime, nursery, tls, reading
                     )
+                if then == ACCEPT_CLOSED:
+                    return  # closed under us: shutdown
+                if then == ACCEPT_BACK_OFF:
+                    await trio.sleep(ACCEPT_BACK_OFF_SECONDS)
 
     async def start_datagram_endpoint(
         self, sock: socket.socket, factory: DatagramHandlerFactory
